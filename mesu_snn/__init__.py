@@ -1,0 +1,26 @@
+"""mesu_snn: continual learning in spiking neural networks with Bayesian, metaplastic synapses.
+
+Core API::
+
+    import mesu_snn as ms
+    net = ms.SpikingMLP([784, 512, 10], beta=0.9)
+    out = net(x, samples=8)                 # x (T, B, 784) -> (8, B, 10)
+    loss = ms.nll_loss(out, y)              # mean over samples, sum over the batch
+    opt = ms.MESU(net, memory=300_000, sigma_prior=0.1)
+    loss.backward(); opt.step(); opt.zero_grad()
+"""
+from . import functional
+from .functional.surrogate import ATan, FastSigmoid, Heaviside
+from .losses import nll_loss, predictive_log_probs
+from .models import SpikingConvNet, SpikingMLP, bayesianize
+from .neurons import LIF
+from .rules import BGD, MESU
+from .synapses import (BayesConv2d, BayesianLayer, BayesLinear, bayesian_pairs, fold_samples,
+                       sampled_weights, set_mode, unfold_samples)
+
+__version__ = "0.1.0"
+
+__all__ = ["functional", "BayesLinear", "BayesConv2d", "BayesianLayer", "LIF", "SpikingMLP",
+           "SpikingConvNet", "bayesianize", "MESU", "BGD", "nll_loss", "predictive_log_probs",
+           "sampled_weights", "bayesian_pairs", "set_mode", "fold_samples", "unfold_samples",
+           "FastSigmoid", "ATan", "Heaviside", "__version__"]

@@ -1,0 +1,303 @@
+"""Spike encoders: static inputs or event arrays -> float32 tensors (T, B, ...).
+
+Each encoder is a small dataclass (Tonic style) whose work is done by a pure
+function in this file. Static encoders take a float batch (B, ...) with values
+in [0, 1] (use :func:`to_unit_interval` for uint8 images); randomness comes
+only from an explicit ``generator`` or ``seed`` so equal seeds give equal spikes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+LATENCY_EPSILON = 1e-7  # same saturation constant as snntorch.spikegen.latency
+
+
+def to_unit_interval(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images 0..255 -> float32 in [0, 1]; float input is returned as float32."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32) / 255.0
+    if not torch.is_floating_point(x):
+        raise ValueError(f"expected uint8 or float input, got {x.dtype}")
+    return x.to(torch.float32)
+
+
+def _check_steps(num_steps: int) -> int:
+    if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    return int(num_steps)
+
+
+def _check_unit(x: torch.Tensor, who: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{who}: input must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"{who}: input must be float in [0, 1], got dtype {x.dtype} (see to_unit_interval)")
+    if x.dim() < 1:
+        raise ValueError(f"{who}: input must have a batch dimension (B, ...), got a scalar")
+    if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+        raise ValueError(
+            f"{who}: input values must lie in [0, 1], got range [{x.min().item():.4g}, {x.max().item():.4g}]"
+        )
+    return x
+
+
+def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
+    if generator is not None and seed is not None:
+        raise ValueError("pass either generator or seed, not both")
+    if seed is not None:
+        g = torch.Generator()
+        g.manual_seed(int(seed))
+        return g
+    return generator
+
+
+def rate_encode(
+    x: torch.Tensor,
+    num_steps: int,
+    gain: float = 1.0,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """Bernoulli rate code: spike at each step with probability ``clamp(gain * x, 0, 1)``.
+
+    x (B, ...) in [0, 1] -> spikes float32 {0, 1} of shape (num_steps, B, ...).
+    """
+    num_steps = _check_steps(num_steps)
+    if not (gain >= 0 and math.isfinite(gain)):
+        raise ValueError(f"gain must be finite and >= 0, got {gain}")
+    x = _check_unit(x, "rate_encode")
+    p = (x.to(torch.float32) * gain).clamp_(0.0, 1.0)
+    p = p.unsqueeze(0).expand(num_steps, *p.shape)
+    g = _generator(generator, seed)
+    return torch.bernoulli(p.cpu(), generator=g).to(x.device) if g is not None else torch.bernoulli(p)
+
+
+def latency_times(
+    x: torch.Tensor,
+    num_steps: int,
+    tau: float = 5.0,
+    threshold: float = 0.01,
+    normalize: bool = True,
+    linear: bool = False,
+) -> torch.Tensor:
+    """Real-valued spike times (in steps) of the latency code; brighter -> earlier.
+
+    Log code: ``tau * ln(x / (x - threshold))`` (RC neuron charging to threshold),
+    inputs clamped to ``threshold + 1e-7`` as in snntorch. Linear code:
+    ``tau * (1 - x)`` clamped at ``tau * (1 - threshold)``. ``normalize`` rescales so
+    an input at the threshold fires at step ``num_steps - 1`` (linear: tau = num_steps - 1;
+    log: divide by the time of a saturated input), independent of the batch.
+    """
+    num_steps = _check_steps(num_steps)
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    x = _check_unit(x, "latency_encode").to(torch.float32)
+    if linear:
+        tau_eff = float(num_steps - 1) if normalize else float(tau)
+        return torch.clamp_max(tau_eff * (1.0 - x), tau_eff * (1.0 - threshold))
+    xc = torch.clamp(x, min=threshold + LATENCY_EPSILON)
+    t = tau * torch.log(xc / (xc - threshold))
+    if normalize:
+        t_max = tau * math.log((threshold + LATENCY_EPSILON) / LATENCY_EPSILON)
+        t = t * ((num_steps - 1) / t_max)
+    return t
+
+
+def latency_encode(
+    x: torch.Tensor,
+    num_steps: int,
+    tau: float = 5.0,
+    threshold: float = 0.01,
+    normalize: bool = True,
+    linear: bool = False,
+    clip: bool = True,
+) -> torch.Tensor:
+    """Time-to-first-spike code: at most one spike per input, brighter inputs fire earlier.
+
+    x (B, ...) in [0, 1] -> float32 (num_steps, B, ...). Spike step = round(latency_times).
+    Inputs below ``threshold`` do not fire when ``clip`` (else at the last step, as in
+    snntorch); spikes whose step exceeds ``num_steps - 1`` are dropped (possible only
+    when ``normalize=False``). Deterministic (no generator needed).
+    """
+    t = latency_times(x, num_steps, tau, threshold, normalize, linear)
+    step = torch.round(t).long()
+    keep = step <= num_steps - 1
+    if clip:
+        keep &= x >= threshold
+    out = torch.zeros((num_steps, *x.shape), dtype=torch.float32, device=x.device)
+    out.scatter_(0, step.clamp(0, num_steps - 1).unsqueeze(0), keep.to(torch.float32).unsqueeze(0))
+    return out
+
+
+def current_encode(x: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Constant-current code: x (B, ...) repeated -> float32 (num_steps, B, ...).
+
+    Any finite value is accepted (it is an input current, not a probability).
+    """
+    num_steps = _check_steps(num_steps)
+    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+        raise ValueError("current_encode: input must be a float tensor (B, ...)")
+    if x.dim() < 1:
+        raise ValueError("current_encode: input must have a batch dimension (B, ...)")
+    if x.numel() and not torch.isfinite(x).all():
+        raise ValueError("current_encode: input contains NaN or inf")
+    return x.to(torch.float32).unsqueeze(0).expand(num_steps, *x.shape).contiguous()
+
+
+def events_to_frames(
+    events: np.ndarray,
+    sensor_size: tuple[int, int, int],
+    n_time_bins: int,
+    duration_us: float | None = None,
+) -> np.ndarray:
+    """One event array -> event counts (n_time_bins, P, H, W) via ``tonic.functional.to_frame_numpy``.
+
+    Bins have equal width. With ``duration_us`` the window is [0, duration_us) for
+    every recording (same time base across samples; later events dropped); without it
+    the window spans the recording's own first to last event, and every event lands in
+    a frame (unlike Tonic's ``n_time_bins``, whose floor-rounded bins can drop the tail).
+    Sensors without ``y`` (e.g. SHD (700, 1, 1)) give H = 1.
+    """
+    from tonic.functional import to_frame_numpy
+
+    n_time_bins = _check_steps(n_time_bins)
+    W, H, P = (int(s) for s in sensor_size)
+    names = events.dtype.names or ()
+    if "x" not in names or "t" not in names or "p" not in names:
+        raise ValueError(f"events need fields x, t, p (Tonic structured array), got {names}")
+    has_y = "y" in names
+    if not has_y and H != 1:
+        raise ValueError(f"events have no y field but sensor_size height is {H}")
+    out = np.zeros((n_time_bins, P, H, W), dtype=np.float32)
+    ev = events
+    if duration_us is not None:
+        if not duration_us > 0:
+            raise ValueError(f"duration_us must be > 0, got {duration_us}")
+        ev = ev[(ev["t"] >= 0) & (ev["t"] < duration_us)]
+    if len(ev) == 0:
+        return out
+    if (ev["x"] < 0).any() or (ev["x"] >= W).any() or (has_y and ((ev["y"] < 0).any() or (ev["y"] >= H).any())):
+        raise ValueError(f"event addresses outside sensor_size {sensor_size}")
+    if (ev["p"] < 0).any() or (ev["p"] >= P).any():
+        if P == 1:
+            pass  # Tonic folds all polarities into one channel for single-polarity sensors
+        else:
+            raise ValueError(f"event polarities outside 0..{P - 1}")
+    ev = ev.copy()  # tonic may overwrite p in place
+    if np.any(np.diff(ev["t"]) < 0):
+        ev = ev[np.argsort(ev["t"], kind="stable")]
+    # Bin edges in exact integer arithmetic: times are scaled by n_time_bins so each bin
+    # is `window` wide with integer edges (float edges make Tonic count boundary events
+    # twice or drop them).
+    if duration_us is not None:
+        start, window = 0, duration_us
+    else:
+        start = ev["t"][0]
+        window = ev["t"][-1] - start + 1  # +1 us: the last event falls inside the last bin
+    ev["t"] = (ev["t"] - start) * n_time_bins
+    frames = to_frame_numpy(
+        ev,
+        sensor_size=(W, H, P),
+        time_window=window,
+        start_time=0,
+        # half a window of slack: Tonic floors (duration - window) / window
+        end_time=(n_time_bins + 0.5) * window,
+    )
+    if len(frames) != n_time_bins:  # pragma: no cover - guards a Tonic behaviour change
+        raise RuntimeError(f"tonic returned {len(frames)} frames, expected {n_time_bins}")
+    out[:] = np.asarray(frames, dtype=np.float32).reshape(n_time_bins, P, H, W)
+    return out
+
+
+@dataclass(frozen=True)
+class RateEncoder:
+    """Bernoulli rate code; ``enc(x, generator=None, seed=None)`` -> (T, B, ...)."""
+
+    num_steps: int
+    gain: float = 1.0
+
+    def __post_init__(self):
+        _check_steps(self.num_steps)
+        if not self.gain >= 0:
+            raise ValueError(f"gain must be >= 0, got {self.gain}")
+
+    def __call__(self, x, generator: torch.Generator | None = None, seed: int | None = None) -> torch.Tensor:
+        return rate_encode(x, self.num_steps, self.gain, generator=generator, seed=seed)
+
+
+@dataclass(frozen=True)
+class LatencyEncoder:
+    """Time-to-first-spike code (see :func:`latency_encode`); ``enc(x)`` -> (T, B, ...)."""
+
+    num_steps: int
+    tau: float = 5.0
+    threshold: float = 0.01
+    normalize: bool = True
+    linear: bool = False
+    clip: bool = True
+
+    def __post_init__(self):
+        _check_steps(self.num_steps)
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+
+    def __call__(self, x, generator: torch.Generator | None = None, seed: int | None = None) -> torch.Tensor:
+        # generator/seed accepted for a uniform encoder interface; the code is deterministic.
+        return latency_encode(x, self.num_steps, self.tau, self.threshold, self.normalize, self.linear, self.clip)
+
+
+@dataclass(frozen=True)
+class CurrentEncoder:
+    """Constant input current repeated over time; ``enc(x)`` -> (T, B, ...)."""
+
+    num_steps: int
+
+    def __post_init__(self):
+        _check_steps(self.num_steps)
+
+    def __call__(self, x, generator: torch.Generator | None = None, seed: int | None = None) -> torch.Tensor:
+        return current_encode(x, self.num_steps)
+
+
+@dataclass(frozen=True)
+class EventFrameEncoder:
+    """Batch of event arrays -> event-count frames float32 (T, B, P, H, W).
+
+    ``sensor_size`` is Tonic's (W, H, P); see :func:`events_to_frames` for binning.
+    """
+
+    sensor_size: tuple[int, int, int]
+    n_time_bins: int
+    duration_us: float | None = None
+
+    def __post_init__(self):
+        _check_steps(self.n_time_bins)
+        if len(self.sensor_size) != 3 or any(int(s) < 1 for s in self.sensor_size):
+            raise ValueError(f"sensor_size must be 3 positive ints (W, H, P), got {self.sensor_size}")
+        if self.duration_us is not None and not self.duration_us > 0:
+            raise ValueError(f"duration_us must be > 0, got {self.duration_us}")
+
+    @property
+    def num_steps(self) -> int:
+        return self.n_time_bins
+
+    def __call__(
+        self, batch: Sequence[np.ndarray], generator: torch.Generator | None = None, seed: int | None = None
+    ) -> torch.Tensor:
+        if isinstance(batch, np.ndarray) and batch.dtype.names is not None:
+            raise ValueError("EventFrameEncoder expects a list of event arrays (a batch), got one array")
+        frames = [events_to_frames(ev, self.sensor_size, self.n_time_bins, self.duration_us) for ev in batch]
+        if not frames:
+            raise ValueError("EventFrameEncoder: empty batch")
+        return torch.from_numpy(np.stack(frames, axis=1))

@@ -1,0 +1,150 @@
+"""Ready-made Bayesian spiking networks, and ``bayesianize`` for any torch model."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .functional.lif import lif_sequence
+from .neurons import LIF
+from .synapses import BayesConv2d, BayesianLayer, BayesLinear, set_mode
+
+__all__ = ["SpikingMLP", "SpikingConvNet", "bayesianize", "READOUTS"]
+
+READOUTS = ("count", "membrane")
+
+
+def _lif_over_time(lif: LIF, h: torch.Tensor) -> torch.Tensor:
+    """h: (M, T, ...) currents -> (M, T, ...) spikes, LIF run over dim 1."""
+    return lif(h.transpose(0, 1)).transpose(0, 1)
+
+
+def _readout(lif: LIF, h: torch.Tensor, readout: str) -> torch.Tensor:
+    """h: (M, T, B, C) output-layer currents -> (M, B, C) logits."""
+    if readout == "count":
+        return _lif_over_time(lif, h).sum(1)
+    # membrane: non-spiking leaky integrator with the output layer's beta, averaged over time
+    p = lif.params.with_(reset="none")
+    _, v = lif_sequence(h.transpose(0, 1), p, return_membrane=True)
+    return v.mean(0)
+
+
+class SpikingMLP(nn.Module):
+    """Fully connected Bayesian spiking network: BayesLinear → LIF for every layer.
+
+    ``net(x, samples=M)``: x (T, B, sizes[0]) spikes or currents -> (M, B, sizes[-1]) logits,
+    one per weight sample (M = 1 in mean mode). readout ``"count"``: output spike counts over
+    the T steps (as in snnTorch's tutorials); ``"membrane"``: time-averaged membrane of a
+    non-resetting output layer. beta, threshold, reset, surrogate: see :class:`~mesu_snn.LIF`.
+    """
+
+    def __init__(self, sizes: Sequence[int], beta=0.9, threshold=1.0, reset: str = "subtract",
+                 surrogate="fast_sigmoid", readout: str = "membrane", bias: bool = True,
+                 mu_init: float = 1.0, sigma_init: float = 0.5):
+        super().__init__()
+        sizes = list(sizes)
+        if len(sizes) < 2 or any((not isinstance(s, int)) or s < 1 for s in sizes):
+            raise ValueError(f"sizes must list >= 2 positive layer widths, got {sizes!r}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        self.sizes, self.readout = sizes, readout
+        self.layers = nn.ModuleList(BayesLinear(a, b, bias=bias, mu_init=mu_init, sigma_init=sigma_init)
+                                    for a, b in zip(sizes[:-1], sizes[1:]))
+        self.neurons = nn.ModuleList(LIF(beta, threshold, reset, surrogate) for _ in sizes[1:])
+
+    def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.sizes[0]:
+            raise ValueError(f"SpikingMLP expects input of shape (T, B, {self.sizes[0]}), got {tuple(x.shape)}")
+        h = self.layers[0](x, samples=samples, generator=generator)          # (M, T, B, H)
+        for i in range(1, len(self.layers)):
+            s = _lif_over_time(self.neurons[i - 1], h)
+            h = self.layers[i](s, sampled_input=True, generator=generator)
+        return _readout(self.neurons[-1], h, self.readout)
+
+    def mean_mode(self) -> "SpikingMLP":
+        return set_mode(self, "mean")
+
+    def sample_mode(self) -> "SpikingMLP":
+        return set_mode(self, "sample")
+
+
+class SpikingConvNet(nn.Module):
+    """Bayesian spiking conv net: [BayesConv2d → LIF → avg-pool 2]×k → flatten → BayesLinear → LIF.
+
+    ``net(x, samples=M)``: x (T, B, C, H, W) -> (M, B, classes) logits.
+    channels: conv widths, e.g. (2, 16, 32) for 2-polarity event frames.
+    """
+
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int], n_classes: int,
+                 kernel_size: int = 3, beta=0.9, threshold=1.0, reset: str = "subtract",
+                 surrogate="fast_sigmoid", readout: str = "membrane", mu_init: float = 1.0, sigma_init: float = 0.5):
+        super().__init__()
+        c, h, w = input_shape
+        channels = list(channels)
+        if channels[0] != c:
+            raise ValueError(f"channels[0]={channels[0]} must equal the input's C={c}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        self.input_shape, self.readout = tuple(input_shape), readout
+        self.convs = nn.ModuleList(BayesConv2d(a, b, kernel_size, padding=kernel_size // 2,
+                                               mu_init=mu_init, sigma_init=sigma_init)
+                                   for a, b in zip(channels[:-1], channels[1:]))
+        self.neurons = nn.ModuleList(LIF(beta, threshold, reset, surrogate) for _ in channels[1:])
+        for _ in channels[1:]:
+            h, w = h // 2, w // 2
+        self.fc = BayesLinear(channels[-1] * h * w, n_classes, mu_init=mu_init, sigma_init=sigma_init)
+        self.out_neuron = LIF(beta, threshold, reset, surrogate)
+
+    def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.dim() != 5 or tuple(x.shape[2:]) != self.input_shape:
+            raise ValueError(f"SpikingConvNet expects input of shape (T, B, {', '.join(map(str, self.input_shape))}), "
+                             f"got {tuple(x.shape)}")
+        h = self.convs[0](x, samples=samples, generator=generator)           # (M, T, B, C, H, W)
+        for i, conv in enumerate(self.convs):
+            if i:
+                h = conv(h, sampled_input=True, generator=generator)
+            s = _lif_over_time(self.neurons[i], h)
+            m, t, b = s.shape[:3]
+            s = nn.functional.avg_pool2d(s.reshape(-1, *s.shape[3:]), 2)
+            h = s.reshape(m, t, b, *s.shape[1:])
+        h = self.fc(h.flatten(3), sampled_input=True, generator=generator)   # (M, T, B, classes)
+        return _readout(self.out_neuron, h, self.readout)
+
+
+def bayesianize(model: nn.Module, sigma_init: float = 0.5, sigma: float | None = None) -> nn.Module:
+    """Replace every ``nn.Linear``/``nn.Conv2d`` in ``model`` (in place) by a Bayesian layer with
+    μ = the existing weights and σ = sigma_init/√fan_in (or the absolute ``sigma``). Works on
+    snnTorch and Norse networks. Returns the model. Run the result inside
+    :func:`mesu_snn.sampled_weights` to share one draw per sample over a sequence."""
+    if sigma is not None and not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    if not sigma_init > 0:
+        raise ValueError(f"sigma_init must be > 0, got {sigma_init!r}")
+    for name, child in list(model.named_children()):
+        if isinstance(child, BayesianLayer):
+            continue
+        if isinstance(child, nn.Linear):
+            new = BayesLinear(child.in_features, child.out_features, bias=child.bias is not None,
+                              sigma_init=sigma_init)
+        elif isinstance(child, nn.Conv2d):
+            if child.padding_mode != "zeros":
+                raise ValueError(f"bayesianize: {name} uses padding_mode={child.padding_mode!r}; only 'zeros' is supported")
+            new = BayesConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                              child.padding, child.dilation, child.groups, bias=child.bias is not None,
+                              sigma_init=sigma_init)
+        else:
+            bayesianize(child, sigma_init, sigma)
+            continue
+        fan_in = child.weight[0].numel()
+        s = sigma if sigma is not None else sigma_init / math.sqrt(fan_in)
+        with torch.no_grad():
+            new.weight_mu.copy_(child.weight)
+            new.weight_sigma.fill_(s)
+            if child.bias is not None:
+                new.bias_mu.copy_(child.bias)
+                new.bias_sigma.fill_(s)
+        new.to(device=child.weight.device, dtype=child.weight.dtype)
+        setattr(model, name, new)
+    return model

@@ -1,0 +1,84 @@
+"""``LIF``: a module over :mod:`mesu_snn.functional.lif` (the maths lives there)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .functional.lif import RESETS, LIFParameters, lif_sequence, lif_step
+from .functional.surrogate import FastSigmoid, make_surrogate
+
+__all__ = ["LIF"]
+
+
+class LIF(nn.Module):
+    """Multi-step leaky integrate-and-fire population.
+
+    Called on input currents ``x`` of shape (T, B, ...) it returns spikes (T, B, ...)
+    (and the membranes (T, B, ...) with ``return_membrane=True``). Defaults reproduce
+    ``snntorch.Leaky(beta, threshold, reset_mechanism="subtract")`` exactly; use
+    :meth:`norse_box` for Norse's ``LIFBoxCell``.
+
+    beta, threshold: floats or tensors broadcastable to the neuron shape (per-neuron values);
+    ``learn_beta``/``learn_threshold`` make them trainable parameters.
+    surrogate: a surrogate instance or name (``"fast_sigmoid"``, ``("atan", 2.0)``, ...).
+    """
+
+    def __init__(self, beta=0.9, threshold=1.0, reset: str = "subtract", surrogate=FastSigmoid(25.0),
+                 reset_delay: bool = True, detach_reset: bool = True, learn_beta: bool = False,
+                 learn_threshold: bool = False, v_leak=0.0, v_reset=0.0, input_scale=1.0):
+        super().__init__()
+        if reset not in RESETS:
+            raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+        b = torch.as_tensor(beta, dtype=torch.get_default_dtype())
+        if torch.any(b < 0) or torch.any(b > 1):
+            raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
+        th = torch.as_tensor(threshold, dtype=torch.get_default_dtype())
+        if torch.any(th <= 0):
+            raise ValueError(f"threshold must be > 0, got {threshold!r}")
+        self._scalar_beta = None if (learn_beta or b.dim() > 0) else float(b)
+        self._scalar_threshold = None if (learn_threshold or th.dim() > 0) else float(th)
+        if learn_beta:
+            self.beta = nn.Parameter(b.clone())
+        else:
+            self.register_buffer("beta", b.clone())
+        if learn_threshold:
+            self.threshold = nn.Parameter(th.clone())
+        else:
+            self.register_buffer("threshold", th.clone())
+        self.reset, self.reset_delay, self.detach_reset = reset, reset_delay, detach_reset
+        self.surrogate = make_surrogate(surrogate)
+        self.v_leak, self.v_reset, self.input_scale = v_leak, v_reset, input_scale
+
+    @classmethod
+    def norse_box(cls, tau_mem_inv: float = 100.0, v_leak: float = 0.0, v_th: float = 1.0,
+                  v_reset: float = 0.0, dt: float = 1e-3) -> "LIF":
+        """A LIF equal to ``norse.torch.LIFBoxCell(LIFBoxParameters(tau_mem_inv, v_leak, v_th, v_reset), dt)``
+        unrolled over time (tau_mem_inv in 1/s, dt in s)."""
+        p = LIFParameters.norse_box(tau_mem_inv, v_leak, v_th, v_reset, dt)
+        return cls(beta=p.beta, threshold=p.threshold, reset=p.reset, surrogate=p.surrogate,
+                   reset_delay=p.reset_delay, detach_reset=p.detach_reset, v_leak=p.v_leak,
+                   v_reset=p.v_reset, input_scale=p.input_scale)
+
+    @property
+    def params(self) -> LIFParameters:
+        """The current parameters as an immutable record for the functional core."""
+        beta = self._scalar_beta if self._scalar_beta is not None else self.beta
+        th = self._scalar_threshold if self._scalar_threshold is not None else self.threshold
+        return LIFParameters(beta=beta, threshold=th, reset=self.reset, reset_delay=self.reset_delay,
+                             detach_reset=self.detach_reset, v_leak=self.v_leak, v_reset=self.v_reset,
+                             input_scale=self.input_scale, surrogate=self.surrogate)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta.tolist() if self.beta.dim() == 0 else tuple(self.beta.shape)}, " \
+               f"reset={self.reset!r}, reset_delay={self.reset_delay}, surrogate={self.surrogate}"
+
+    def forward(self, x: torch.Tensor, v0: torch.Tensor | None = None, return_membrane: bool = False):
+        if x.dim() < 2:
+            raise ValueError(f"LIF expects input currents of shape (T, B, ...), got {tuple(x.shape)}")
+        if not torch.is_floating_point(x):
+            raise ValueError(f"LIF expects floating-point currents, got dtype {x.dtype}")
+        return lif_sequence(x, self.params, v0=v0, return_membrane=return_membrane)
+
+    def step(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step: x (B, ...), v (B, ...) -> (spikes, membrane)."""
+        return lif_step(x, v, self.params)

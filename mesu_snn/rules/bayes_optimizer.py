@@ -1,0 +1,140 @@
+"""Shared machinery of the Bayesian update rules: finding (μ, σ) pairs, the non-finite
+gradient guard, and applying a pure update function to every pair.
+
+Parameter groups. Each group's ``params`` list holds its pairs flattened as
+[μ₀, σ₀, μ₁, σ₁, …] (kind ``"bayes"``); ``names`` holds the pairs' qualified names.
+Non-Bayesian trainable parameters of a model (biases of plain layers, learnable LIF beta, …)
+are refused with a ``ValueError`` that lists them, unless ``other_lr`` is given: then they
+form one group of kind ``"plain"`` updated by plain SGD, p ← p − other_lr·∂C/∂p.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from ..synapses import bayesian_pairs
+
+NONFINITE = ("raise", "skip")
+
+
+def _groups_from(params, other_lr) -> list[dict]:
+    if isinstance(params, nn.Module):
+        pairs = bayesian_pairs(params)
+        if not pairs:
+            raise ValueError(f"{type(params).__name__} has no Bayesian layers (weight_mu/weight_sigma); "
+                             "use mesu_snn.bayesianize(model) first")
+        ids = {id(p) for _, mu, s in pairs for p in (mu, s)}
+        others = [(n, p) for n, p in params.named_parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": [p for _, mu, s in pairs for p in (mu, s)], "names": [n for n, _, _ in pairs],
+                   "kind": "bayes"}]
+        if others:
+            if other_lr is None:
+                raise ValueError("the model has non-Bayesian trainable parameters "
+                                 f"{[n for n, _ in others]}; MESU/BGD update only (μ, σ) pairs. Pass other_lr=... "
+                                 "to train them by plain SGD, or freeze them (requires_grad=False)")
+            groups.append({"params": [p for _, p in others], "names": [n for n, _ in others], "kind": "plain",
+                           "lr": float(other_lr)})
+        return groups
+    params = list(params)
+    if not params:
+        raise ValueError("empty parameter list")
+    if all(isinstance(g, dict) for g in params):
+        groups = []
+        for i, g in enumerate(params):
+            g = dict(g)
+            if "pairs" not in g:
+                raise ValueError(f"parameter group {i} needs a 'pairs' entry: a list of (mu, sigma) tensors")
+            pairs = list(g.pop("pairs"))
+            g.update(params=[p for pair in pairs for p in pair], names=[f"group{i}.pair{j}" for j in range(len(pairs))],
+                     kind="bayes")
+            groups.append(g)
+        return groups
+    if all(isinstance(p, (tuple, list)) and len(p) == 2 for p in params):
+        return [{"params": [t for pair in params for t in pair], "names": [f"pair{j}" for j in range(len(params))],
+                 "kind": "bayes"}]
+    raise ValueError("pass a model with Bayesian layers, a list of (mu, sigma) pairs, or a list of dicts with "
+                     "'pairs'; a flat parameter list cannot say which tensor is whose σ")
+
+
+class BayesianOptimizer(torch.optim.Optimizer):
+    """Base of MESU and BGD: subclasses give ``_update(mu, sigma, gmu, gsigma, group)``."""
+
+    def __init__(self, params, defaults: dict, other_lr: float | None = None, on_nonfinite: str = "raise"):
+        if on_nonfinite not in NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.skipped_steps = 0
+        groups = _groups_from(params, other_lr)
+        for g in groups:
+            if g["kind"] == "bayes":
+                ps = g["params"]
+                for mu, s in zip(ps[0::2], ps[1::2]):
+                    if mu.shape != s.shape:
+                        raise ValueError(f"μ and σ shapes differ: {tuple(mu.shape)} vs {tuple(s.shape)}")
+                    if not bool(torch.all(s > 0)):
+                        raise ValueError("every σ must be > 0 at construction")
+        super().__init__(groups, dict(defaults, step=0))
+        for g in self.param_groups:
+            self._check_group(g)
+
+    def _check_group(self, g: dict) -> None:  # overridden to validate hyperparameters
+        pass
+
+    def pairs(self) -> Iterable[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(name, μ, σ) of every pair handled."""
+        for g in self.param_groups:
+            if g["kind"] == "bayes":
+                ps = g["params"]
+                yield from zip(g["names"], ps[0::2], ps[1::2])
+
+    def _grads_finite(self) -> str | None:
+        for g in self.param_groups:
+            names = g["names"] if g["kind"] == "plain" else [n + s for n in g["names"] for s in ("_mu", "_sigma")]
+            for name, p in zip(names, g["params"]):
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                    return name
+        return None
+
+    def _update(self, mu, sigma, gmu, gsigma, group) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        bad = self._grads_finite()
+        if bad is not None:
+            if self.on_nonfinite == "skip":
+                self.skipped_steps += 1
+                return loss
+            raise FloatingPointError(f"non-finite gradient in {bad}: step refused, μ and σ left untouched "
+                                     "(pass on_nonfinite='skip' to skip such steps and count them)")
+        for g in self.param_groups:
+            g["step"] += 1
+            if g["kind"] == "plain":
+                for p in g["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-g["lr"])
+                continue
+            ps = g["params"]
+            for mu, sigma in zip(ps[0::2], ps[1::2]):
+                gmu = mu.grad if mu.grad is not None else torch.zeros_like(mu)
+                gs = sigma.grad if sigma.grad is not None else torch.zeros_like(sigma)
+                new_mu, new_sigma = self._update(mu, sigma, gmu, gs, g)
+                mu.copy_(new_mu)
+                sigma.copy_(new_sigma)
+        return loss
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["skipped_steps"] = self.skipped_steps
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        self.skipped_steps = int(state_dict.pop("skipped_steps", 0))
+        super().load_state_dict(state_dict)

@@ -1,0 +1,25 @@
+"""``BGD``: Bayesian Gradient Descent (Zeno et al. 2018) as a torch optimizer.
+
+The equations are in :func:`mesu_snn.functional.bgd.bgd_update`. Same parameter handling as
+:class:`~mesu_snn.MESU`; BGD has no prior, so its σ only shrinks (vanishing plasticity).
+"""
+from __future__ import annotations
+
+from ..functional.bgd import bgd_update
+from .bayes_optimizer import BayesianOptimizer
+
+__all__ = ["BGD"]
+
+
+class BGD(BayesianOptimizer):
+    """BGD optimizer. lr: η of the μ step (1.0 in Zeno et al.)."""
+
+    def __init__(self, params, lr: float = 1.0, other_lr: float | None = None, on_nonfinite: str = "raise"):
+        super().__init__(params, dict(lr=lr), other_lr=other_lr, on_nonfinite=on_nonfinite)
+
+    def _check_group(self, g):
+        if g["kind"] == "bayes" and not g["lr"] >= 0:
+            raise ValueError(f"lr must be >= 0, got {g['lr']!r}")
+
+    def _update(self, mu, sigma, gmu, gsigma, g):
+        return bgd_update(mu, sigma, gmu, gsigma, lr=g["lr"])
