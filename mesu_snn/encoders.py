@@ -27,9 +27,10 @@ def to_unit_interval(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32)
 
 
-def _check_steps(num_steps: int) -> int:
-    if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+def _check_steps(num_steps: int, name: str = "num_steps") -> int:
+    ok = isinstance(num_steps, int | float | np.integer) and not isinstance(num_steps, bool)
+    if not ok or int(num_steps) != num_steps or num_steps < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {num_steps!r}")
     return int(num_steps)
 
 
@@ -169,7 +170,7 @@ def events_to_frames(
     """
     from tonic.functional import to_frame_numpy
 
-    n_time_bins = _check_steps(n_time_bins)
+    n_time_bins = _check_steps(n_time_bins, "n_time_bins")
     W, H, P = (int(s) for s in sensor_size)
     names = events.dtype.names or ()
     if "x" not in names or "t" not in names or "p" not in names:
@@ -282,7 +283,7 @@ class EventFrameEncoder:
     duration_us: float | None = None
 
     def __post_init__(self):
-        _check_steps(self.n_time_bins)
+        _check_steps(self.n_time_bins, "n_time_bins")
         if len(self.sensor_size) != 3 or any(int(s) < 1 for s in self.sensor_size):
             raise ValueError(f"sensor_size must be 3 positive ints (W, H, P), got {self.sensor_size}")
         if self.duration_us is not None and not self.duration_us > 0:
