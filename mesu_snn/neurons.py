@@ -35,8 +35,11 @@ class LIF(nn.Module):
         th = torch.as_tensor(threshold, dtype=torch.get_default_dtype())
         if torch.any(th <= 0):
             raise ValueError(f"threshold must be > 0, got {threshold!r}")
-        self._scalar_beta = None if (learn_beta or b.dim() > 0) else float(b)
-        self._scalar_threshold = None if (learn_threshold or th.dim() > 0) else float(th)
+        # plain numbers stay exact Python floats (no float32 rounding) for the functional core
+        self._scalar_beta = None if (learn_beta or b.dim() > 0) else \
+            (float(beta) if isinstance(beta, (int, float)) else float(b))
+        self._scalar_threshold = None if (learn_threshold or th.dim() > 0) else \
+            (float(threshold) if isinstance(threshold, (int, float)) else float(th))
         if learn_beta:
             self.beta = nn.Parameter(b.clone())
         else:
