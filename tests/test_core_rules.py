@@ -1,0 +1,223 @@
+"""MESU and BGD: the closed-form equations, the diagonal-Newton fixed point, vanishing
+plasticity of BGD, the gradient clamp, the optimizers' bookkeeping and bad input."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import mesu_snn as ms
+from mesu_snn.functional import bgd_update, mesu_update
+
+torch.set_default_dtype(torch.float32)
+
+
+def _rand(seed, n=50):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(n, dtype=torch.float64, generator=g) * 0.3
+    sigma = torch.rand(n, dtype=torch.float64, generator=g) * 0.09 + 0.01
+    gm = torch.randn(n, dtype=torch.float64, generator=g)
+    gs = torch.randn(n, dtype=torch.float64, generator=g)
+    return mu, sigma, gm, gs
+
+
+def _pair_from(mu, sigma, gm, gs):
+    m, s = torch.nn.Parameter(mu.clone()), torch.nn.Parameter(sigma.clone())
+    m.grad, s.grad = gm.clone(), gs.clone()
+    return m, s
+
+
+@pytest.mark.parametrize("hp", [dict(memory=300_000, sigma_prior=0.1, mu_prior=0.0, lr_mu=1.0, lr_sigma=1.0),
+                                dict(memory=50.0, sigma_prior=0.03, mu_prior=0.2, lr_mu=0.3, lr_sigma=2.5),
+                                dict(memory=7.0, sigma_prior=0.5, mu_prior=-0.1, lr_mu=4.0, lr_sigma=0.1)])
+def test_mesu_step_equals_closed_form(hp):
+    mu, sigma, gm, gs = _rand(1)
+    m, s = _pair_from(mu, sigma, gm, gs)
+    opt = ms.MESU([(m, s)], clamp_grad=None, **hp)
+    opt.step()
+    N, sp, mp = hp["memory"], hp["sigma_prior"], hp["mu_prior"]
+    exp_mu = mu - hp["lr_mu"] * sigma**2 * gm + sigma**2 * (mp - mu) / (N * sp**2)
+    exp_sigma = sigma - hp["lr_sigma"] * sigma**2 / 2 * gs + sigma * (sp**2 - sigma**2) / (2 * N * sp**2)
+    torch.testing.assert_close(m.data, exp_mu, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(s.data, exp_sigma, rtol=1e-12, atol=1e-15)
+    assert not torch.equal(m.data, mu)
+
+
+def test_mesu_clamp_clips_each_gradient_to_c_over_sigma():
+    mu, sigma, gm, gs = _rand(2)
+    gm, gs = gm * 1e3, gs * 1e3
+    c = 0.5
+    new_mu, new_sigma = mesu_update(mu, sigma, gm, gs, memory=1e4, sigma_prior=0.1, clamp_grad=c)
+    cgm = torch.maximum(torch.minimum(gm, c / sigma), -c / sigma)
+    cgs = torch.maximum(torch.minimum(gs, c / sigma), -c / sigma)
+    exp_mu, exp_sigma = mesu_update(mu, sigma, cgm, cgs, memory=1e4, sigma_prior=0.1, clamp_grad=None)
+    torch.testing.assert_close(new_mu, exp_mu, rtol=1e-12, atol=0)
+    torch.testing.assert_close(new_sigma, exp_sigma, rtol=1e-12, atol=0)
+    assert (cgm != gm).any()                        # the clamp was active
+
+
+@pytest.mark.parametrize("lr", [1.0, 0.37])
+def test_bgd_step_equals_closed_form(lr):
+    mu, sigma, gm, gs = _rand(3)
+    m, s = _pair_from(mu, sigma, gm, gs)
+    ms.BGD([(m, s)], lr=lr).step()
+    exp_mu = mu - lr * sigma**2 * gm
+    exp_sigma = sigma * torch.sqrt(1 + (sigma * gs / 2) ** 2) - sigma**2 * gs / 2
+    torch.testing.assert_close(m.data, exp_mu, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(s.data, exp_sigma, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(bgd_update(mu, sigma, gm, gs, lr=lr)[1], exp_sigma)
+
+
+def _quadratic_run(rule, h, steps, samples=32, seed=0, **hp):
+    """Loss C = mean over MC samples of ½ h (w − w*)², w = μ + σε, one synapse per entry of h."""
+    g = torch.Generator().manual_seed(seed)
+    n = h.numel()
+    w_star = torch.randn(n, dtype=torch.float64, generator=g)
+    mu = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
+    sigma = torch.nn.Parameter(torch.full((n,), 0.1, dtype=torch.float64))
+    opt = rule([(mu, sigma)], **hp)
+    history = []
+    for t in range(steps):
+        eps = torch.randn(samples, n, dtype=torch.float64, generator=g)
+        w = mu + sigma * eps
+        loss = (0.5 * h * (w - w_star) ** 2).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(sigma.detach().clone())
+    return torch.stack(history), mu.detach(), w_star
+
+
+def test_mesu_sigma_settles_at_diagonal_newton_fixed_point():
+    # σ relaxes to its fixed point with a time constant of about N updates
+    h = torch.linspace(0.5, 5.0, 40, dtype=torch.float64)
+    N, sp = 200.0, 0.1
+    hist, mu, w_star = _quadratic_run(ms.MESU, h, steps=3000, memory=N, sigma_prior=sp)
+    sigma = hist[-1500:].mean(0)
+    expected = N * h + 1 / sp**2
+    rel = (1 / sigma**2 - expected).abs() / expected
+    assert rel.max() < 0.05, f"worst synapse off by {rel.max():.3%}"
+    # the μ step is a damped Newton step: μ reaches the minimum (shrunk slightly by the prior)
+    shrink = (N * h) / (N * h + 1 / sp**2)
+    torch.testing.assert_close(mu, w_star * shrink, atol=0.05, rtol=0)
+
+
+def test_bgd_loses_plasticity_while_mesu_stays_put():
+    h = torch.linspace(0.5, 5.0, 40, dtype=torch.float64)
+    N, sp = 200.0, 0.1
+    bgd_hist, _, _ = _quadratic_run(ms.BGD, h, steps=4000)
+    mesu_hist, _, _ = _quadratic_run(ms.MESU, h, steps=4000, memory=N, sigma_prior=sp)
+    prec = lambda hist, t: (1 / hist[t - 200:t] ** 2).mean()
+    # BGD: 1/σ² keeps growing (≈ linearly in the number of updates)
+    assert prec(bgd_hist, 4000) > 1.6 * prec(bgd_hist, 2000) > 1.6 ** 2 * prec(bgd_hist, 1000)
+    # MESU: settled, changes by < 5% between 2000 and 4000 updates
+    assert abs(prec(mesu_hist, 4000) / prec(mesu_hist, 2000) - 1) < 0.05
+    assert prec(bgd_hist, 4000) > 5 * prec(mesu_hist, 4000)
+
+
+finite = st.floats(min_value=-1e30, max_value=1e30, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mu=st.floats(-10, 10), sigma=st.floats(1e-6, 0.1), gm=finite, gs=finite,
+       memory=st.floats(1.0, 1e7), lr_sigma=st.floats(0.0, 3.9))
+def test_clamped_mesu_keeps_sigma_positive_and_finite(mu, sigma, gm, gs, memory, lr_sigma):
+    t = lambda v: torch.tensor([v], dtype=torch.float64)
+    new_mu, new_sigma = mesu_update(t(mu), t(sigma), t(gm), t(gs), memory=memory, sigma_prior=0.1,
+                                    lr_sigma=lr_sigma)     # default clamp_grad 0.5: lr_sigma·c < 2
+    assert torch.isfinite(new_mu).all() and torch.isfinite(new_sigma).all()
+    assert (new_sigma > 0).all()
+
+
+def test_unclamped_mesu_drives_sigma_negative_on_the_same_case():
+    mu, sigma, gm, gs = (torch.tensor([v], dtype=torch.float64) for v in (0.0, 0.05, 0.0, 1e3))
+    _, unclamped = mesu_update(mu, sigma, gm, gs, memory=1e4, sigma_prior=0.1, clamp_grad=None)
+    _, clamped = mesu_update(mu, sigma, gm, gs, memory=1e4, sigma_prior=0.1)
+    assert unclamped.item() < 0 < clamped.item()
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return ms.SpikingMLP([6, 5, 3])
+
+
+def _loss(net, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(4, 8, 6, generator=g) < 0.5).float()
+    y = torch.randint(0, 3, (8,), generator=g)
+    return ms.nll_loss(net(x, samples=3, generator=g), y)
+
+
+def test_pairs_found_by_structure_and_state_dict_round_trip():
+    net = _tiny_model()
+    opt = ms.MESU(net, memory=100, sigma_prior=0.1)
+    names = [n for n, _, _ in opt.pairs()]
+    assert names == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]
+    for _, mu, s in opt.pairs():
+        assert mu.shape == s.shape
+    for _ in range(2):
+        opt.zero_grad(); _loss(net).backward(); opt.step()
+    net2 = _tiny_model()
+    net2.load_state_dict(net.state_dict())
+    opt2 = ms.MESU(net2, memory=1.0, sigma_prior=1.0)            # hyperparameters come from the state dict
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.param_groups[0]["memory"] == 100 and opt2.param_groups[0]["step"] == 2
+    for o, n in ((opt, net), (opt2, net2)):
+        o.zero_grad(); _loss(n, seed=5).backward(); o.step()
+    for (_, a, b), (_, c, d) in zip(opt.pairs(), opt2.pairs()):
+        assert torch.equal(a, c) and torch.equal(b, d)
+
+
+def test_non_bayesian_parameters_are_refused_or_trained_by_sgd():
+    net = torch.nn.Sequential(ms.BayesLinear(3, 2), torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"non-Bayesian trainable parameters \['1.weight', '1.bias'\]"):
+        ms.MESU(net)
+    opt = ms.MESU(net, other_lr=0.1)
+    w0 = net[1].weight.detach().clone()
+    net(torch.randn(4, 3)).sum().backward()
+    g = net[1].weight.grad.clone()
+    opt.step()
+    torch.testing.assert_close(net[1].weight.detach(), w0 - 0.1 * g)
+    with pytest.raises(ValueError, match="flat parameter list"):
+        ms.MESU(list(net.parameters()))
+    with pytest.raises(ValueError, match="no Bayesian layers"):
+        ms.BGD(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("rule", [ms.MESU, ms.BGD])
+def test_nonfinite_gradient_leaves_model_untouched(rule):
+    net = _tiny_model()
+    opt = rule(net)
+    _loss(net).backward()
+    net.layers[1].weight_sigma.grad[0, 0] = float("nan")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(FloatingPointError, match=r"layers.1.weight_sigma"):
+        opt.step()
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    skip = rule(net, on_nonfinite="skip")
+    net.layers[0].weight_mu.grad[0, 0] = float("inf")
+    skip.step()
+    skip.step()
+    assert skip.skipped_steps == 2
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert skip.state_dict()["skipped_steps"] == 2
+
+
+def test_construction_errors():
+    net = _tiny_model()
+    for kw, msg in [(dict(memory=0), "memory"), (dict(memory=-5), "memory"), (dict(sigma_prior=0), "sigma_prior"),
+                    (dict(sigma_prior=-1.0), "sigma_prior"), (dict(clamp_grad=0), "clamp_grad"),
+                    (dict(lr_mu=-1), "lr_mu"), (dict(on_nonfinite="ignore"), "on_nonfinite")]:
+        with pytest.raises(ValueError, match=msg):
+            ms.MESU(net, **kw)
+    with pytest.raises(ValueError, match="lr"):
+        ms.BGD(net, lr=-1)
+    bad = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="σ must be > 0"):
+        ms.MESU([(torch.nn.Parameter(torch.zeros(3)), bad)])
+    with pytest.raises(ValueError, match="sigma_init"):
+        ms.BayesLinear(3, 2, sigma_init=0.0)
+    with pytest.raises(ValueError, match="sigma_init"):
+        ms.SpikingMLP([3, 2], sigma_init=-1)
