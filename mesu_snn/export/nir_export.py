@@ -1,0 +1,417 @@
+"""NIR export and import of Bayesian spiking networks (``nir`` 1.0.8).
+
+Graph. A chain ``Input → [Affine|Linear|Conv2d → LIF (→ AvgPool2d)]… (→ Flatten → Affine → LIF)
+→ Output``. Synaptic nodes carry the mean weights μ (the w = μ network); σ travels in each
+node's metadata as ``sigma_weight`` / ``sigma_bias`` (same shapes as ``weight`` / ``bias``).
+
+Time convention (documented once, here). A NIR LIF is ``tau·dv/dt = (v_leak − v) + r·I``; one
+forward-Euler step of length ``dt`` gives our discrete neuron::
+
+    v_t = v_leak + (1 − dt/tau)·(v_{t−1} − v_leak) + (r·dt/tau)·I_t
+
+so ``beta = 1 − dt/tau`` and ``input_scale = r·dt/tau``, i.e. ``tau = dt/(1 − beta)`` and
+``r = input_scale·tau/dt``. A snnTorch-style neuron (input_scale 1) gets ``r = tau/dt``; a
+Norse ``LIFBoxCell``-style neuron (``LIF.norse_box``, input_scale = dt/tau) gets ``r = 1``.
+The default ``dt = 1e-4`` s is the step that ``snntorch.import_from_nir`` hard-codes; pass the
+same ``dt`` to ``norse.torch.from_nir(graph, dt=1e-4)``. NIR's reset is "to ``v_reset`` at the
+spike's step": our ``reset="zero", reset_delay=False``. Each LIF node's metadata records ``dt``,
+``reset``, ``reset_delay``, ``detach_reset``, ``beta``, ``threshold``, ``input_scale`` and the
+surrogate, so our own files round-trip exactly whatever the reset; third-party importers run
+NIR semantics.
+
+Third-party importers (tested in ``tests/test_nir.py``):
+
+* ``snntorch.import_nir.import_from_nir`` (snnTorch 1.0.0) builds ``Leaky(beta=1 − 1e-4/tau,
+  reset_mechanism="zero", reset_delay=False)``; it needs ``v_leak = 0`` and one threshold per
+  layer, and ignores ``v_reset`` (always 0). A network with ``reset="zero",
+  reset_delay=False`` and our default ``dt`` is reproduced spike for spike. (snnTorch's own
+  exporter fails NIR type inference on a scalar ``beta``; ours writes per-neuron arrays.)
+* ``norse.torch.from_nir`` (Norse 1.1.0) builds ``LIFBoxCell(tau_mem_inv = 1/tau, v_th,
+  v_leak)`` and ignores ``r`` and ``v_reset``: only ``r = 1`` (``LIF.norse_box`` neurons, with
+  ``v_reset = 0``) is reproduced exactly. Norse's own exporter writes ``tau = dt/tau_mem_inv``
+  (norse issue #411); ours writes ``tau = 1/tau_mem_inv``. It has no AvgPool2d, so conv nets
+  stop at the first pooling node there.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..functional.surrogate import ATan, FastSigmoid, Heaviside, make_surrogate
+from ..models import SpikingConvNet, SpikingMLP
+from ..neurons import LIF
+from ..observe.atomic import atomic_path
+from ..synapses import BayesConv2d, BayesianLayer, BayesLinear
+from .stages import AvgPool, Flatten, SpikingSequential, model_stages, stage_shapes
+
+__all__ = ["DEFAULT_DT", "to_nir", "from_nir", "model_to_graph", "graph_to_model", "read_graph",
+           "lif_to_nir_params", "nir_to_lif_params"]
+
+DEFAULT_DT = 1e-4  #: seconds; the step snntorch.import_from_nir assumes
+
+
+# ---------------------------------------------------------------- pure conversions
+def lif_to_nir_params(beta, input_scale, dt: float = DEFAULT_DT) -> tuple[np.ndarray, np.ndarray]:
+    """(tau, r) of NIR's LIF from our beta (per step) and input_scale; dt in seconds.
+
+    tau = dt/(1 − beta), r = input_scale·tau/dt. beta must lie in [0, 1)."""
+    beta = np.asarray(beta, dtype=np.float64)
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0 seconds, got {dt!r}")
+    if np.any(beta < 0) or np.any(beta >= 1):
+        raise ValueError(f"beta must lie in [0, 1) to map to a NIR LIF (beta = 1 has no leak), got {beta}")
+    tau = dt / (1.0 - beta)
+    return tau, np.asarray(input_scale, dtype=np.float64) * tau / dt
+
+
+def nir_to_lif_params(tau, r, dt: float = DEFAULT_DT) -> tuple[np.ndarray, np.ndarray]:
+    """(beta, input_scale) from NIR's LIF (tau, r): beta = 1 − dt/tau, input_scale = r·dt/tau."""
+    tau = np.asarray(tau, dtype=np.float64)
+    if np.any(tau <= 0):
+        raise ValueError(f"NIR LIF tau must be > 0, got {tau}")
+    beta = 1.0 - dt / tau
+    if np.any(beta < 0):
+        raise ValueError(f"NIR LIF tau={tau.min():g} s is shorter than dt={dt:g} s (beta < 0); pass a smaller dt")
+    return beta, np.asarray(r, dtype=np.float64) * dt / tau
+
+
+def _surrogate_spec(s) -> tuple[str, float]:
+    if isinstance(s, FastSigmoid):
+        return "fast_sigmoid", float(s.slope)
+    if isinstance(s, ATan):
+        return "atan", float(s.alpha)
+    if isinstance(s, Heaviside):
+        return "heaviside", 0.0
+    raise ValueError(f"unknown surrogate {s!r}")
+
+
+def _arr(v, dtype=np.float64) -> np.ndarray:
+    return (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(dtype)
+
+
+def _m(v, dtype=np.float64):
+    """A metadata value: python float for scalars (h5py cannot compress 0-d data), else an array."""
+    a = _arr(v, dtype)
+    return float(a) if a.ndim == 0 else a
+
+
+def _lif_node(lif: LIF, shape, dt: float):
+    import nir
+    if lif.reset == "none":
+        raise ValueError("a LIF with reset='none' has no NIR LIF equivalent")
+    full = lambda v: np.broadcast_to(_arr(v), shape).copy()
+    tau, r = lif_to_nir_params(full(lif.beta), full(lif.input_scale), dt)
+    name, param = _surrogate_spec(lif.surrogate)
+    meta = dict(dt=float(dt), reset=lif.reset, reset_delay=bool(lif.reset_delay), detach_reset=bool(lif.detach_reset),
+                beta=_m(lif.beta, np.float32), threshold=_m(lif.threshold, np.float32),
+                input_scale=_m(lif.input_scale), v_leak=_m(lif.v_leak), v_reset=_m(lif.v_reset),
+                surrogate=name, surrogate_param=param)
+    return nir.LIF(tau=tau, r=r, v_leak=full(lif.v_leak), v_threshold=full(lif.threshold),
+                   v_reset=full(lif.v_reset), metadata=meta)
+
+
+def _layer_node(layer: BayesianLayer, in_shape, extra: dict):
+    import nir
+    w, sw = _arr(layer.weight_mu, np.float32), _arr(layer.weight_sigma, np.float32)
+    meta = dict(extra, sigma_weight=sw)
+    b = None
+    if layer.bias_mu is not None:
+        b = _arr(layer.bias_mu, np.float32)
+        meta["sigma_bias"] = _arr(layer.bias_sigma, np.float32)
+    if isinstance(layer, BayesLinear):
+        return nir.Linear(weight=w, metadata=meta) if b is None else nir.Affine(weight=w, bias=b, metadata=meta)
+    if isinstance(layer.padding, str):
+        raise ValueError(f"NIR Conv2d needs integer padding, got padding={layer.padding!r}")
+    if b is None:
+        b = np.zeros(w.shape[0], np.float32)
+        meta["no_bias"] = True
+    return nir.Conv2d(input_shape=tuple(int(s) for s in in_shape[-2:]), weight=w, stride=np.array(layer.stride),
+                      padding=np.array(layer.padding), dilation=np.array(layer.dilation), groups=layer.groups,
+                      bias=b, metadata=meta)
+
+
+def _model_spec(model: nn.Module) -> dict:
+    if isinstance(model, SpikingMLP):
+        return {"class": "SpikingMLP", "sizes": list(model.sizes), "readout": model.readout,
+                "bias": model.layers[0].bias_mu is not None}
+    if isinstance(model, SpikingConvNet):
+        return {"class": "SpikingConvNet", "input_shape": list(model.input_shape),
+                "channels": [model.convs[0].in_channels] + [c.out_channels for c in model.convs],
+                "n_classes": model.fc.out_features, "kernel_size": model.convs[0].kernel_size[0],
+                "readout": model.readout}
+    return {"class": "SpikingSequential"}
+
+
+def model_to_graph(model: nn.Module, dt: float = DEFAULT_DT, layer_metadata: dict | None = None,
+                   metadata: dict | None = None):
+    """The NIR graph of a model's mean network (w = μ), σ in metadata. ``layer_metadata``:
+    {qualified layer name: dict} added to those layers' node metadata (e.g. quantisation)."""
+    import nir
+
+    from .. import __version__
+    stages, input_shape = model_stages(model)
+    shapes = stage_shapes(stages, input_shape)
+    names = {id(m): n for n, m in model.named_modules()}
+    layer_metadata = layer_metadata or {}
+    nodes = {"input": nir.Input(input_type={"input": np.array(input_shape)})}
+    edges, prev, in_shape, non_nir = [], "input", tuple(input_shape), []
+    for i, (stage, shape) in enumerate(zip(stages, shapes)):
+        if isinstance(stage, BayesianLayer):
+            qn = names.get(id(stage), f"stage{i}")
+            key, node = f"{'conv' if isinstance(stage, BayesConv2d) else 'fc'}{i}", \
+                _layer_node(stage, in_shape, dict(layer_metadata.get(qn, {}), layer=qn))
+        elif isinstance(stage, LIF):
+            if stage.reset != "zero" or stage.reset_delay:
+                non_nir.append(f"stage {i}: reset={stage.reset!r}, reset_delay={stage.reset_delay}")
+            key, node = f"lif{i}", _lif_node(stage, shape, dt)
+        elif isinstance(stage, AvgPool):
+            k = np.array([stage.kernel_size] * 2)
+            key, node = f"pool{i}", nir.AvgPool2d(kernel_size=k, stride=k, padding=np.array([0, 0]))
+        elif isinstance(stage, Flatten):
+            key = f"flatten{i}"
+            node = nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=len(in_shape) - stage.ndim,
+                               end_dim=-1)
+        else:
+            raise ValueError(f"stage {i} ({type(stage).__name__}) has no NIR node")
+        nodes[key] = node
+        edges.append((prev, key))
+        prev, in_shape = key, shape
+    if non_nir:
+        warnings.warn(f"LIF resets differ from NIR's ({'; '.join(non_nir)}): stored in metadata for mesu_snn, but "
+                      "third-party importers apply NIR's reset (to v_reset at the spike's step); build the network "
+                      "with reset='zero', reset_delay=False to match them", stacklevel=3)
+    nodes["output"] = nir.Output(output_type={"output": np.array(in_shape)})
+    edges.append((prev, "output"))
+    meta = {"format": "mesu_snn", "mesu_snn_version": __version__, "dt": float(dt),
+            "model": json.dumps(_model_spec(model)),
+            "convention": "w = mu (mean network); sigma in node metadata; beta = 1 - dt/tau, "
+                          "input_scale = r*dt/tau (forward Euler, step dt seconds)"}
+    meta.update(metadata or {})
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=True)
+
+
+def to_nir(model: nn.Module, path, dt: float = DEFAULT_DT, force: bool = False,
+           layer_metadata: dict | None = None, metadata: dict | None = None) -> Path:
+    """Write the model's mean network as a NIR file (``nir.write``), atomically; returns the path.
+
+    FileExistsError if ``path`` exists and not ``force``."""
+    import nir
+    graph = model_to_graph(model, dt, layer_metadata, metadata)
+    with atomic_path(path, force) as tmp:
+        nir.write(tmp, graph)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- import
+SUPPORTED = ("Input", "Output", "Affine", "Linear", "Conv2d", "LIF", "IF", "AvgPool2d", "Flatten")
+
+
+def read_graph(path):
+    """``nir.read`` with one clear error naming the file: FileNotFoundError, or ValueError for a
+    file that is not HDF5, is truncated/corrupt, or is HDF5 but not a NIR graph."""
+    import h5py
+    import nir
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"NIR file {path} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            if "node" not in f:
+                raise ValueError(f"{path}: HDF5 file but not a NIR graph (no 'node' group; top-level keys "
+                                 f"{sorted(f.keys())})")
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable HDF5/NIR file (corrupt or truncated): {e}") from None
+    try:
+        return nir.read(path, type_check=False)
+    except Exception as e:  # nir raises KeyError/AssertionError/TypeError on damaged graphs
+        raise ValueError(f"{path}: damaged NIR graph: {type(e).__name__}: {e}") from None
+
+
+def _chain(graph, source: str) -> list[str]:
+    """Node names from the single Input to the single Output; ValueError if not a chain."""
+    ins = [k for k, n in graph.nodes.items() if type(n).__name__ == "Input"]
+    if len(ins) != 1:
+        raise ValueError(f"{source}: expected one Input node, found {len(ins)}")
+    succ: dict[str, list[str]] = {}
+    for a, b in graph.edges:
+        succ.setdefault(a, []).append(b)
+    order, cur = [], ins[0]
+    while True:
+        order.append(cur)
+        nxt = succ.get(cur, [])
+        if not nxt:
+            break
+        if len(nxt) > 1 or nxt[0] in order:
+            raise ValueError(f"{source}: only feed-forward chains are supported; node {cur!r} feeds {nxt}")
+        cur = nxt[0]
+    if type(graph.nodes[order[-1]]).__name__ != "Output":
+        raise ValueError(f"{source}: the chain from Input ends at {order[-1]!r}, not at an Output node")
+    return order
+
+
+def _meta(node, key, default=None):
+    v = node.metadata.get(key, default) if isinstance(node.metadata, dict) else default
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _sigma(node, key, shape, sigma, source, name):
+    v = _meta(node, key)
+    if v is not None:
+        v = np.asarray(v, dtype=np.float32)
+        if v.shape != tuple(shape):
+            raise ValueError(f"{source}: node {name!r} metadata {key} has shape {v.shape}, expected {tuple(shape)}")
+        return torch.from_numpy(v.copy())
+    if sigma is None:
+        raise ValueError(f"{source}: node {name!r} has no {key} metadata (not written by mesu_snn); "
+                         "pass sigma=... (the prior σ) to from_nir")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    return torch.full(tuple(shape), float(sigma))
+
+
+def _bayes_from(node, sigma, source, name) -> BayesianLayer:
+    kind = type(node).__name__
+    w = np.asarray(node.weight, dtype=np.float32)
+    has_bias = kind in ("Affine", "Conv2d") and not bool(_meta(node, "no_bias", False))
+    if kind == "Conv2d":
+        if w.ndim != 4:
+            raise ValueError(f"{source}: Conv2d node {name!r} has a weight of shape {w.shape}, expected 4-d")
+        layer = BayesConv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[2:]),
+                            stride=tuple(int(s) for s in np.broadcast_to(np.asarray(node.stride), (2,))),
+                            padding=_pad(node.padding, source, name),
+                            dilation=tuple(int(s) for s in np.broadcast_to(node.dilation, (2,))),
+                            groups=int(node.groups), bias=has_bias)
+    else:
+        if w.ndim != 2:
+            raise ValueError(f"{source}: {kind} node {name!r} has a weight of shape {w.shape}, expected 2-d")
+        layer = BayesLinear(w.shape[1], w.shape[0], bias=has_bias)
+    with torch.no_grad():
+        layer.weight_mu.copy_(torch.from_numpy(w.copy()))
+        layer.weight_sigma.copy_(_sigma(node, "sigma_weight", w.shape, sigma, source, name))
+        if has_bias:
+            b = np.asarray(node.bias, dtype=np.float32).reshape(-1)
+            layer.bias_mu.copy_(torch.from_numpy(b.copy()))
+            layer.bias_sigma.copy_(_sigma(node, "sigma_bias", b.shape, sigma, source, name))
+    return layer
+
+
+def _pad(p, source, name):
+    if isinstance(p, (str, bytes)):
+        raise ValueError(f"{source}: Conv2d node {name!r} has string padding {p!r}; integer padding needed")
+    return tuple(int(s) for s in np.broadcast_to(np.asarray(p), (2,)))
+
+
+def _scalar_or_tensor(v):
+    a = np.asarray(v, dtype=np.float64)
+    if a.ndim == 0 or np.all(a == a.reshape(-1)[0]):
+        return float(a.reshape(-1)[0])
+    return torch.tensor(a, dtype=torch.get_default_dtype())
+
+
+def _exact(v):
+    """A stored float32 buffer back as the same LIF argument (python float or tensor)."""
+    a = np.asarray(v, dtype=np.float32)
+    return float(a) if a.ndim == 0 else torch.from_numpy(a.copy())
+
+
+def _lif_from(node, dt, source, name) -> LIF:
+    kind = type(node).__name__
+    if kind == "LIF" and _meta(node, "beta") is not None:  # our own file: exact parameters
+        return LIF(beta=_exact(_meta(node, "beta")), threshold=_exact(_meta(node, "threshold")),
+                   reset=str(_meta(node, "reset")), reset_delay=bool(_meta(node, "reset_delay")),
+                   detach_reset=bool(_meta(node, "detach_reset")),
+                   surrogate=_surrogate_from(_meta(node, "surrogate"), _meta(node, "surrogate_param")),
+                   v_leak=_scalar_or_tensor(_meta(node, "v_leak")), v_reset=_scalar_or_tensor(_meta(node, "v_reset")),
+                   input_scale=_scalar_or_tensor(_meta(node, "input_scale")))
+    step = float(_meta(node, "dt", dt))
+    if kind == "LIF":
+        beta, scale = nir_to_lif_params(node.tau, node.r, step)
+        leak = node.v_leak
+    else:  # IF: no leak; one step integrates r·I (as Norse's IAFCell)
+        beta, scale, leak = np.ones_like(np.asarray(node.r, np.float64)), node.r, 0.0
+    th = np.asarray(node.v_threshold, dtype=np.float64)
+    if np.any(th <= 0):
+        raise ValueError(f"{source}: {kind} node {name!r} has a threshold <= 0")
+    vr = node.v_reset if node.v_reset is not None else 0.0
+    return LIF(beta=_scalar_or_tensor(beta), threshold=_scalar_or_tensor(th), reset="zero", reset_delay=False,
+               detach_reset=True, v_leak=_scalar_or_tensor(leak), v_reset=_scalar_or_tensor(vr),
+               input_scale=_scalar_or_tensor(scale))
+
+
+def _surrogate_from(name, param):
+    name = str(name)
+    return make_surrogate("heaviside") if name == "heaviside" else make_surrogate((name, float(param)))
+
+
+def graph_to_model(graph, sigma: float | None = None, dt: float | None = None, source: str = "NIR graph",
+                   as_sequential: bool = False) -> nn.Module:
+    """A Bayesian model from a NIR graph (see :func:`from_nir`)."""
+    order = _chain(graph, source)
+    gmeta = graph.metadata if isinstance(graph.metadata, dict) else {}
+    step = float(dt if dt is not None else gmeta.get("dt", DEFAULT_DT))
+    inp = graph.nodes[order[0]]
+    input_shape = tuple(int(s) for s in np.asarray(inp.input_type["input"]).reshape(-1))
+    stages = []
+    for name in order[1:-1]:
+        node = graph.nodes[name]
+        kind = type(node).__name__
+        if kind in ("Affine", "Linear", "Conv2d"):
+            stages.append(_bayes_from(node, sigma, source, name))
+        elif kind in ("LIF", "IF"):
+            stages.append(_lif_from(node, step, source, name))
+        elif kind == "AvgPool2d":
+            k, s, p = (np.broadcast_to(np.asarray(v), (2,)) for v in (node.kernel_size, node.stride, node.padding))
+            if k[0] != k[1] or np.any(s != k) or np.any(p != 0):
+                raise ValueError(f"{source}: AvgPool2d node {name!r} must be square with stride = kernel and no "
+                                 f"padding, got kernel {k}, stride {s}, padding {p}")
+            stages.append(AvgPool(int(k[0])))
+        elif kind == "Flatten":
+            ishape = np.asarray(node.input_type["input"]).reshape(-1)
+            start = int(node.start_dim) % max(len(ishape), 1)
+            if int(node.end_dim) not in (-1, len(ishape) - 1):
+                raise ValueError(f"{source}: Flatten node {name!r} must flatten to the last dim")
+            stages.append(Flatten(len(ishape) - start))
+        else:
+            raise ValueError(f"{source}: node {name!r} of type {kind} is not supported (supported: "
+                             f"{', '.join(SUPPORTED)})")
+    seq = SpikingSequential(stages, input_shape)
+    spec = json.loads(gmeta["model"]) if isinstance(gmeta.get("model"), str) else {}
+    if as_sequential or spec.get("class") not in ("SpikingMLP", "SpikingConvNet"):
+        return seq
+    return _rebuild(spec, stages, source)
+
+
+def _rebuild(spec: dict, stages, source) -> nn.Module:
+    """Our own model class from its spec, with the imported stages' parameters and neurons."""
+    lifs = [s for s in stages if isinstance(s, LIF)]
+    layers = [s for s in stages if isinstance(s, BayesianLayer)]
+    if spec["class"] == "SpikingMLP":
+        model = SpikingMLP(spec["sizes"], readout=spec["readout"], bias=spec["bias"])
+        model.neurons = nn.ModuleList(lifs)
+        model.layers = nn.ModuleList(layers)
+    else:
+        model = SpikingConvNet(spec["input_shape"], spec["channels"], spec["n_classes"], spec["kernel_size"],
+                               readout=spec["readout"])
+        model.neurons, model.out_neuron = nn.ModuleList(lifs[:-1]), lifs[-1]
+        model.convs, model.fc = nn.ModuleList(layers[:-1]), layers[-1]
+    if len(model_stages(model)[0]) != len(stages):
+        raise ValueError(f"{source}: graph does not match its recorded model {spec}")
+    return model
+
+
+def from_nir(path, sigma: float | None = None, dt: float | None = None, as_sequential: bool = False) -> nn.Module:
+    """Read a NIR file into a Bayesian model.
+
+    Our own files give back the original class (SpikingMLP / SpikingConvNet) with identical μ,
+    σ and neurons; other graphs give a :class:`SpikingSequential` (or with ``as_sequential``).
+    σ comes from node metadata, else every σ = ``sigma`` (the prior). ``dt`` (s) converts
+    tau to beta for graphs without our metadata (default: the graph's ``dt`` metadata, else
+    1e-4 s as snnTorch). Supported nodes: Input, Output, Affine, Linear, Conv2d, LIF, IF,
+    AvgPool2d, Flatten, in one feed-forward chain."""
+    graph = read_graph(path)
+    return graph_to_model(graph, sigma=sigma, dt=dt, source=str(path), as_sequential=as_sequential)
