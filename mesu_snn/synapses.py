@@ -209,11 +209,13 @@ class BayesConv2d(BayesianLayer):
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, groups)
 
     def _apply_shared(self, x, w, b):
-        m, out = w.shape[0], w.shape[1]
+        m, out, g = w.shape[0], w.shape[1], self.groups
         lead = x.shape[:-3]
-        y = self._conv(x.reshape(-1, *x.shape[-3:]), w.reshape(m * out, *w.shape[2:]),
-                       None if b is None else b.reshape(-1), self.groups)     # (P, M*out, H', W')
-        y = y.view(y.shape[0], m, out, *y.shape[-2:]).transpose(0, 1)
+        # order output channels as (group, sample, channel-in-group) so one grouped conv serves all M
+        wg = w.reshape(m, g, out // g, *w.shape[2:]).transpose(0, 1).reshape(g * m * (out // g), *w.shape[2:])
+        bg = None if b is None else b.reshape(m, g, out // g).transpose(0, 1).reshape(-1)
+        y = self._conv(x.reshape(-1, *x.shape[-3:]), wg, bg, g)              # (P, g*M*out/g, H', W')
+        y = y.view(y.shape[0], g, m, out // g, *y.shape[-2:]).permute(2, 0, 1, 3, 4, 5)
         return y.reshape(m, *lead, out, *y.shape[-2:])
 
     def _apply_sampled(self, x, w, b):
