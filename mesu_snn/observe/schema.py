@@ -1,0 +1,59 @@
+"""SCHEMA of the σ-trace HDF5 file written by :class:`~mesu_snn.observe.SigmaRecorder`
+(the one place it is documented). Version 1.
+
+Root attributes::
+
+    format          "mesu_snn.sigma_trace"
+    schema_version  1
+    status          "running" while training (file named <name>.partial), "complete" after on_end
+    created         ISO-8601 UTC time of on_start
+    config          JSON of the run configuration given to on_start
+    versions        JSON {python, mesu_snn, torch, numpy, h5py, nir}
+    git_revision    commit of the mesu_snn source tree, or "unknown"
+    every           k: summaries are written every k optimizer updates (and at update 0)
+    n_tracked, seed tracked synapses per layer and the seed that chose them
+    quantiles       the q of the *_quantiles columns, e.g. [0, .05, .25, .5, .75, .95, 1]
+
+Datasets (all appendable along axis 0: chunked, gzip-compressed, ``maxshape=(None, ...)``)::
+
+    /summary_updates                  (S,)    int64    update index of each summary row
+    /tracked_updates                  (U,)    int64    update index of each tracked row (every update)
+    /layers/<pair>/                   one group per Bayesian (μ, σ) pair, e.g. "layers.0.weight";
+        attrs: shape (the tensor's shape), numel
+        sigma_mean, sigma_std, mu_mean, mu_std, absmu_mean         (S,)      float64
+        sigma_quantiles, mu_quantiles                              (S, Q)    float64
+        sigma_hist (S, B) int64 with attr edges (B+1,): log-spaced σ bins, 1e-6 … 1e1 (under/over-flow
+            counted in the first/last bin)
+        mu_hist    (S, B) int64 with attr edges (B+1,): linear μ bins over ±mu_range
+        tracked_index                                              (K,)      int64  flat indices
+        tracked_mu, tracked_sigma                                  (U, K)    float32 every update
+    /snapshots/task_<i>/              full tensors at the end of task i; attrs task, update
+        <pair>/mu, <pair>/sigma                                    tensor shape, float32
+
+Flushing: rows are buffered in memory and written + ``flush()``-ed every k updates, at task
+ends and at on_end; a crash loses at most the last k updates (the ``.partial`` file stays
+readable by ``mesu-snn inspect``).
+"""
+from __future__ import annotations
+
+FORMAT = "mesu_snn.sigma_trace"
+SCHEMA_VERSION = 1
+QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+SIGMA_RANGE = (1e-6, 10.0)
+SUMMARY_SCALARS = ("sigma_mean", "sigma_std", "mu_mean", "mu_std", "absmu_mean")
+
+__all__ = ["FORMAT", "SCHEMA_VERSION", "QUANTILES", "SIGMA_RANGE", "SUMMARY_SCALARS", "check_trace_file"]
+
+
+def check_trace_file(f, source: str) -> None:
+    """ValueError naming ``source`` unless the open h5py File ``f`` is a σ trace of this schema."""
+    fmt = f.attrs.get("format")
+    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+    if fmt != FORMAT:
+        raise ValueError(f"{source}: not a mesu_snn σ trace (format attribute {fmt!r}, expected {FORMAT!r})")
+    ver = int(f.attrs.get("schema_version", -1))
+    if ver != SCHEMA_VERSION:
+        raise ValueError(f"{source}: σ-trace schema version {ver} is not supported (expected {SCHEMA_VERSION})")
+    for key in ("summary_updates", "tracked_updates", "layers"):
+        if key not in f:
+            raise ValueError(f"{source}: σ trace is missing '/{key}'")
