@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from .functional.lif import lif_sequence
+from .kernels.lif_fused import lif_sequence_fused, supports
 from .neurons import LIF
 from .synapses import BayesConv2d, BayesianLayer, BayesLinear, set_mode
 
@@ -17,7 +18,11 @@ READOUTS = ("count", "membrane")
 
 
 def _lif_over_time(lif: LIF, h: torch.Tensor) -> torch.Tensor:
-    """h: (M, T, ...) currents -> (M, T, ...) spikes, LIF run over dim 1."""
+    """h: (M, T, ...) currents -> (M, T, ...) spikes, LIF run over dim 1 (the fused kernel
+    runs over dim 1 in place of the layout, so no transposed copies are made)."""
+    p = lif.params
+    if supports(p):
+        return lif_sequence_fused(h, p, time_dim=1)
     return lif(h.transpose(0, 1)).transpose(0, 1)
 
 
@@ -27,7 +32,9 @@ def _readout(lif: LIF, h: torch.Tensor, readout: str) -> torch.Tensor:
         return _lif_over_time(lif, h).sum(1)
     # membrane: non-spiking leaky integrator with the output layer's beta, averaged over time
     p = lif.params.with_(reset="none")
-    _, v = lif_sequence(h.transpose(0, 1), p, return_membrane=True)
+    if supports(p):
+        return lif_sequence_fused(h, p, return_membrane=True, time_dim=1)[1].mean(1)
+    _, v = lif_sequence(h.transpose(0, 1), p, return_membrane=True, impl="reference")
     return v.mean(0)
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from ..kernels.fused_update import all_finite
 from ..synapses import bayesian_pairs
 
 NONFINITE = ("raise", "skip")
@@ -90,6 +91,11 @@ class BayesianOptimizer(torch.optim.Optimizer):
                 yield from zip(g["names"], ps[0::2], ps[1::2])
 
     def _grads_finite(self) -> str | None:
+        """Name of the first parameter whose gradient holds NaN/Inf, else None (one fused
+        reduction and one host sync when all are finite)."""
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if all_finite(grads):
+            return None
         for g in self.param_groups:
             names = g["names"] if g["kind"] == "plain" else [n + s for n in g["names"] for s in ("_mu", "_sigma")]
             for name, p in zip(names, g["params"]):
@@ -98,6 +104,16 @@ class BayesianOptimizer(torch.optim.Optimizer):
         return None
 
     def _update(self, mu, sigma, gmu, gsigma, group) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    #: Use the subclass's ``_fused_update`` (all pairs of a group in one pass of foreach ops,
+    #: :mod:`mesu_snn.kernels.fused_update`) when it has one; False runs the readable per-pair
+    #: ``_update`` (the pure functions of :mod:`mesu_snn.functional`). Both give the same
+    #: result to floating-point rounding.
+    fused = True
+
+    def _fused_update(self, mus, sigmas, gmus, gsigmas, group) -> bool:
+        """Optional: update the group's pairs in place; return False to use ``_update`` instead."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -121,6 +137,10 @@ class BayesianOptimizer(torch.optim.Optimizer):
                         p.add_(p.grad, alpha=-g["lr"])
                 continue
             ps = g["params"]
+            if self.fused and type(self)._fused_update is not BayesianOptimizer._fused_update:
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
+                if self._fused_update(ps[0::2], ps[1::2], grads[0::2], grads[1::2], g):
+                    continue
             for mu, sigma in zip(ps[0::2], ps[1::2]):
                 gmu = mu.grad if mu.grad is not None else torch.zeros_like(mu)
                 gs = sigma.grad if sigma.grad is not None else torch.zeros_like(sigma)

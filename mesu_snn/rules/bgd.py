@@ -6,6 +6,7 @@ The equations are in :func:`mesu_snn.functional.bgd.bgd_update`. Same parameter 
 from __future__ import annotations
 
 from ..functional.bgd import bgd_update
+from ..kernels.fused_update import fused_bgd_step
 from .bayes_optimizer import BayesianOptimizer
 
 __all__ = ["BGD"]
@@ -23,3 +24,7 @@ class BGD(BayesianOptimizer):
 
     def _update(self, mu, sigma, gmu, gsigma, g):
         return bgd_update(mu, sigma, gmu, gsigma, lr=g["lr"])
+
+    def _fused_update(self, mus, sigmas, gmus, gsigmas, g):
+        fused_bgd_step(mus, sigmas, gmus, gsigmas, lr=g["lr"])
+        return True

@@ -6,7 +6,10 @@ Monte-Carlo samples (:func:`mesu_snn.nll_loss`).
 """
 from __future__ import annotations
 
+import torch
+
 from ..functional.mesu import mesu_update
+from ..kernels.fused_update import fused_mesu_step
 from .bayes_optimizer import BayesianOptimizer
 
 __all__ = ["MESU"]
@@ -53,3 +56,11 @@ class MESU(BayesianOptimizer):
         return mesu_update(mu, sigma, gmu, gsigma, memory=g["memory"], sigma_prior=g["sigma_prior"],
                            mu_prior=g["mu_prior"], lr_mu=g["lr_mu"], lr_sigma=g["lr_sigma"],
                            clamp_grad=g["clamp_grad"])
+
+    def _fused_update(self, mus, sigmas, gmus, gsigmas, g):
+        if any(isinstance(g[k], torch.Tensor) for k in ("sigma_prior", "mu_prior", "memory")):
+            return False   # per-synapse priors: the per-pair path handles tensors
+        fused_mesu_step(mus, sigmas, gmus, gsigmas, memory=g["memory"], sigma_prior=g["sigma_prior"],
+                        mu_prior=g["mu_prior"], lr_mu=g["lr_mu"], lr_sigma=g["lr_sigma"],
+                        clamp_grad=g["clamp_grad"])
+        return True

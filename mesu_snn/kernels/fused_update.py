@@ -1,0 +1,103 @@
+"""MESU and BGD over all (μ, σ) pairs at once, in place, with ``torch._foreach_*`` ops.
+
+The equations are written (readably) in :mod:`mesu_snn.functional.mesu` and
+:mod:`mesu_snn.functional.bgd`; this module evaluates the same formulas, rearranged to need
+fewer elementwise passes and no temporaries per pair, over lists of tensors (one launch per
+op for all pairs on CUDA). Results equal the pure functions to floating-point rounding.
+
+MESU rearranged (σ > 0, so σ²·clip(g, ±c/σ) = σ·clip(σ·g, ±c)), with a = clip(σ·∂C/∂μ, ±c),
+b = clip(σ·∂C/∂σ, ±c), k = 1/(N·σ_prior²)::
+
+    Δμ = σ · (σ·k·(μ_prior − μ) − lr_μ·a)
+    Δσ = σ · (k/2·(σ_prior² − σ²) − lr_σ·b/2)
+
+BGD with h = σ·∂C/∂σ/2: ``Δμ = −lr·σ·(σ·∂C/∂μ)``, ``σ ← σ·(√(1 + h²) − h)``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = ["fused_mesu_step", "fused_bgd_step", "all_finite"]
+
+Tensors = Sequence[torch.Tensor]
+
+
+def _check(mus: Tensors, sigmas: Tensors, gmus: Tensors, gsigmas: Tensors) -> tuple[list, ...]:
+    lists = [list(mus), list(sigmas), list(gmus), list(gsigmas)]
+    n = len(lists[0])
+    if any(len(lst) != n for lst in lists):
+        raise ValueError(f"need equally long lists of μ, σ, ∂C/∂μ, ∂C/∂σ, got lengths {[len(lst) for lst in lists]}")
+    for mu, s, gm, gs in zip(*lists):
+        if not (mu.shape == s.shape == gm.shape == gs.shape):
+            raise ValueError(f"μ, σ and their gradients must share one shape, got {tuple(mu.shape)}, "
+                             f"{tuple(s.shape)}, {tuple(gm.shape)}, {tuple(gs.shape)}")
+    return tuple(lists)
+
+
+def _scaled_clipped(sigmas: list, grads: list, c: float | None) -> list:
+    """clip(σ·g, −c, c) per tensor (no clipping if c is None)."""
+    out = torch._foreach_mul(sigmas, grads)
+    if c is not None:
+        torch._foreach_clamp_min_(out, -c)
+        torch._foreach_clamp_max_(out, c)
+    return out
+
+
+@torch.no_grad()
+def fused_mesu_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
+                    memory: float, sigma_prior: float, mu_prior: float = 0.0, lr_mu: float = 1.0,
+                    lr_sigma: float = 1.0, clamp_grad: float | None = 0.5) -> None:
+    """One MESU step on every pair, in place. Same arguments as
+    :func:`mesu_snn.functional.mesu.mesu_update` (scalars only), lists instead of tensors."""
+    mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
+    if not mus:
+        return
+    k = 1.0 / (float(memory) * float(sigma_prior) ** 2)
+    a = _scaled_clipped(sigmas, gmus, clamp_grad)
+    b = _scaled_clipped(sigmas, gsigmas, clamp_grad)
+    # Δμ = σ·(σ·k·(μ_prior − μ) − lr_μ·a)
+    dmu = torch._foreach_mul(mus, -k)
+    if mu_prior != 0.0:
+        torch._foreach_add_(dmu, k * float(mu_prior))
+    torch._foreach_mul_(dmu, sigmas)
+    torch._foreach_add_(dmu, a, alpha=-lr_mu)
+    torch._foreach_mul_(dmu, sigmas)
+    # Δσ = σ·(k/2·(σ_prior² − σ²) − lr_σ·b/2)
+    dsig = torch._foreach_mul(sigmas, sigmas)
+    torch._foreach_mul_(dsig, -k / 2.0)
+    torch._foreach_add_(dsig, k / 2.0 * float(sigma_prior) ** 2)
+    torch._foreach_add_(dsig, b, alpha=-lr_sigma / 2.0)
+    torch._foreach_mul_(dsig, sigmas)
+    torch._foreach_add_(mus, dmu)
+    torch._foreach_add_(sigmas, dsig)
+
+
+@torch.no_grad()
+def fused_bgd_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
+                   lr: float = 1.0) -> None:
+    """One BGD step on every pair, in place (see :func:`mesu_snn.functional.bgd.bgd_update`)."""
+    mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
+    if not mus:
+        return
+    dmu = torch._foreach_mul(sigmas, gmus)
+    torch._foreach_mul_(dmu, sigmas)
+    h = torch._foreach_mul(sigmas, gsigmas)
+    torch._foreach_mul_(h, 0.5)
+    root = torch._foreach_mul(h, h)
+    torch._foreach_add_(root, 1.0)
+    torch._foreach_sqrt_(root)
+    torch._foreach_sub_(root, h)
+    torch._foreach_add_(mus, dmu, alpha=-lr)
+    torch._foreach_mul_(sigmas, root)
+
+
+@torch.no_grad()
+def all_finite(tensors: Tensors) -> bool:
+    """True if no tensor holds NaN or ±Inf (one reduction per tensor, one host sync)."""
+    tensors = [t for t in tensors if t is not None]
+    if not tensors:
+        return True
+    maxabs = torch._foreach_norm(tensors, float("inf"))
+    return bool(torch.isfinite(torch.stack([m.float() for m in maxabs])).all())

@@ -1,0 +1,217 @@
+"""Fused multi-step LIF: the whole (T, ...) sequence as one autograd node.
+
+Same equations as :func:`mesu_snn.functional.lif.lif_sequence` (read them there), for the
+common configurations: scalar ``beta``, ``threshold``, ``v_leak``, ``v_reset`` and
+``input_scale`` (Python numbers), any ``reset`` ("subtract", "zero", "none"), both reset
+timings (``reset_delay``), ``detach_reset`` on or off, and the FastSigmoid / ATan / Heaviside
+surrogates. :func:`supports` says whether a configuration qualifies.
+
+Forward: a loop over time that writes into preallocated outputs, without autograd
+bookkeeping; the spikes equal the reference bit for bit (the same floating-point
+operations in the same order). Backward: the surrogate derivative of every step is computed
+in one vectorised pass, then the gradient runs back through time as a linear recurrence
+``g_t = A_t + C_t · g_{t+1}`` (one in-place op per step).
+
+Memory: only the pre-reset membrane ``u`` (T, ...) is saved (4 bytes per neuron-step in
+fp32). Spikes (``u > θ``) and the post-reset membrane are recomputed from it in backward.
+This is cheaper than saving the input currents plus a spike bit mask (5 bytes) and needs no
+re-run of the forward recurrence; the reference path saves about five float tensors per step.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from ..functional.lif import LIFParameters, _beta
+from ..functional.surrogate import ATan, FastSigmoid, Heaviside
+
+__all__ = ["supports", "lif_sequence_fused", "LIFConfig"]
+
+
+class LIFConfig(NamedTuple):
+    """Plain-number LIF configuration used by the fused kernel."""
+
+    beta: float
+    threshold: float
+    reset: str
+    reset_delay: bool
+    detach_reset: bool
+    v_leak: float
+    v_reset: float
+    input_scale: float
+    surrogate: object
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def supports(p: LIFParameters) -> bool:
+    """True if the fused kernel handles ``p`` (all scalars plain numbers, a known surrogate)."""
+    scalars = (p.beta, p.threshold, p.v_leak, p.v_reset, p.input_scale)
+    return all(_number(v) for v in scalars) and isinstance(p.surrogate, (FastSigmoid, ATan, Heaviside))
+
+
+def _config(p: LIFParameters) -> LIFConfig:
+    return LIFConfig(float(_beta(p)), float(p.threshold), p.reset, bool(p.reset_delay), bool(p.detach_reset),
+                     float(p.v_leak), float(p.v_reset), float(p.input_scale), p.surrogate)
+
+
+def _surrogate_grad(sur, z: torch.Tensor) -> torch.Tensor:
+    """dS/dz for the whole tensor z = u − θ, computed in place on z (z is a temporary)."""
+    if isinstance(sur, FastSigmoid):
+        return z.abs_().mul_(sur.slope).add_(1.0).square_().reciprocal_()
+    if isinstance(sur, ATan):
+        a = sur.alpha
+        return z.mul_(math.pi / 2 * a).square_().add_(1.0).reciprocal_().mul_(a / 2)
+    return torch.ones_like(z)
+
+
+def _decay_into(out: torch.Tensor, v: torch.Tensor, c: LIFConfig) -> torch.Tensor:
+    """out = v_leak + beta·(v − v_leak), with the reference's rounding order."""
+    if c.v_leak == 0.0:
+        return torch.mul(v, c.beta, out=out)
+    torch.sub(v, c.v_leak, out=out)
+    return out.mul_(c.beta).add_(c.v_leak)
+
+
+def _forward(x: torch.Tensor, c: LIFConfig, v0: torch.Tensor | None, time_dim: int):
+    """Run the recurrence. Returns (spikes, pre-reset membranes u), both shaped like x."""
+    xt = x.movedim(time_dim, 0)
+    drive = xt if c.input_scale == 1.0 else xt * c.input_scale
+    spikes = torch.empty_like(x, memory_format=torch.contiguous_format)
+    u = torch.empty_like(spikes)
+    st, ut = spikes.movedim(time_dim, 0), u.movedim(time_dim, 0)
+    if v0 is None:
+        v = torch.full_like(xt[0], c.v_leak)
+    else:
+        v = v0.detach().expand_as(xt[0])
+    delayed = c.reset_delay and c.reset != "none"
+    r = torch.gt(v, c.threshold).to(x.dtype) if delayed else None   # reset due to the initial membrane
+    for t in range(xt.shape[0]):
+        ut_t = ut[t]
+        if delayed and c.reset == "zero":
+            _decay_into(ut_t, torch.where(r.bool(), c.v_reset, v), c)
+        else:
+            _decay_into(ut_t, v, c)
+        ut_t.add_(drive[t])
+        if delayed and c.reset == "subtract":
+            ut_t.sub_(r, alpha=c.threshold)
+        s_t = torch.gt(ut_t, c.threshold, out=st[t])
+        if c.reset_delay or c.reset == "none":
+            v, r = ut_t, s_t
+        elif c.reset == "subtract":
+            v = ut_t - s_t * c.threshold
+        else:
+            v = torch.where(s_t.bool(), c.v_reset, ut_t)
+    return spikes, u
+
+
+def _post_reset(u: torch.Tensor, s: torch.Tensor, c: LIFConfig) -> torch.Tensor:
+    """Post-reset membrane of the immediate-reset model, from u and spikes s (float)."""
+    if c.reset == "subtract":
+        return u - s * c.threshold
+    if c.reset == "zero":
+        return torch.where(s.bool(), c.v_reset, u)
+    return u
+
+
+def _reset_factor(u: torch.Tensor, s: torch.Tensor, sg: torch.Tensor, c: LIFConfig):
+    """d(post-reset membrane)/du elementwise (a float when it is the constant 1)."""
+    if c.reset == "none":
+        return 1.0
+    if c.reset == "subtract":
+        return 1.0 if c.detach_reset else 1.0 - c.threshold * sg
+    keep = 1.0 - s
+    return keep if c.detach_reset else keep + (c.v_reset - u) * sg
+
+
+class _LIFSequenceFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, v0, c: LIFConfig, time_dim: int, return_membrane: bool):
+        spikes, u = _forward(x, c, v0, time_dim)
+        ctx.c, ctx.time_dim, ctx.has_v0 = c, time_dim, v0 is not None
+        ctx.save_for_backward(u, v0 if v0 is not None else u.new_empty(0))
+        ctx.return_membrane = return_membrane
+        if not return_membrane:
+            return spikes
+        mem = u if c.reset_delay or c.reset == "none" else _post_reset(u, spikes, c)
+        return spikes, mem
+
+    @staticmethod
+    def backward(ctx, g_spikes, g_mem=None):
+        u, v0 = ctx.saved_tensors
+        c, td = ctx.c, ctx.time_dim
+        ut = u.movedim(td, 0)
+        sg = _surrogate_grad(c.surrogate, ut - c.threshold)           # dS_t/du_t, all steps at once
+        sgv = None if c.detach_reset else sg.clone()
+        s = (ut > c.threshold).to(u.dtype) if c.reset == "zero" else None
+        a = sg.mul_(g_spikes.movedim(td, 0))                           # direct term, becomes g_u in place
+        gm = g_mem.movedim(td, 0) if g_mem is not None else None
+        if c.reset_delay or c.reset == "none":
+            # u_{t+1} depends on u_t through the (delayed) reset: g_u_t = A_t + gm_t + C_t·g_u_{t+1}
+            if gm is not None:
+                a.add_(gm)
+            coef = _delayed_coef(ut, s, sgv, c)
+        else:
+            # v_t = reset(u_t) is returned and feeds u_{t+1}: g_u_t = A_t + e_t·(gm_t + beta·g_u_{t+1})
+            e = _reset_factor(ut, s, sgv, c)
+            if gm is not None:
+                a.add_(gm * e if isinstance(e, torch.Tensor) else gm)
+            coef = e * c.beta
+        for t in range(ut.shape[0] - 2, -1, -1):
+            if isinstance(coef, torch.Tensor):
+                a[t].addcmul_(coef[t], a[t + 1])
+            else:
+                a[t].add_(a[t + 1], alpha=coef)
+        g_v0 = None
+        if ctx.has_v0 and ctx.needs_input_grad[1]:
+            if c.reset_delay and c.reset != "none":
+                s0 = (v0 > c.threshold).to(u.dtype) if c.reset == "zero" else None
+                sg0 = None if c.detach_reset else _surrogate_grad(c.surrogate, v0 - c.threshold)
+                g_v0 = a[0] * _delayed_coef(v0, s0, sg0, c)
+            else:
+                g_v0 = a[0] * c.beta
+            g_v0 = _sum_to(g_v0, v0.shape)
+        g_x = a if c.input_scale == 1.0 else a.mul_(c.input_scale)
+        return g_x.movedim(0, td), g_v0, None, None, None
+
+
+def _delayed_coef(u, s, sg, c: LIFConfig):
+    """du_{t+1}/du_t of the delayed-reset model (a float when constant)."""
+    if c.reset == "none":
+        return c.beta
+    if c.reset == "subtract":   # u' = beta·u + x − θ·H(u − θ): the reset is not decayed
+        return c.beta if c.detach_reset else c.beta - c.threshold * sg
+    return _reset_factor(u, s, sg, c) * c.beta   # zero: u' = leak + beta·(reset(u) − leak) + x
+
+
+def _sum_to(g: torch.Tensor, shape) -> torch.Tensor:
+    return g if tuple(g.shape) == tuple(shape) else g.sum_to_size(shape)
+
+
+def lif_sequence_fused(x: torch.Tensor, p: LIFParameters, v0: torch.Tensor | None = None,
+                       return_membrane: bool = False, time_dim: int = 0):
+    """Fused :func:`~mesu_snn.functional.lif.lif_sequence`. x: currents with time on ``time_dim``
+    (default (T, *S)) -> spikes shaped like x [and membranes]. ``v0`` broadcasts to one step.
+
+    Raises ValueError if :func:`supports` is false for ``p``.
+    """
+    if not supports(p):
+        raise ValueError("lif_sequence_fused needs scalar (Python number) beta/threshold/v_leak/v_reset/"
+                         "input_scale and a FastSigmoid/ATan/Heaviside surrogate; use impl='reference'")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"lif_sequence_fused expects floating-point currents, got dtype {x.dtype}")
+    time_dim = time_dim % max(x.dim(), 1)
+    if x.dim() < 1 or x.shape[time_dim] < 1:
+        raise ValueError(f"lif_sequence_fused expects T >= 1 along dim {time_dim}, got shape {tuple(x.shape)}")
+    c = _config(p)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (v0 is not None and v0.requires_grad))
+    if not needs_grad:
+        spikes, u = _forward(x, c, v0, time_dim)
+        if not return_membrane:
+            return spikes
+        return spikes, (u if c.reset_delay or c.reset == "none" else _post_reset(u, spikes, c))
+    return _LIFSequenceFn.apply(x, v0, c, time_dim, return_membrane)
