@@ -43,10 +43,10 @@ import torch
 import torch.nn as nn
 
 from ..functional.surrogate import ATan, FastSigmoid, Heaviside, make_surrogate
-from ..models import SpikingConvNet, SpikingMLP
 from ..neurons import LIF
 from ..observe.atomic import atomic_path
 from ..synapses import BayesConv2d, BayesianLayer, BayesLinear
+from .spec import build_model, model_spec
 from .stages import AvgPool, Flatten, SpikingSequential, model_stages, stage_shapes
 
 __all__ = ["DEFAULT_DT", "to_nir", "from_nir", "model_to_graph", "graph_to_model", "read_graph",
@@ -135,18 +135,6 @@ def _layer_node(layer: BayesianLayer, in_shape, extra: dict):
                       bias=b, metadata=meta)
 
 
-def _model_spec(model: nn.Module) -> dict:
-    if isinstance(model, SpikingMLP):
-        return {"class": "SpikingMLP", "sizes": list(model.sizes), "readout": model.readout,
-                "bias": model.layers[0].bias_mu is not None}
-    if isinstance(model, SpikingConvNet):
-        return {"class": "SpikingConvNet", "input_shape": list(model.input_shape),
-                "channels": [model.convs[0].in_channels] + [c.out_channels for c in model.convs],
-                "n_classes": model.fc.out_features, "kernel_size": model.convs[0].kernel_size[0],
-                "readout": model.readout}
-    return {"class": "SpikingSequential"}
-
-
 def model_to_graph(model: nn.Module, dt: float = DEFAULT_DT, layer_metadata: dict | None = None,
                    metadata: dict | None = None):
     """The NIR graph of a model's mean network (w = μ), σ in metadata. ``layer_metadata``:
@@ -188,7 +176,7 @@ def model_to_graph(model: nn.Module, dt: float = DEFAULT_DT, layer_metadata: dic
     nodes["output"] = nir.Output(output_type={"output": np.array(in_shape)})
     edges.append((prev, "output"))
     meta = {"format": "mesu_snn", "mesu_snn_version": __version__, "dt": float(dt),
-            "model": json.dumps(_model_spec(model)),
+            "model": json.dumps(model_spec(model)),
             "convention": "w = mu (mean network); sigma in node metadata; beta = 1 - dt/tau, "
                           "input_scale = r*dt/tau (forward Euler, step dt seconds)"}
     meta.update(metadata or {})
@@ -390,13 +378,11 @@ def _rebuild(spec: dict, stages, source) -> nn.Module:
     """Our own model class from its spec, with the imported stages' parameters and neurons."""
     lifs = [s for s in stages if isinstance(s, LIF)]
     layers = [s for s in stages if isinstance(s, BayesianLayer)]
+    model = build_model(spec)
     if spec["class"] == "SpikingMLP":
-        model = SpikingMLP(spec["sizes"], readout=spec["readout"], bias=spec["bias"])
         model.neurons = nn.ModuleList(lifs)
         model.layers = nn.ModuleList(layers)
     else:
-        model = SpikingConvNet(spec["input_shape"], spec["channels"], spec["n_classes"], spec["kernel_size"],
-                               readout=spec["readout"])
         model.neurons, model.out_neuron = nn.ModuleList(lifs[:-1]), lifs[-1]
         model.convs, model.fc = nn.ModuleList(layers[:-1]), layers[-1]
     if len(model_stages(model)[0]) != len(stages):
