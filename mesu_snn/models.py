@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .functional.lif import lif_sequence
-from .kernels.lif_fused import lif_sequence_fused, supports
+from .kernels.lif_fused import fast_paths_enabled, lif_sequence_fused, supports
 from .neurons import LIF
 from .synapses import BayesConv2d, BayesianLayer, BayesLinear, set_mode
 
@@ -21,7 +21,7 @@ def _lif_over_time(lif: LIF, h: torch.Tensor) -> torch.Tensor:
     """h: (M, T, ...) currents -> (M, T, ...) spikes, LIF run over dim 1 (the fused kernel
     runs over dim 1 in place of the layout, so no transposed copies are made)."""
     p = lif.params
-    if supports(p):
+    if fast_paths_enabled() and supports(p):
         return lif_sequence_fused(h, p, time_dim=1)
     return lif(h.transpose(0, 1)).transpose(0, 1)
 
@@ -32,7 +32,7 @@ def _readout(lif: LIF, h: torch.Tensor, readout: str) -> torch.Tensor:
         return _lif_over_time(lif, h).sum(1)
     # membrane: non-spiking leaky integrator with the output layer's beta, averaged over time
     p = lif.params.with_(reset="none")
-    if supports(p):
+    if fast_paths_enabled() and supports(p):
         return lif_sequence_fused(h, p, return_membrane=True, time_dim=1)[1].mean(1)
     _, v = lif_sequence(h.transpose(0, 1), p, return_membrane=True, impl="reference")
     return v.mean(0)

@@ -20,6 +20,7 @@ re-run of the forward recurrence; the reference path saves about five float tens
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -27,7 +28,26 @@ import torch
 from ..functional.lif import LIFParameters, _beta
 from ..functional.surrogate import ATan, FastSigmoid, Heaviside
 
-__all__ = ["supports", "lif_sequence_fused", "LIFConfig"]
+__all__ = ["supports", "lif_sequence_fused", "LIFConfig", "fast_paths", "fast_paths_enabled"]
+
+_FAST = [True]
+
+
+def fast_paths_enabled() -> bool:
+    """Whether ``impl="auto"`` callers (lif_sequence, SpikingMLP, SpikingConvNet) use the fused kernel."""
+    return _FAST[0]
+
+
+@contextmanager
+def fast_paths(enabled: bool = True):
+    """Context manager: ``with fast_paths(False):`` runs every ``impl="auto"`` LIF on the
+    reference loop (for comparisons and debugging); restores the previous setting on exit."""
+    saved = _FAST[0]
+    _FAST[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _FAST[0] = saved
 
 
 class LIFConfig(NamedTuple):

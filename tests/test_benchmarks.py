@@ -1,0 +1,30 @@
+"""Smoke test of the benchmark runner on a tiny workload (CPU)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench  # noqa: E402
+
+
+def test_bench_tiny_writes_json_and_markdown(tmp_path):
+    args = ["--device", "cpu", "--workload", "tiny", "--rounds", "1", "--iters", "1", "--warmup", "1",
+            "--only", "det_snntorch,naive,mesu_snn_delayed,mesu_snn_reference,stream1_mesu_snn", "--out-dir", str(tmp_path)]
+    assert bench.main(args) == 0
+    js = next(tmp_path.glob("cpu_tiny_*.json"))
+    data = json.loads(js.read_text())
+    rows = {r["name"]: r for r in data["results"]}
+    assert set(rows) == {"det_snntorch", "bayes_naive_snntorch", "mesu_snn_delayed", "mesu_snn_reference",
+                         "stream1_naive_snntorch", "stream1_mesu_snn"}
+    for r in rows.values():
+        assert "error" not in r, r
+        assert r["ms_per_step"] > 0 and r["saved_mib"] > 0
+    assert rows["mesu_snn_delayed"]["speedup_vs_naive"] == pytest.approx(
+        rows["bayes_naive_snntorch"]["ms_per_step"] / rows["mesu_snn_delayed"]["ms_per_step"], rel=0.01)
+    assert "stream1_mesu_snn" in js.with_suffix(".md").read_text()
+    with pytest.raises(FileExistsError, match="--force"):
+        bench.main(args)
