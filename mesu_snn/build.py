@@ -1,0 +1,212 @@
+"""From a validated :class:`~mesu_snn.config.RunConfig` to the objects of a run: the task
+stream, the input pipeline, the model, the rule, the OOD set and the :class:`Trainer`.
+
+Same model, data and seeds for every rule: the model's initial μ, σ come from
+``derive_seed(seed, "model")``, the permutations/splits and the sample order from the stream
+seed, so two configs that differ only in ``[rule]`` train the same network on the same batches.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import RunConfig
+from .datasets import EventDataset, load_digits, load_mnist, load_nmnist
+from .encoders import (EventFrameEncoder, current_encode, latency_encode, rate_encode, to_unit_interval)
+from .models import SpikingConvNet, SpikingMLP
+from .rules import make_rule
+from .rules.rule import Rule
+from .streams import (PermuteAddresses, PermutedInputs, TaskStream, class_incremental_tasks, permuted_tasks,
+                      split_tasks)
+from .trainer import Trainer, derive_seed
+
+__all__ = ["InputPipeline", "load_raw_data", "build_tasks", "build_pipeline", "build_model", "build_rule",
+           "build_ood", "build_trainer", "eval_mask_for", "resolve_device"]
+
+_ALL = 10 ** 9   # "keep every sample" for TaskStream.subsample
+
+
+@dataclass(frozen=True)
+class InputPipeline:
+    """Raw batch -> model input (T, B, ...): float tensor (B, ...) or uint8 images, or a list
+    of event arrays (``frames``).
+
+    current: constant current ``gain·x``; rate: Bernoulli with p = ``gain·x``; latency: one
+    spike per pixel, brighter earlier; frames: event counts per time bin, times ``gain``.
+    ``flatten``: (T, B, ...) -> (T, B, features) for an MLP; otherwise static images get a
+    channel dim, (T, B, 1, H, W), for a conv net.
+    """
+    kind: str
+    num_steps: int
+    gain: float = 1.0
+    flatten: bool = True
+    tau: float = 5.0
+    threshold: float = 0.01
+    linear: bool = False
+    sensor_size: tuple[int, int, int] | None = None
+    duration_us: float | None = None
+
+    @property
+    def deterministic(self) -> bool:
+        return self.kind != "rate"
+
+    def __call__(self, x_raw, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.kind == "frames":
+            if self.sensor_size is None:
+                raise ValueError("the frames pipeline needs sensor_size")
+            x = EventFrameEncoder(self.sensor_size, self.num_steps, self.duration_us)(x_raw)   # (T, B, P, H, W)
+            if self.gain != 1.0:
+                x = x * self.gain
+        else:
+            x = to_unit_interval(x_raw)
+            if self.kind == "current":
+                x = current_encode(x * self.gain, self.num_steps)
+            elif self.kind == "rate":
+                x = rate_encode(x, self.num_steps, self.gain, generator=generator)
+            elif self.kind == "latency":
+                x = latency_encode(x, self.num_steps, self.tau, self.threshold, linear=self.linear)
+            else:
+                raise ValueError(f"unknown encoder kind {self.kind!r}")
+            if not self.flatten:
+                x = x.unsqueeze(2)                                                         # (T, B, 1, H, W)
+        return x.flatten(2) if self.flatten else x
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config field schedule.device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def load_raw_data(cfg: RunConfig):
+    """(x_train, y_train, x_test, y_test) of the configured dataset: uint8/float images or
+    EventDatasets. Missing files raise FileNotFoundError naming them."""
+    d = cfg.data
+    if d.dataset == "digits":
+        xtr, ytr = load_digits("train", d.test_fraction, seed=0)
+        xte, yte = load_digits("test", d.test_fraction, seed=0)
+    elif d.dataset in ("mnist", "fashion_mnist"):
+        fashion = d.dataset == "fashion_mnist"
+        xtr, ytr = load_mnist(d.root, "train", fashion=fashion)
+        xte, yte = load_mnist(d.root, "test", fashion=fashion)
+    elif d.dataset == "nmnist":
+        xtr = load_nmnist(d.root, "train", first_saccade_only=d.first_saccade_only)
+        xte = load_nmnist(d.root, "test", first_saccade_only=d.first_saccade_only)
+        ytr, yte = xtr.labels, xte.labels
+    else:  # pragma: no cover - validated by the config
+        raise ValueError(f"unknown dataset {d.dataset!r}")
+    return xtr, ytr, xte, yte
+
+
+def stream_seed(cfg: RunConfig) -> int:
+    return cfg.seed if cfg.stream.seed is None else cfg.stream.seed
+
+
+def build_tasks(cfg: RunConfig, raw=None) -> TaskStream:
+    """The configured tasks (subsampled per task if asked)."""
+    xtr, ytr, xte, yte = load_raw_data(cfg) if raw is None else raw
+    s, seed = cfg.stream, stream_seed(cfg)
+    if s.kind == "permuted":
+        tasks = permuted_tasks(xtr, ytr, xte, yte, s.n_tasks, seed=seed)
+    else:
+        classes = sorted(set(torch.as_tensor(ytr).tolist()))
+        if s.classes_per_task > len(classes):
+            raise ValueError(f"config field stream.classes_per_task: {s.classes_per_task} exceeds the "
+                             f"{len(classes)} classes of {cfg.data.dataset}")
+        if s.kind == "split":
+            groups = [classes[i:i + s.classes_per_task] for i in range(0, len(classes), s.classes_per_task)]
+            tasks = split_tasks(xtr, ytr, xte, yte, groups)
+        else:
+            tasks = class_incremental_tasks(xtr, ytr, xte, yte, s.classes_per_task, seed=seed)
+    d = cfg.data
+    if d.train_per_task is not None or d.test_per_task is not None:
+        tasks = tasks.subsample(d.train_per_task or _ALL, d.test_per_task, seed=derive_seed(seed, "subsample") % 2**31)
+    return tasks
+
+
+def eval_mask_for(cfg: RunConfig) -> str | None:
+    """Split tasks are scored task-incrementally (argmax over the task's classes, at evaluation
+    only); permuted and class-incremental streams over all classes."""
+    return "task" if cfg.stream.kind == "split" else None
+
+
+def _sample_shape(tasks: TaskStream) -> tuple[int, ...]:
+    x = tasks[0].train_x
+    if isinstance(x, EventDataset):
+        w, h, p = x.sensor_size
+        return (p, h, w)
+    return tuple(x.shape[1:])
+
+
+def build_pipeline(cfg: RunConfig, tasks: TaskStream) -> InputPipeline:
+    e = cfg.encoder
+    sensor = tasks[0].train_x.sensor_size if isinstance(tasks[0].train_x, EventDataset) else None
+    return InputPipeline(kind=e.kind, num_steps=e.num_steps, gain=e.gain, flatten=cfg.model.kind == "mlp",
+                         tau=e.tau, threshold=e.threshold, linear=e.linear, sensor_size=sensor,
+                         duration_us=e.duration_us)
+
+
+def build_model(cfg: RunConfig, tasks: TaskStream) -> nn.Module:
+    """The configured network, initialised from derive_seed(seed, "model") (the same for every rule)."""
+    m = cfg.model
+    shape = _sample_shape(tasks)
+    n_classes = max(tasks.classes) + 1
+    torch.manual_seed(derive_seed(cfg.seed, "model") % 2**63)
+    common = dict(beta=m.beta, threshold=m.threshold, reset=m.reset, surrogate=m.surrogate, readout=m.readout,
+                  mu_init=m.mu_init, sigma_init=m.sigma_init)
+    if m.kind == "mlp":
+        return SpikingMLP([int(np.prod(shape)), *m.hidden, n_classes], **common)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3:
+        raise ValueError(f"config field model.kind: 'conv' needs image or event-frame inputs, got samples of shape {shape}")
+    return SpikingConvNet(shape, [shape[0], *m.channels], n_classes, kernel_size=m.kernel_size, **common)
+
+
+def build_rule(cfg: RunConfig, model: nn.Module) -> Rule:
+    try:
+        return make_rule(cfg.rule.name, model, **cfg.rule.params)
+    except ValueError as e:
+        raise ValueError(f"config table [rule]: {e}") from None
+
+
+def build_ood(cfg: RunConfig, tasks: TaskStream):
+    """Inputs no task ever shows: the first task's test inputs under a fresh random pixel
+    (address) permutation, drawn from derive_seed(seed, "ood"). None if ``schedule.ood`` is off."""
+    if not cfg.schedule.ood:
+        return None
+    x = tasks[0].test_x
+    g = torch.Generator()
+    g.manual_seed(derive_seed(stream_seed(cfg), "ood") % 2**63)
+    if isinstance(x, EventDataset):
+        w, h, _ = x.sensor_size
+        perm = torch.randperm(w * h, generator=g).numpy()
+        return x.with_transform(PermuteAddresses(perm, w))
+    base = x.materialize() if isinstance(x, PermutedInputs) else x
+    perm = torch.randperm(int(math.prod(base.shape[1:])), generator=g)
+    return PermutedInputs(base, perm)
+
+
+def build_trainer(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = False, callbacks=(),
+                  tasks: TaskStream | None = None, desc: str | None = None) -> Trainer:
+    """Everything for one run of ``cfg`` (pass ``tasks`` to reuse loaded data across rules)."""
+    tasks = build_tasks(cfg) if tasks is None else tasks
+    model = build_model(cfg, tasks)
+    device = resolve_device(cfg.schedule.device)
+    model.to(device)
+    rule = build_rule(cfg, model)
+    s, sch = cfg.stream, cfg.schedule
+    return Trainer(model, rule, tasks, build_pipeline(cfg, tasks), batch_size=s.batch_size,
+                   epochs_per_task=s.epochs_per_task, boundary=s.boundary, transition=s.transition,
+                   stream_seed=stream_seed(cfg), train_samples=sch.train_samples, eval_samples=sch.eval_samples,
+                   eval_every=sch.eval_every, eval_batch_size=sch.eval_batch_size, eval_mask=eval_mask_for(cfg),
+                   checkpoint_every=sch.checkpoint_every, run_dir=run_dir, seed=cfg.seed, last_k=sch.last_k,
+                   ood_inputs=build_ood(cfg, tasks), callbacks=callbacks, progress=progress, desc=desc,
+                   device=device, config=cfg.to_dict())

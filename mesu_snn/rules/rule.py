@@ -1,0 +1,94 @@
+"""``Rule``: what the trainer drives: a loss, an optimizer step, and (for the few rules that
+are allowed to know them) a hook at task boundaries.
+
+The trainer does, for every mini-batch (x, y) of a task-free stream::
+
+    out = model(x, samples=rule.train_samples(M))     # (M, B, C)
+    loss = rule.loss(out, y)                          # data term (+ penalty)
+    rule.zero_grad(); loss.backward(); rule.step()
+
+and, only when ``rule.uses_task_boundaries`` (online EWC, SI), ``rule.end_task(k, batches)``
+after the last batch of task k. MESU, BGD, SGD and Adam never get that call.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from ..losses import nll_loss
+
+__all__ = ["Rule", "REDUCTIONS"]
+
+REDUCTIONS = ("sum", "mean")
+
+
+class Rule:
+    """A learning rule around a torch optimizer.
+
+    bayesian: True: the model runs in sample mode, w = μ + σε, with M Monte-Carlo samples per
+        update (MESU, BGD); False: mean mode, w = μ, σ frozen and unused (SGD, Adam, EWC, SI).
+    reduction: how the negative log-likelihood is reduced over the batch: ``"sum"`` (MESU,
+        whose memory N counts samples) or ``"mean"`` (BGD as in Zeno et al.'s code; the
+        baselines, so that their papers' learning rates apply). Always averaged over samples.
+    """
+
+    name: str = "rule"
+    bayesian: bool = False
+    uses_task_boundaries: bool = False
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, reduction: str, hyperparameters: dict):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.model, self.optimizer, self.reduction = model, optimizer, reduction
+        self.hyperparameters = dict(hyperparameters)
+
+    def train_samples(self, samples: int) -> int:
+        """Monte-Carlo samples per update: ``samples`` for Bayesian rules, 1 otherwise."""
+        return samples if self.bayesian else 1
+
+    def data_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """NLL of the (M, B, C) outputs, averaged over samples, summed or averaged over the batch."""
+        loss = nll_loss(out, y)
+        return loss / y.shape[0] if self.reduction == "mean" else loss
+
+    def penalty(self) -> torch.Tensor | None:
+        """Regulariser added to the data loss (EWC, SI); None for none."""
+        return None
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.data_loss(out, y)
+        pen = self.penalty()
+        return loss if pen is None else loss + pen
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def end_task(self, task_index: int, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """Called after task ``task_index`` only if ``uses_task_boundaries``. ``batches()`` yields
+        encoded (x (T, B, ...), y (B,)) batches of that task's training data."""
+
+    # -- state for checkpoints ---------------------------------------------------------
+    def extra_state(self) -> dict:
+        """Tensors/numbers beyond the optimizer's state (importances, anchors)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "optimizer": self.optimizer.state_dict(), "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("name") != self.name:
+            raise ValueError(f"checkpoint holds the state of rule {state.get('name')!r}, not {self.name!r}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_extra_state(state["extra"])
+
+    def __repr__(self) -> str:
+        hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
+        return f"{type(self).__name__}({hp})"
