@@ -58,6 +58,7 @@ def test_mlp_file_type_checks_and_round_trips(tmp_path):
     assert type(back) is ms.SpikingMLP
     a, b = net.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [n.params for n in back.neurons] == [n.params for n in net.neurons]
     x = torch.rand(12, 3, 6)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(net(x, samples=4, generator=g1), back(x, samples=4, generator=g2))

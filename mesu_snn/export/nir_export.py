@@ -100,6 +100,11 @@ def _m(v, dtype=np.float64):
     return float(a) if a.ndim == 0 else a
 
 
+def _exact_meta(v):
+    """A LIF parameter as stored: python scalars exactly (float64), tensors as float32 arrays."""
+    return float(v) if not isinstance(v, torch.Tensor) else _m(v, np.float32)
+
+
 def _lif_node(lif: LIF, shape, dt: float):
     import nir
     if lif.reset == "none":
@@ -108,7 +113,7 @@ def _lif_node(lif: LIF, shape, dt: float):
     tau, r = lif_to_nir_params(full(lif.beta), full(lif.input_scale), dt)
     name, param = _surrogate_spec(lif.surrogate)
     meta = dict(dt=float(dt), reset=lif.reset, reset_delay=bool(lif.reset_delay), detach_reset=bool(lif.detach_reset),
-                beta=_m(lif.beta, np.float32), threshold=_m(lif.threshold, np.float32),
+                beta=_exact_meta(lif.params.beta), threshold=_exact_meta(lif.params.threshold),
                 input_scale=_m(lif.input_scale), v_leak=_m(lif.v_leak), v_reset=_m(lif.v_reset),
                 surrogate=name, surrogate_param=param)
     return nir.LIF(tau=tau, r=r, v_leak=full(lif.v_leak), v_threshold=full(lif.threshold),
@@ -302,9 +307,10 @@ def _scalar_or_tensor(v):
 
 
 def _exact(v):
-    """A stored float32 buffer back as the same LIF argument (python float or tensor)."""
-    a = np.asarray(v, dtype=np.float32)
-    return float(a) if a.ndim == 0 else torch.from_numpy(a.copy())
+    """A stored LIF parameter back as the same argument (python float, or a float32 tensor)."""
+    if np.ndim(v) == 0:
+        return float(v)
+    return torch.from_numpy(np.asarray(v, dtype=np.float32).copy())
 
 
 def _lif_from(node, dt, source, name) -> LIF:

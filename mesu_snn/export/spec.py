@@ -24,14 +24,15 @@ def model_spec(model: nn.Module) -> dict:
 
 
 def build_model(spec: dict) -> nn.Module:
-    """A freshly initialised model from :func:`model_spec`'s dict (neurons get default LIFs;
-    load a state dict or replace them to restore a trained model)."""
+    """A freshly initialised model from :func:`model_spec`'s dict; an optional ``"neuron"``
+    entry {beta, threshold, reset, surrogate} sets the LIFs (default: the classes' defaults)."""
     if not isinstance(spec, dict) or "class" not in spec:
         raise ValueError(f"model spec must be a dict with a 'class' key, got {spec!r}")
     kind = spec["class"]
+    neuron = dict(spec.get("neuron", {}))          # optional: beta, threshold, reset, surrogate
     if kind == "SpikingMLP":
-        return SpikingMLP(spec["sizes"], readout=spec.get("readout", "membrane"), bias=spec.get("bias", True))
+        return SpikingMLP(spec["sizes"], readout=spec.get("readout", "membrane"), bias=spec.get("bias", True), **neuron)
     if kind == "SpikingConvNet":
         return SpikingConvNet(spec["input_shape"], spec["channels"], spec["n_classes"], spec.get("kernel_size", 3),
-                              readout=spec.get("readout", "membrane"))
+                              readout=spec.get("readout", "membrane"), **neuron)
     raise ValueError(f"cannot build a model of class {kind!r} from a spec (SpikingMLP, SpikingConvNet)")

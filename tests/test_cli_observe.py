@@ -1,0 +1,166 @@
+"""``mesu-snn plot / inspect / export`` on run directories built here in the documented layout
+(mesu_snn/run_dir.py), with real damaged files for the error paths."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import nir
+import numpy as np
+import pytest
+import torch
+
+import mesu_snn as ms
+from mesu_snn.cli import main
+from mesu_snn.export import from_nir
+from mesu_snn.observe.compare import importance_report
+from mesu_snn.observe.recorder import SigmaRecorder
+from mesu_snn.observe.rundir import load_run_model, save_importance
+
+
+def _make_run(d, rule="mesu", tasks=3, seed=0):
+    """A small run directory: config, metrics, log, checkpoint, σ trace, importance."""
+    torch.manual_seed(seed)
+    d.mkdir()
+    (d / ".mesu-run").write_text("mesu-snn run directory\n")
+    (d / "config.toml").write_text(f'seed = {seed}\n[model]\nkind = "mlp"\nhidden = [12]\nbeta = 0.85\n'
+                                   f'[rule]\nname = "{rule}"\nmemory = 200\nsigma_prior = 0.1\n')
+    net = ms.SpikingMLP([10, 12, 3], beta=0.85)
+    opt = ms.MESU(net, memory=200, sigma_prior=0.1) if rule == "mesu" else ms.BGD(net)
+    rec = SigmaRecorder(d / "sigma_trace.h5", every=2, n_tracked=4)
+    rec.on_start(net, opt, {"rule": rule})
+    u, rows = 0, ["update,task,loss"]
+    for t in range(tasks):
+        for _ in range(4):
+            x, y = torch.rand(5, 6, 10) * 2, torch.randint(0, 3, (6,))
+            loss = ms.nll_loss(net(x, samples=2), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            u += 1
+            rec.on_update(u, net, opt)
+            rows.append(f"{u},{t},{loss.item():.4f}")
+        rec.on_task_end(t, net, opt)
+    rec.on_end(net, opt)
+    R = [[0.9 if j <= i else None for j in range(tasks)] for i in range(tasks)]
+    R[-1][0] = 0.5 if rule == "mesu" else 0.3
+    (d / "metrics.json").write_text(json.dumps({"rule": rule, "accuracy_matrix": R, "average_accuracy": 0.77}))
+    (d / "log.csv").write_text("\n".join(rows) + "\n")
+    (d / "checkpoints").mkdir()
+    torch.save({"model": net.state_dict(), "version": 1, "position": u}, d / "checkpoints" / "last.pt")
+    x, y = torch.rand(5, 8, 10) * 2, torch.randint(0, 3, (8,))
+    rep = importance_report(net, x, y, rule=rule, sigma_prior=0.1, memory=200)
+    save_importance(d / "importance.npz", rep["hessian"], rep["measures"], rep["sigma"], method=rep["method"])
+    return net
+
+
+def _err(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mesu-snn: error:")
+    return err[0]
+
+
+def test_checkpoint_model_is_rebuilt_exactly(tmp_path):
+    net = _make_run(tmp_path / "run")
+    back = load_run_model(tmp_path / "run")
+    assert type(back) is ms.SpikingMLP and back.neurons[0].params.beta == net.neurons[0].params.beta
+    x = torch.rand(5, 4, 10)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(net(x, samples=3, generator=g1), back(x, samples=3, generator=g2))
+
+
+def test_plot_writes_every_figure_and_refuses_to_overwrite(tmp_path, capsys):
+    _make_run(tmp_path / "mesu")
+    _make_run(tmp_path / "bgd", rule="bgd", seed=1)
+    assert main(["plot", str(tmp_path / "mesu"), str(tmp_path / "bgd")]) == 0
+    out = capsys.readouterr().out
+    names = ["accuracy_matrix.png", "task_accuracy.png", "learning_accuracy.png", "sigma_histograms.png",
+             "sigma_vs_absmu.png", "precision_vs_hessian.png", "importance_vs_hessian.png"]
+    for n in names:
+        p = tmp_path / "mesu" / n
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000, n
+        assert str(p) in out
+    before = (tmp_path / "mesu" / "accuracy_matrix.png").read_bytes()
+    assert main(["plot", str(tmp_path / "mesu")]) == 1
+    assert "--force" in _err(capsys)
+    assert (tmp_path / "mesu" / "accuracy_matrix.png").read_bytes() == before
+    assert main(["plot", str(tmp_path / "mesu"), "--force", "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "sigma_histograms.png").exists()
+
+
+def test_plot_with_only_metrics(tmp_path, capsys):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps({"rule": "mesu", "accuracy_matrix": [[0.9, None], [0.7, 0.8]]}))
+    assert main(["plot", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped sigma_histograms.png" in out and (d / "learning_accuracy.png").exists()
+    (d / "metrics.json").write_text("{not json")
+    assert main(["plot", str(d), "--force"]) == 1
+    assert "metrics.json: not valid JSON" in _err(capsys)
+
+
+def test_inspect_every_file_kind(tmp_path, capsys):
+    _make_run(tmp_path / "run")
+    r = tmp_path / "run"
+    assert main(["export", str(r)]) == 0
+    capsys.readouterr()
+    expect = {"sigma_trace.h5": "σ trace", "model.nir": "NIR graph", "metrics.json": "average_accuracy",
+              "config.toml": "TOML", "log.csv": "12 rows", "checkpoints/last.pt": "Bayesian layers",
+              "importance.npz": "Spearman"}
+    for name, word in expect.items():
+        assert main(["inspect", str(r / name)]) == 0
+        out = capsys.readouterr().out
+        assert word in out, (name, out)
+    assert main(["inspect", str(r)]) == 0
+    assert "cannot summarise" not in capsys.readouterr().out
+
+
+def test_inspect_damaged_and_foreign_files(tmp_path, capsys):
+    _make_run(tmp_path / "run")
+    data = (tmp_path / "run" / "sigma_trace.h5").read_bytes()
+    (tmp_path / "trunc.h5").write_bytes(data[: len(data) // 2])
+    assert main(["inspect", str(tmp_path / "trunc.h5")]) == 1
+    assert "trunc.h5" in _err(capsys)
+    (tmp_path / "garbage.nir").write_bytes(b"\x00" * 100)
+    assert main(["inspect", str(tmp_path / "garbage.nir")]) == 1
+    assert "garbage.nir: not an HDF5 file" in _err(capsys)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["data"] = np.zeros(3)
+    assert main(["inspect", str(tmp_path / "other.h5")]) == 1
+    assert "other.h5: HDF5 file that is neither" in _err(capsys)
+    (tmp_path / "x.bin").write_bytes(b"abc")
+    assert main(["inspect", str(tmp_path / "x.bin")]) == 1
+    assert "x.bin: not a file type" in _err(capsys)
+    (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04broken")
+    assert main(["inspect", str(tmp_path / "bad.pt")]) == 1
+    assert "bad.pt: unreadable checkpoint" in _err(capsys)
+
+
+def test_export_quantised_pruned_sampled(tmp_path, capsys):
+    net = _make_run(tmp_path / "run")
+    r = tmp_path / "run"
+    assert main(["export", str(r), "--format", "nir", "--bits", "8", "--prune-snr", "0.5", "--samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "pruned" in out and "8-bit" in out
+    g = nir.read(r / "model.nir", type_check=True)
+    aff = [n for n in g.nodes.values() if isinstance(n, nir.Affine)]
+    for n in aff:
+        q = np.asarray(n.metadata["weight_int"])
+        assert np.abs(q).max() <= 127
+        np.testing.assert_allclose(n.weight, q * float(n.metadata["weight_scale"]), atol=1e-6)
+    w = aff[0].weight if aff[0].weight.shape == (12, 10) else aff[1].weight
+    snr = (net.layers[0].weight_mu.abs() / net.layers[0].weight_sigma).detach().numpy()
+    assert np.all(w[snr < 0.5] == 0) and float(g.metadata["pruned_fraction"]) == pytest.approx((snr < 0.5).mean(), abs=0.2)
+    s0, s1 = from_nir(r / "model_sample0.nir"), from_nir(r / "model_sample1.nir")
+    assert not torch.equal(s0.layers[0].weight_mu, s1.layers[0].weight_mu)
+    before = (r / "model.nir").read_bytes()
+    assert main(["export", str(r), "--bits", "4"]) == 1
+    assert "model.nir already exists" in _err(capsys)
+    assert (r / "model.nir").read_bytes() == before
+    assert main(["export", str(r), "--bits", "4", "--force"]) == 0
+    assert main(["export", str(tmp_path / "nope")]) == 1
+    assert "nope" in _err(capsys)
+    (r / "checkpoints" / "last.pt").write_bytes(b"truncated")
+    assert main(["export", str(r), "--out", str(tmp_path / "m.nir")]) == 1
+    assert "last.pt: unreadable checkpoint" in _err(capsys)
