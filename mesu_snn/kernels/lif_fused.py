@@ -15,7 +15,10 @@ in one vectorised pass, then the gradient runs back through time as a linear rec
 Memory: only the pre-reset membrane ``u`` (T, ...) is saved (4 bytes per neuron-step in
 fp32). Spikes (``u > θ``) and the post-reset membrane are recomputed from it in backward.
 This is cheaper than saving the input currents plus a spike bit mask (5 bytes) and needs no
-re-run of the forward recurrence; the reference path saves about five float tensors per step.
+re-run of the forward recurrence; the reference path saves about twice as much.
+
+Under ``torch.compile`` the function traces the reference loop instead (inductor then fuses
+the time loop into one kernel); see :func:`lif_sequence_fused`.
 """
 from __future__ import annotations
 
@@ -101,8 +104,9 @@ def _forward(x: torch.Tensor, c: LIFConfig, v0: torch.Tensor | None, time_dim: i
     """Run the recurrence. Returns (spikes, pre-reset membranes u), both shaped like x."""
     xt = x.movedim(time_dim, 0)
     drive = xt if c.input_scale == 1.0 else xt * c.input_scale
-    spikes = torch.empty_like(x, memory_format=torch.contiguous_format)
-    u = torch.empty_like(spikes)
+    # outputs in x's memory layout, so that every per-step op runs on matching strides
+    spikes = torch.empty_like(x)
+    u = torch.empty_like(x)
     st, ut = spikes.movedim(time_dim, 0), u.movedim(time_dim, 0)
     if v0 is None:
         v = torch.full_like(xt[0], c.v_leak)
@@ -110,16 +114,15 @@ def _forward(x: torch.Tensor, c: LIFConfig, v0: torch.Tensor | None, time_dim: i
         v = v0.detach().expand_as(xt[0])
     delayed = c.reset_delay and c.reset != "none"
     r = torch.gt(v, c.threshold).to(x.dtype) if delayed else None   # reset due to the initial membrane
-    for t in range(xt.shape[0]):
-        ut_t = ut[t]
+    for ut_t, st_t, d_t in zip(ut.unbind(0), st.unbind(0), drive.unbind(0)):
         if delayed and c.reset == "zero":
             _decay_into(ut_t, torch.where(r.bool(), c.v_reset, v), c)
         else:
             _decay_into(ut_t, v, c)
-        ut_t.add_(drive[t])
+        ut_t.add_(d_t)
         if delayed and c.reset == "subtract":
             ut_t.sub_(r, alpha=c.threshold)
-        s_t = torch.gt(ut_t, c.threshold, out=st[t])
+        s_t = torch.gt(ut_t, c.threshold, out=st_t)
         if c.reset_delay or c.reset == "none":
             v, r = ut_t, s_t
         elif c.reset == "subtract":
@@ -181,11 +184,13 @@ class _LIFSequenceFn(torch.autograd.Function):
             if gm is not None:
                 a.add_(gm * e if isinstance(e, torch.Tensor) else gm)
             coef = e * c.beta
-        for t in range(ut.shape[0] - 2, -1, -1):
-            if isinstance(coef, torch.Tensor):
-                a[t].addcmul_(coef[t], a[t + 1])
+        steps = a.unbind(0)
+        coefs = coef.unbind(0) if isinstance(coef, torch.Tensor) else None
+        for t in range(len(steps) - 2, -1, -1):
+            if coefs is not None:
+                steps[t].addcmul_(coefs[t], steps[t + 1])
             else:
-                a[t].add_(a[t + 1], alpha=coef)
+                steps[t].add_(steps[t + 1], alpha=coef)
         g_v0 = None
         if ctx.has_v0 and ctx.needs_input_grad[1]:
             if c.reset_delay and c.reset != "none":
@@ -227,6 +232,14 @@ def lif_sequence_fused(x: torch.Tensor, p: LIFParameters, v0: torch.Tensor | Non
     time_dim = time_dim % max(x.dim(), 1)
     if x.dim() < 1 or x.shape[time_dim] < 1:
         raise ValueError(f"lif_sequence_fused expects T >= 1 along dim {time_dim}, got shape {tuple(x.shape)}")
+    if torch.compiler.is_compiling():
+        # under torch.compile the plain loop is traced instead: inductor fuses it (and AOT
+        # autograd chooses what to save); the eager kernel's out=/in-place ops would break the graph
+        from ..functional.lif import lif_sequence
+        out = lif_sequence(x.movedim(time_dim, 0), p, v0=v0, return_membrane=return_membrane, impl="reference")
+        if return_membrane:
+            return out[0].movedim(0, time_dim), out[1].movedim(0, time_dim)
+        return out.movedim(0, time_dim)
     c = _config(p)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or (v0 is not None and v0.requires_grad))
     if not needs_grad:
