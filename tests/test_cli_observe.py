@@ -75,16 +75,20 @@ def test_plot_writes_every_figure_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "mesu"), str(tmp_path / "bgd")]) == 0
     out = capsys.readouterr().out
     names = ["accuracy_matrix.png", "task_accuracy.png", "learning_accuracy.png", "sigma_histograms.png",
-             "sigma_vs_absmu.png", "precision_vs_hessian.png", "importance_vs_hessian.png"]
+             "sigma_vs_absmu.png", "precision_vs_hessian.png", "importance_vs_hessian.png",
+             "learning_accuracy_comparison.png"]
     for n in names:
         p = tmp_path / "mesu" / n
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000, n
-        assert str(p) in out
-    before = (tmp_path / "mesu" / "accuracy_matrix.png").read_bytes()
-    assert main(["plot", str(tmp_path / "mesu")]) == 1
-    assert "--force" in _err(capsys)
-    assert (tmp_path / "mesu" / "accuracy_matrix.png").read_bytes() == before
-    assert main(["plot", str(tmp_path / "mesu"), "--force", "--out", str(tmp_path / "figs")]) == 0
+        assert f"wrote {p}" in out
+    assert not list((tmp_path / "mesu").glob("*.tmp"))
+    (tmp_path / "mesu" / "accuracy_matrix.png").write_bytes(b"mine")
+    assert main(["plot", str(tmp_path / "mesu")]) == 0
+    assert "kept" in capsys.readouterr().out
+    assert (tmp_path / "mesu" / "accuracy_matrix.png").read_bytes() == b"mine"        # never overwritten
+    assert main(["plot", str(tmp_path / "mesu"), "--force"]) == 0
+    assert (tmp_path / "mesu" / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(tmp_path / "mesu"), "--out", str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "sigma_histograms.png").exists()
 
 

@@ -1,18 +1,21 @@
-"""``mesu-snn plot RUN_DIR [RUN_DIR ...]``: the observatory's figures from what a run directory
-holds (PNG, written into the first RUN_DIR or ``--out``):
+"""``mesu-snn plot RUN_DIR [RUN_DIR ...]``: figures from what run directories hold (PNG,
+written into the first RUN_DIR or ``--out``):
 
-* metrics.json → accuracy_matrix.png, task_accuracy.png, learning_accuracy.png (one curve per
-  run given: e.g. BGD's vanishing plasticity against MESU);
-* sigma_trace.h5 → sigma_histograms.png (σ at each task end), sigma_vs_absmu.png (or from the
-  checkpoint's model when there is no snapshot);
+* metrics.json → accuracy_matrix.png, task_accuracy.png, learning_accuracy.png (the trainer's
+  :mod:`mesu_snn.plots` when its keys are there); with several runs also
+  learning_accuracy_comparison.png (R[j][j] per run: BGD's vanishing plasticity against MESU)
+  and average_accuracy_comparison.png;
+* sigma_trace.h5 → sigma_histograms.png (σ at each task end) and sigma_vs_absmu.png (from the
+  checkpoint's model when the trace has no snapshot);
 * importance.npz → precision_vs_hessian.png, importance_vs_hessian.png.
 
-Files that cannot be made (their source is missing) are listed as skipped. Existing PNGs are
-not overwritten without ``--force``.
+Existing PNGs are kept (reported) unless ``--force``; each file is written to a temporary
+name and renamed into place. Figures whose source is missing are reported as skipped.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -28,56 +31,74 @@ def register(sub) -> None:
 def _matrix(m: dict, source) -> np.ndarray:
     if "accuracy_matrix" not in m:
         raise ValueError(f"{source}: metrics.json has no accuracy_matrix")
-    R = np.array([[np.nan if v is None else v for v in row] for row in m["accuracy_matrix"]], dtype=np.float64)
+    try:
+        R = np.array([[np.nan if v is None else v for v in row] for row in m["accuracy_matrix"]], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: accuracy_matrix is not a matrix of numbers ({e})") from None
     if R.ndim != 2 or R.shape[0] != R.shape[1]:
         raise ValueError(f"{source}: accuracy_matrix must be square, got shape {R.shape}")
     return R
 
 
-def _trainer_plot(name: str):
-    """The trainer's plotting function ``name`` from mesu_snn.plots when it exists, else None."""
-    try:
-        import mesu_snn.plots as tp
-    except ImportError:
-        return None
-    return getattr(tp, name, None)
+def _fig_job(make: Callable) -> Callable[[Path], None]:
+    """A job writing the Figure that ``make()`` returns."""
+    def job(path: Path) -> None:
+        import matplotlib.pyplot as plt
+        fig = make()
+        try:
+            fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+        finally:
+            plt.close(fig)
+    return job
 
 
-def build_figures(run_dirs: list[Path]) -> tuple[dict, list[str]]:
-    """{file name: Figure} and the list of skipped figures with reasons."""
+def plan(run_dirs: list[Path]) -> tuple[dict[str, Callable[[Path], None]], list[str]]:
+    """({file name: job(path)}, [skipped figure: reason]) for the given run directories."""
+    from .. import plots as trainer_plots
     from ..observe import plots
     from ..observe.rundir import load_run_model, read_importance, read_metrics, run_files
     from ..observe.trace import read_trace
     from ..synapses import bayesian_pairs
 
     files = [run_files(d) for d in run_dirs]
-    figs, skipped = {}, []
-    first = files[0]
-    runs = {}
+    jobs, skipped = {}, []
+    metrics = {}
     for d, f in zip(run_dirs, files):
         if f["metrics"] is not None:
             m = read_metrics(f["metrics"])
             label = str(m.get("rule", d.name))
-            runs[label if label not in runs else f"{label} ({d.name})"] = _matrix(m, f["metrics"])
+            metrics[label if label not in metrics else f"{label} ({d.name})"] = (m, _matrix(m, f["metrics"]))
+    first = files[0]
     if first["metrics"] is not None:
-        R = _matrix(read_metrics(first["metrics"]), first["metrics"])
-        figs["accuracy_matrix.png"] = plots.accuracy_matrix(R, title=f"accuracy matrix — {run_dirs[0].name}")
-        figs["task_accuracy.png"] = plots.task_accuracy_over_time(R, title=f"accuracy of each task over time — "
-                                                                            f"{run_dirs[0].name}")
+        m = read_metrics(first["metrics"])
+        R, name = _matrix(m, first["metrics"]), m.get("rule", run_dirs[0].name)
+        jobs["accuracy_matrix.png"] = lambda p: trainer_plots.plot_accuracy_matrix(m["accuracy_matrix"], p,
+                                                                                   f"{name}: accuracy R[i][j]")
+        if m.get("accuracy_over_time") and "task_end_updates" in m:
+            jobs["task_accuracy.png"] = lambda p: trainer_plots.plot_task_accuracy_over_time(
+                m["accuracy_over_time"], m["task_end_updates"], p, f"{name}: accuracy of each task over time")
+        else:
+            jobs["task_accuracy.png"] = _fig_job(lambda: plots.task_accuracy_over_time(
+                R, title=f"{name}: accuracy of each task after each task"))
+        jobs["learning_accuracy.png"] = lambda p: trainer_plots.plot_learning_accuracy(
+            m["accuracy_matrix"], p, f"{name}: learning accuracy and final accuracy")
     else:
-        skipped.append("accuracy_matrix.png, task_accuracy.png (no metrics.json)")
-    if runs:
-        figs["learning_accuracy.png"] = plots.learning_accuracy(runs)
-    else:
-        skipped.append("learning_accuracy.png (no metrics.json)")
+        skipped.append("accuracy_matrix.png, task_accuracy.png, learning_accuracy.png (no metrics.json)")
+    if len(metrics) > 1:
+        jobs["learning_accuracy_comparison.png"] = _fig_job(lambda: plots.learning_accuracy(
+            {k: R for k, (_, R) in metrics.items()}))
+        if all("average_accuracy_curve" in m and "average_accuracy" in m for m, _ in metrics.values()):
+            jobs["average_accuracy_comparison.png"] = lambda p: trainer_plots.plot_comparison(
+                {k: m for k, (m, _) in metrics.items()}, p)
     trace = read_trace(first["trace"]) if first["trace"] is not None else None
     if trace is not None and trace["snapshots"]:
-        figs["sigma_histograms.png"] = plots.sigma_histograms(trace["snapshots"])
+        jobs["sigma_histograms.png"] = _fig_job(lambda: plots.sigma_histograms(trace["snapshots"]))
         last = trace["snapshots"][max(trace["snapshots"])]
         names = [n for n in last if not n.endswith("bias")]
         mu = np.concatenate([np.ravel(last[n]["mu"]) for n in names])
         sig = np.concatenate([np.ravel(last[n]["sigma"]) for n in names])
-        figs["sigma_vs_absmu.png"] = plots.sigma_vs_absmu(mu, sig, title="σ against |μ| at the last task end")
+        jobs["sigma_vs_absmu.png"] = _fig_job(lambda: plots.sigma_vs_absmu(mu, sig, title="σ against |μ| at the "
+                                                                                         "last task end"))
     else:
         skipped.append("sigma_histograms.png (no sigma_trace.h5 with task-end snapshots)")
         if first["checkpoint"] is not None:
@@ -85,40 +106,41 @@ def build_figures(run_dirs: list[Path]) -> tuple[dict, list[str]]:
             pairs = [(n, mu, s) for n, mu, s in bayesian_pairs(model) if not n.endswith("bias")]
             mu = np.concatenate([p[1].detach().reshape(-1).numpy() for p in pairs])
             sig = np.concatenate([p[2].detach().reshape(-1).numpy() for p in pairs])
-            figs["sigma_vs_absmu.png"] = plots.sigma_vs_absmu(mu, sig, title="σ against |μ| (checkpoint)")
+            jobs["sigma_vs_absmu.png"] = _fig_job(lambda: plots.sigma_vs_absmu(mu, sig, title="σ against |μ| "
+                                                                                             "(checkpoint)"))
         else:
             skipped.append("sigma_vs_absmu.png (no trace snapshot and no checkpoint)")
     if first["importance"] is not None:
         imp = read_importance(first["importance"])
-        figs["precision_vs_hessian.png"] = plots.precision_vs_hessian(imp["sigma"], imp["hessian"])
+        jobs["precision_vs_hessian.png"] = _fig_job(lambda: plots.precision_vs_hessian(imp["sigma"], imp["hessian"]))
         if imp["measures"]:
-            figs["importance_vs_hessian.png"] = plots.importance_scatter(imp["hessian"], imp["measures"])
+            jobs["importance_vs_hessian.png"] = _fig_job(lambda: plots.importance_scatter(imp["hessian"],
+                                                                                          imp["measures"]))
     else:
         skipped.append("precision_vs_hessian.png, importance_vs_hessian.png (no importance.npz; write one with "
                        "mesu_snn.observe.rundir.save_importance)")
-    return figs, skipped
+    return jobs, skipped
 
 
 def run(args) -> int:
-    import matplotlib.pyplot as plt
-
-    from ..observe.plots import save_figure
+    from ..observe.atomic import atomic_path
     dirs = [Path(d) for d in args.run_dirs]
     for d in dirs:
         if not d.is_dir():
             raise FileNotFoundError(f"run directory {d} does not exist")
     out = Path(args.out) if args.out else dirs[0]
     out.mkdir(parents=True, exist_ok=True)
-    figs, skipped = build_figures(dirs)
-    clash = [n for n in figs if (out / n).exists()]
-    if clash and not args.force:
-        for f in figs.values():
-            plt.close(f)
-        raise FileExistsError(f"{out}: {', '.join(clash)} already exist; pass --force to overwrite them")
-    if not figs:
+    jobs, skipped = plan(dirs)
+    if not jobs:
         raise ValueError(f"{dirs[0]}: nothing to plot (no metrics.json, sigma_trace.h5, checkpoint or importance.npz)")
-    for name, fig in figs.items():
-        print(f"wrote {save_figure(fig, out / name, force=args.force)}")
+    for name, job in jobs.items():
+        target = out / name
+        if target.exists() and not args.force:
+            print(f"kept {target} (exists; pass --force to redraw it)")
+            continue
+        with atomic_path(target, force=args.force) as tmp:
+            job(tmp)
+        print(f"wrote {target}")
     for s in skipped:
         print(f"skipped {s}")
     return 0
