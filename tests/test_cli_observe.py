@@ -168,3 +168,33 @@ def test_export_quantised_pruned_sampled(tmp_path, capsys):
     (r / "checkpoints" / "last.pt").write_bytes(b"truncated")
     assert main(["export", str(r), "--out", str(tmp_path / "m.nir")]) == 1
     assert "last.pt: unreadable checkpoint" in _err(capsys)
+
+
+def test_on_a_real_trainer_run(tmp_path, capsys):
+    """The trainer's own run directory (mesu_snn.build/trainer), with SigmaRecorder attached as
+    a callback: plot, inspect and export read it; the rebuilt model equals the trained one."""
+    pytest.importorskip("mesu_snn.build")
+    from mesu_snn.build import build_trainer
+    from mesu_snn.config import parse_config
+    from mesu_snn.run_dir import create_run_dir
+    cfg = parse_config({"seed": 0, "data": {"dataset": "digits", "train_per_task": 64, "test_per_task": 40},
+                        "stream": {"kind": "permuted", "n_tasks": 2, "batch_size": 16},
+                        "encoder": {"kind": "current", "num_steps": 4}, "model": {"hidden": [16], "beta": 0.8},
+                        "rule": {"name": "mesu", "memory": 500},
+                        "schedule": {"train_samples": 2, "eval_samples": 2, "checkpoint_every": 0, "ood": False}})
+    run = create_run_dir(tmp_path / "run")
+    rec = SigmaRecorder(run / "sigma_trace.h5", every=2, n_tracked=8)
+    trainer = build_trainer(cfg, run_dir=run, callbacks=[rec])
+    trainer.fit()
+    assert (run / "sigma_trace.h5").exists() and (run / "checkpoints" / "last.pt").exists()
+    model = load_run_model(run)
+    x = torch.rand(4, 3, 64)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(model(x, samples=2, generator=g1), trainer.model(x, samples=2, generator=g2))
+    assert main(["plot", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {run / 'sigma_histograms.png'}" in out
+    assert main(["inspect", str(run / "sigma_trace.h5")]) == 0
+    assert "task-end snapshots: [0, 1]" in capsys.readouterr().out
+    assert main(["export", str(run), "--bits", "8"]) == 0
+    assert nir.read(run / "model.nir", type_check=True).metadata["quant_bits"] == 8
