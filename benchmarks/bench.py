@@ -173,9 +173,18 @@ def machine() -> dict:
     return info
 
 
+def _loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def markdown(meta, results) -> str:
     head = (f"Workload {meta['workload']} ({meta['sizes']}), device {meta['device_name']}, torch {meta['machine']['torch']}, "
-            f"{meta['machine']['threads']} threads, {meta['date']}. Median of {meta['rounds']} rounds × {meta['iters']} steps.\n\n"
+            f"{meta['machine']['threads']} threads, {meta['date']}. Median of {meta['rounds']} rounds × {meta['iters']} steps; "
+            f"load average (1/5/15 min) {meta.get('loadavg_start')} at start, {meta.get('loadavg_end')} at end.\n"
+            f"Command: `{meta['command']}`\n\n"
             "| row | LIF reset | B | M | ms/step | samples/s | saved MiB | peak MiB | × naive Bayes | × snnTorch | × sketch |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
@@ -246,8 +255,10 @@ def main(argv=None) -> int:
                 device_name=info.get("gpu") if cuda else f"CPU {info['cpu']}", machine=info, date=date,
                 rounds=rounds, iters=iters, command=" ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])))
     print(json.dumps(meta), flush=True)
+    meta["loadavg_start"] = _loadavg()
     results = add_ratios(measure(rows, device, rounds, iters, args.warmup,
                                  log=lambda *a, **k: print(*a, **k, flush=True)))
+    meta["loadavg_end"] = _loadavg()
     for r in results:
         print(json.dumps(r), flush=True)
     stem = f"{'cuda' if cuda else 'cpu'}_{w.name}_{date}{('_' + args.tag) if args.tag else ''}"

@@ -109,3 +109,9 @@ def test_optimizer_nonfinite_guard_with_fused_update():
     opt.on_nonfinite = "raise"
     with pytest.raises(FloatingPointError, match="layers.1.weight_sigma"):
         opt.step()
+
+
+def test_all_finite_overflowing_sum_is_not_a_false_alarm():
+    big = torch.full((4,), 3e38)          # finite, but the sum overflows to inf
+    assert all_finite([big, torch.ones(2)])
+    assert not all_finite([big, torch.tensor([float("nan")])])
