@@ -219,7 +219,9 @@ def mesu_snn_step(w: Workload, device, reset_delay=True, compile_=False, mode=No
     from mesu_snn.kernels import fast_paths
 
     def loss_fn(x, y):
-        with fast_paths(fused):
+        if fused:
+            return ms.nll_loss(net(x, samples=w.M), y)
+        with fast_paths(False):
             return ms.nll_loss(net(x, samples=w.M), y)
     f = torch.compile(loss_fn, mode=mode, dynamic=False) if compile_ else loss_fn
 

@@ -137,3 +137,28 @@ def test_spiking_mlp_fast_path_equals_reference_path(readout):
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_compiled_model_traces_one_graph_and_matches_eager():
+    """Under torch.compile the fused kernel hands over to the plain loop: no graph break, same result."""
+    import mesu_snn as ms
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(4)
+    net = ms.SpikingMLP([16, 12, 4], readout="count")
+    x = (torch.rand(6, 5, 16) < 0.4).float()
+    y = torch.randint(0, 4, (5,))
+    compiled = torch.compile(lambda a, b: ms.nll_loss(net(a, samples=2), b), backend="aot_eager", dynamic=False)
+    results = []
+    for fn in (compiled, lambda a, b: ms.nll_loss(net(a, samples=2), b)):
+        net.zero_grad()
+        torch.manual_seed(0)
+        loss = fn(x, y)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in net.parameters()]))
+    assert results[1][0] > 0
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert dict(counters["graph_break"]) == {}
