@@ -175,7 +175,7 @@ def test_on_a_real_trainer_run(tmp_path, capsys):
     a callback: plot, inspect and export read it; the rebuilt model equals the trained one."""
     pytest.importorskip("mesu_snn.build")
     from mesu_snn.build import build_trainer
-    from mesu_snn.config import parse_config
+    from mesu_snn.config import dump_toml, parse_config
     from mesu_snn.run_dir import create_run_dir
     cfg = parse_config({"seed": 0, "data": {"dataset": "digits", "train_per_task": 64, "test_per_task": 40},
                         "stream": {"kind": "permuted", "n_tasks": 2, "batch_size": 16},
@@ -183,6 +183,7 @@ def test_on_a_real_trainer_run(tmp_path, capsys):
                         "rule": {"name": "mesu", "memory": 500},
                         "schedule": {"train_samples": 2, "eval_samples": 2, "checkpoint_every": 0, "ood": False}})
     run = create_run_dir(tmp_path / "run")
+    (run / "config.toml").write_text(dump_toml(cfg))                 # as `mesu-snn train` writes it
     rec = SigmaRecorder(run / "sigma_trace.h5", every=2, n_tracked=8)
     trainer = build_trainer(cfg, run_dir=run, callbacks=[rec])
     trainer.fit()
@@ -196,5 +197,8 @@ def test_on_a_real_trainer_run(tmp_path, capsys):
     assert f"wrote {run / 'sigma_histograms.png'}" in out
     assert main(["inspect", str(run / "sigma_trace.h5")]) == 0
     assert "task-end snapshots: [0, 1]" in capsys.readouterr().out
-    assert main(["export", str(run), "--bits", "8"]) == 0
-    assert nir.read(run / "model.nir", type_check=True).metadata["quant_bits"] == 8
+    assert main(["export", str(run), "--bits", "8", "--prune-snr", "0.5", "--samples", "1", "--evaluate"]) == 0
+    out = capsys.readouterr().out
+    assert "before" in out and "realisation 0" in out and (run / "pruning_curve.png").exists()
+    meta = nir.read(run / "model.nir", type_check=True).metadata
+    assert meta["quant_bits"] == 8 and 0 <= float(meta["accuracy_exported"]) <= 1

@@ -18,9 +18,33 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, help="also write K sampled weight realisations w = μ + σε")
     p.add_argument("--seed", type=int, default=0, help="seed of the realisations")
     p.add_argument("--dt", type=float, default=None, help="time step in seconds (default 1e-4, snnTorch's)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="rebuild the run's test sets from config.toml and report the mean network's accuracy "
+                        "before/after quantisation and pruning, for each realisation, and (with --prune-snr) "
+                        "write RUN_DIR/pruning_curve.png")
     p.add_argument("--out", help="output file (default RUN_DIR/model.nir)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(func=run)
+
+
+def run_evaluator(run_dir: Path):
+    """``evaluate(model) -> mean test accuracy over the run's tasks`` for the w = μ network,
+    built with the trainer's data pipeline from RUN_DIR/config.toml."""
+    from ..build import build_trainer
+    from ..config import load_config
+    from ..synapses import set_mode
+    cfg_path = Path(run_dir) / "config.toml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"--evaluate needs {cfg_path} to rebuild the test sets")
+    trainer = build_trainer(load_config(cfg_path))
+    tasks = range(len(trainer.tasks))
+
+    def evaluate(model) -> float:
+        trainer.model.load_state_dict(model.state_dict())
+        set_mode(trainer.model, "mean")
+        acc = trainer.evaluate(tasks).accuracy
+        return sum(acc.values()) / len(acc)
+    return evaluate
 
 
 def run(args) -> int:
@@ -44,6 +68,11 @@ def run(args) -> int:
     for o in outs:                                   # refuse before writing anything
         check_writable(o, args.force)
     model = load_run_model(run_dir)
+    curve_png = run_dir / "pruning_curve.png"
+    if args.evaluate and args.prune_snr is not None:
+        check_writable(curve_png, args.force)
+    evaluate = run_evaluator(run_dir) if args.evaluate else None
+    original = model
     meta = {}
     if args.prune_snr is not None:
         model, frac = prune_by_snr(model, args.prune_snr)
@@ -62,6 +91,18 @@ def run(args) -> int:
         meta["quant_bits"] = args.bits
         worst = max(r["max_abs_error"] for r in rep.values())
         print(f"quantised μ to {args.bits}-bit integers (per-layer scale; max |error| {worst:.3g})")
+    if evaluate is not None:
+        before, after = evaluate(original), evaluate(model)
+        meta.update(accuracy_float=before, accuracy_exported=after)
+        print(f"mean-network test accuracy (average over tasks): {before:.4f} before, {after:.4f} exported "
+              f"({100 * (after - before):+.2f} points)")
+        if args.prune_snr is not None:
+            from ..export.prune import pruning_curve
+            from ..observe.plots import pruning_curve_plot, save_figure
+            rows = pruning_curve(original, evaluate)
+            for r in rows:
+                print(f"  pruned {100 * r['fraction']:5.1f}% (|μ|/σ < {r['threshold']:.3g}): accuracy {r['accuracy']:.4f}")
+            print(f"wrote {save_figure(pruning_curve_plot(rows), curve_png, force=args.force)}")
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -70,6 +111,8 @@ def run(args) -> int:
             for i, m in enumerate(sample_realisations(base, args.samples, seed=args.seed)):
                 if args.bits is not None:
                     m, _ = quantize_model(m, args.bits)
+                if evaluate is not None:
+                    print(f"realisation {i}: mean test accuracy {evaluate(m):.4f}")
                 path = to_nir(m, outs[i + 1], dt=dt, force=args.force,
                               metadata=dict(meta, realisation=i, realisation_seed=args.seed))
                 print(f"wrote {path}")
