@@ -143,3 +143,39 @@ def test_damaged_trace_gives_one_clear_error(tmp_path):
         f["a"] = 1
     with pytest.raises(ValueError, match=r"foreign\.h5: not a mesu_snn σ trace"):
         read_trace(tmp_path / "foreign.h5")
+
+
+def test_resume_after_interruption_drops_rows_past_the_checkpoint(tmp_path):
+    """The trainer restarts from its checkpoint (update 8) after dying at update 10: the
+    recorder reopens the .partial file, drops updates 9-10 and continues without duplicates."""
+    torch.manual_seed(0)
+    net = ms.SpikingMLP([6, 5, 2])
+    opt = ms.MESU(net, memory=50)
+    path = tmp_path / "t.h5"
+
+    def step(u, rec):
+        loss = ms.nll_loss(net(torch.rand(4, 3, 6), samples=2), torch.randint(0, 2, (3,)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rec.on_update(u, net, opt)
+
+    rec = SigmaRecorder(path, every=4, n_tracked=3)
+    rec.on_start(net, opt, {"rule": "mesu"})
+    for u in range(1, 11):
+        step(u, rec)
+    rec.close()                                                  # the process dies here
+    rec2 = SigmaRecorder(path, every=4, n_tracked=3)
+    rec2.on_start(net, opt, {"rule": "mesu", "resumed": True, "start_update": 8})
+    for u in range(9, 13):
+        step(u, rec2)
+    rec2.on_task_end(0, net, opt)
+    rec2.on_end(net, opt)
+    tr = read_trace(path)
+    assert tr["summary_updates"].tolist() == [0, 4, 8, 12]
+    assert tr["tracked_updates"].tolist() == list(range(13))
+    assert tr["layers"]["layers.0.weight"]["tracked_sigma"].shape == (13, 3)
+    assert tr["attrs"]["resumed_at"].tolist() == [8] and tr["attrs"]["status"] == "complete"
+    np.testing.assert_array_equal(tr["layers"]["layers.0.weight"]["tracked_sigma"][-1],
+                                  net.layers[0].weight_sigma.detach().reshape(-1)[
+                                      torch.from_numpy(tr["layers"]["layers.0.weight"]["tracked_index"])].numpy())

@@ -126,6 +126,10 @@ class SigmaRecorder(Callback):
     # -- callback protocol ---------------------------------------------------------
     def on_start(self, model: nn.Module, optimizer, config: dict) -> None:
         import h5py
+        config = dict(config or {})
+        if config.get("resumed") and self.partial.exists() and not self.path.exists():
+            self._resume(int(config.get("start_update", 0)))
+            return
         check_writable(self.path, self.force)
         check_writable(self.partial, self.force)
         pairs = bayesian_pairs(model)
@@ -210,6 +214,38 @@ class SigmaRecorder(Callback):
             self._f = None
 
     # -- internals ---------------------------------------------------------------------
+    def _resume(self, start: int) -> None:
+        """Reopen the ``.partial`` file of an interrupted run whose trainer restarts from the
+        checkpoint at update ``start``: rows and snapshots after ``start`` are dropped."""
+        import h5py
+
+        from .schema import check_trace_file
+        try:
+            f = h5py.File(self.partial, "a")
+        except OSError as e:
+            raise ValueError(f"{self.partial}: cannot resume this σ trace (corrupt or truncated: {e})") from None
+        try:
+            check_trace_file(f, str(self.partial))
+        except ValueError:
+            f.close()
+            raise
+        self._f = f
+        for key, group_keys in (("summary_updates", None), ("tracked_updates", ("tracked_mu", "tracked_sigma"))):
+            keep = int(np.searchsorted(f[key][()], start, side="right"))
+            f[key].resize(keep, axis=0)
+            for g in f["layers"].values():
+                names = group_keys or [k for k in g if k not in ("tracked_index", "tracked_mu", "tracked_sigma")]
+                for k in names:
+                    g[k].resize(keep, axis=0)
+        for name in list(f["snapshots"]):
+            if int(f["snapshots"][name].attrs["update"]) > start:
+                del f["snapshots"][name]
+        self._index = {name: torch.from_numpy(g["tracked_index"][()]) for name, g in f["layers"].items()}
+        self.every = int(f.attrs["every"])
+        self.last_update = start
+        f.attrs["resumed_at"] = np.append(f.attrs.get("resumed_at", np.zeros(0, np.int64)), start).astype(np.int64)
+        f.flush()
+
     def _require_open(self):
         if self._f is None:
             raise RuntimeError("SigmaRecorder: on_start(model, optimizer, config) must be called first")

@@ -13,6 +13,8 @@ Root attributes::
     every           k: summaries are written every k optimizer updates (and at update 0)
     n_tracked, seed tracked synapses per layer and the seed that chose them
     quantiles       the q of the *_quantiles columns, e.g. [0, .05, .25, .5, .75, .95, 1]
+    resumed_at      (only after a resume) updates from which an interrupted run restarted; rows
+                    recorded after that update before the interruption were dropped
 
 Datasets (all appendable along axis 0: chunked, gzip-compressed, ``maxshape=(None, ...)``)::
 
