@@ -55,6 +55,7 @@ def rows_for(device: str, w: wl.Workload, stream: wl.Workload | None, compile_: 
              lambda: wl.bayes_batched(w, device, True, "reduce-overhead", True)),
             ("mesu_snn_cudagraph", "delayed", w,
              lambda: wl.mesu_snn_step(w, device, compile_=True, mode="reduce-overhead")),
+            ("mesu_snn_graphed", "delayed", w, lambda: wl.mesu_snn_graphed(w, device)),
         ]
     if stream is not None:
         rows += [
@@ -67,6 +68,7 @@ def rows_for(device: str, w: wl.Workload, stream: wl.Workload | None, compile_: 
                  lambda: wl.bayes_batched(stream, device, True, "reduce-overhead")),
                 ("stream1_mesu_snn_cudagraph", "delayed", stream,
                  lambda: wl.mesu_snn_step(stream, device, compile_=True, mode="reduce-overhead")),
+                ("stream1_mesu_snn_graphed", "delayed", stream, lambda: wl.mesu_snn_graphed(stream, device)),
             ]
     return rows
 
@@ -111,7 +113,7 @@ def measure(rows, device, rounds: int, iters: int, warmup: int, log=print):
                 step()
                 _sync(device)
                 mem = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-            saved = None if "cudagraph" in name or "compile" in name else saved_mib(fb)
+            saved = None if any(k in name for k in ("cudagraph", "compile", "graphed")) else saved_mib(fb)
             built[name] = step
             results[name] = dict(name=name, lif=lif, workload=w.name, T=w.T, B=w.B, M=w.M if "det_" not in name else 1,
                                  hidden=w.hidden, times_ms=[], peak_mib=mem, saved_mib=saved,

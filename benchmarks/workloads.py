@@ -229,3 +229,22 @@ def mesu_snn_step(w: Workload, device, reset_delay=True, compile_=False, mode=No
         opt.zero_grad(set_to_none=True)
         return f(x, y)
     return _steps(loss, opt.step)
+
+
+def mesu_snn_graphed(w: Workload, device):
+    """mesu_snn on CUDA: forward + backward + MESU captured in one CUDA graph
+    (:class:`mesu_snn.kernels.GraphedTrainStep`), replayed per batch."""
+    import mesu_snn as ms
+    from mesu_snn.kernels import GraphedTrainStep
+    net = ms.SpikingMLP([w.n_in, w.hidden, w.n_out], beta=BETA, threshold=THR, readout="count",
+                        bias=False, surrogate=("fast_sigmoid", SLOPE)).to(device)
+    opt = ms.MESU(net, memory=N_MEM, sigma_prior=SP, clamp_grad=None)
+    x, y = make_data(w, device)
+    graphed = GraphedTrainStep(net, opt, x, y, samples=w.M)
+
+    def step():
+        graphed(x, y)
+
+    def forward_backward():
+        ms.nll_loss(net(x, samples=w.M), y).backward()
+    return step, forward_backward

@@ -76,3 +76,29 @@ def test_bench_cuda_tiny(tmp_path):
                        "--out-dir", str(tmp_path)]) == 0
     md = next(tmp_path.glob("cuda_*.md")).read_text()
     assert "mesu_snn_delayed" in md and "error" not in md
+
+
+def test_graphed_train_step_trains_and_guards():
+    from mesu_snn.kernels import GraphedTrainStep
+    torch.manual_seed(5)
+    net = ms.SpikingMLP([784, 64, 10], readout="count").cuda()
+    opt = ms.MESU(net, memory=1e4)
+    x = (torch.rand(10, 1, 784, device="cuda") < 0.3).float()
+    y = torch.randint(0, 10, (1,), device="cuda")
+    before = [p.detach().clone() for p in net.parameters()]
+    step = GraphedTrainStep(net, opt, x, y, samples=8)
+    for p, b in zip(net.parameters(), before):      # warm-up was undone
+        assert torch.equal(p, b)
+    for _ in range(20):
+        loss = step(x, y)
+    torch.cuda.synchronize()
+    assert torch.isfinite(loss) and step.skipped_steps == 0
+    assert not torch.equal(net.layers[0].weight_sigma, before[1])
+    snap = [p.detach().clone() for p in net.parameters()]
+    step(torch.full_like(x, float("nan")), y)
+    torch.cuda.synchronize()
+    assert step.skipped_steps == 1
+    for p, s in zip(net.parameters(), snap):
+        assert torch.equal(p, s)
+    with pytest.raises(ValueError, match="captured"):
+        step(x[:5], y)

@@ -115,3 +115,36 @@ def test_all_finite_overflowing_sum_is_not_a_false_alarm():
     big = torch.full((4,), 3e38)          # finite, but the sum overflows to inf
     assert all_finite([big, torch.ones(2)])
     assert not all_finite([big, torch.tensor([float("nan")])])
+
+
+@pytest.mark.parametrize("rule", ["mesu", "bgd"])
+def test_guarded_update_equals_step_and_skips_bad_grads(rule):
+    """The sync-free guarded update (CUDA-graph path) equals opt.step(); NaN grads change nothing."""
+    from mesu_snn.kernels import guarded_update
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(6)
+        nets.append(ms.SpikingMLP([6, 5, 3]).double())
+    opts = [ms.MESU(n, memory=20.0, sigma_prior=0.3) if rule == "mesu" else ms.BGD(n, lr=0.5) for n in nets]
+    for n in nets:
+        for p in n.parameters():
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype) * 3
+    opts[0].step()
+    ok = guarded_update(opts[1])
+    assert ok.dtype == torch.bool and bool(ok)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    before = [p.detach().clone() for p in nets[1].parameters()]
+    nets[1].layers[0].weight_mu.grad[0, 0] = float("inf")
+    assert not bool(guarded_update(opts[1]))
+    for a, b in zip(before, nets[1].parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="MESU and BGD"):
+        guarded_update(torch.optim.SGD(nets[0].parameters(), lr=0.1))
+
+
+def test_graphed_step_refuses_cpu():
+    from mesu_snn.kernels import GraphedTrainStep
+    net = ms.SpikingMLP([4, 3, 2])
+    with pytest.raises(ValueError, match="CUDA"):
+        GraphedTrainStep(net, ms.MESU(net), torch.zeros(2, 1, 4), torch.zeros(1, dtype=torch.long), samples=2)

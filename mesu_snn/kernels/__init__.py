@@ -1,5 +1,8 @@
-"""Fast paths: a fused multi-step LIF and a fused MESU/BGD update (see each module)."""
-from .fused_update import fused_bgd_step, fused_mesu_step
+"""Fast paths: a fused multi-step LIF, fused MESU/BGD updates, and a sync-free (CUDA-graph
+capturable) training step. The equations live in :mod:`mesu_snn.functional`."""
+from .fused_update import all_finite, fused_bgd_step, fused_mesu_step
+from .graph_step import GraphedTrainStep, guarded_update
 from .lif_fused import fast_paths, fast_paths_enabled, lif_sequence_fused, supports
 
-__all__ = ["lif_sequence_fused", "supports", "fast_paths", "fast_paths_enabled", "fused_mesu_step", "fused_bgd_step"]
+__all__ = ["lif_sequence_fused", "supports", "fast_paths", "fast_paths_enabled", "fused_mesu_step",
+           "fused_bgd_step", "all_finite", "guarded_update", "GraphedTrainStep"]

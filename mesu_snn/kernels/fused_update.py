@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["fused_mesu_step", "fused_bgd_step", "all_finite"]
+__all__ = ["fused_mesu_step", "fused_bgd_step", "mesu_deltas", "bgd_factors", "all_finite"]
 
 Tensors = Sequence[torch.Tensor]
 
@@ -45,15 +45,13 @@ def _scaled_clipped(sigmas: list, grads: list, c: float | None) -> list:
     return out
 
 
-@torch.no_grad()
-def fused_mesu_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
-                    memory: float, sigma_prior: float, mu_prior: float = 0.0, lr_mu: float = 1.0,
-                    lr_sigma: float = 1.0, clamp_grad: float | None = 0.5) -> None:
-    """One MESU step on every pair, in place. Same arguments as
-    :func:`mesu_snn.functional.mesu.mesu_update` (scalars only), lists instead of tensors."""
+def mesu_deltas(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
+                memory: float, sigma_prior: float, mu_prior: float = 0.0, lr_mu: float = 1.0,
+                lr_sigma: float = 1.0, clamp_grad: float | None = 0.5) -> tuple[list, list]:
+    """The MESU increments (Δμ list, Δσ list) for every pair; nothing is modified."""
     mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
     if not mus:
-        return
+        return [], []
     k = 1.0 / (float(memory) * float(sigma_prior) ** 2)
     a = _scaled_clipped(sigmas, gmus, clamp_grad)
     b = _scaled_clipped(sigmas, gsigmas, clamp_grad)
@@ -70,17 +68,27 @@ def fused_mesu_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigm
     torch._foreach_add_(dsig, k / 2.0 * float(sigma_prior) ** 2)
     torch._foreach_add_(dsig, b, alpha=-lr_sigma / 2.0)
     torch._foreach_mul_(dsig, sigmas)
-    torch._foreach_add_(mus, dmu)
-    torch._foreach_add_(sigmas, dsig)
+    return dmu, dsig
 
 
 @torch.no_grad()
-def fused_bgd_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
-                   lr: float = 1.0) -> None:
-    """One BGD step on every pair, in place (see :func:`mesu_snn.functional.bgd.bgd_update`)."""
+def fused_mesu_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
+                    memory: float, sigma_prior: float, mu_prior: float = 0.0, lr_mu: float = 1.0,
+                    lr_sigma: float = 1.0, clamp_grad: float | None = 0.5) -> None:
+    """One MESU step on every pair, in place. Same arguments as
+    :func:`mesu_snn.functional.mesu.mesu_update` (scalars only), lists instead of tensors."""
+    dmu, dsig = mesu_deltas(mus, sigmas, grads_mu, grads_sigma, memory=memory, sigma_prior=sigma_prior,
+                            mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad)
+    if dmu:
+        torch._foreach_add_(list(mus), dmu)
+        torch._foreach_add_(list(sigmas), dsig)
+
+
+def bgd_factors(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors) -> tuple[list, list]:
+    """BGD as (σ·(σ·∂C/∂μ) list, σ multiplier list): μ ← μ − lr·first, σ ← σ·second."""
     mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
     if not mus:
-        return
+        return [], []
     dmu = torch._foreach_mul(sigmas, gmus)
     torch._foreach_mul_(dmu, sigmas)
     h = torch._foreach_mul(sigmas, gsigmas)
@@ -89,8 +97,17 @@ def fused_bgd_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma
     torch._foreach_add_(root, 1.0)
     torch._foreach_sqrt_(root)
     torch._foreach_sub_(root, h)
-    torch._foreach_add_(mus, dmu, alpha=-lr)
-    torch._foreach_mul_(sigmas, root)
+    return dmu, root
+
+
+@torch.no_grad()
+def fused_bgd_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
+                   lr: float = 1.0) -> None:
+    """One BGD step on every pair, in place (see :func:`mesu_snn.functional.bgd.bgd_update`)."""
+    dmu, root = bgd_factors(mus, sigmas, grads_mu, grads_sigma)
+    if dmu:
+        torch._foreach_add_(list(mus), dmu, alpha=-lr)
+        torch._foreach_mul_(list(sigmas), root)
 
 
 @torch.no_grad()

@@ -1,0 +1,122 @@
+"""A whole training step without host synchronisation, and its CUDA-graph capture.
+
+:func:`guarded_update` applies a MESU/BGD optimizer's update to all its pairs with the
+non-finite guard evaluated *on the device*: the step is computed, then applied through
+``torch.where(ok, Δ, 0)`` where ``ok`` says every gradient is finite, so a bad step leaves
+μ and σ unchanged without the host ever reading ``ok``. Being sync-free, it can be captured
+in a CUDA graph. It runs (and is tested) on CPU as well.
+
+:class:`GraphedTrainStep` captures forward, backward and update of one mini-batch shape in
+one ``torch.cuda.CUDAGraph`` and replays it per batch: the streaming path (batch 1, one MESU
+update per sample) is launch-bound, and a replay costs one launch. CUDA only; it is exercised
+by ``tests/test_cuda.py`` and ``benchmarks/bench.py --device cuda`` on a GPU machine and has
+not been measured on the machine this was written on (no GPU).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..losses import nll_loss
+from .fused_update import bgd_factors, mesu_deltas
+
+__all__ = ["guarded_update", "GraphedTrainStep"]
+
+
+def _grads(ps: list) -> list:
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
+
+
+@torch.no_grad()
+def guarded_update(optimizer) -> torch.Tensor:
+    """One step of a :class:`~mesu_snn.MESU` / :class:`~mesu_snn.BGD` optimizer, in place,
+    skipped on the device if any gradient is NaN/Inf. Returns ``ok`` (0-dim bool tensor).
+
+    Does not advance ``group["step"]`` nor ``optimizer.skipped_steps`` (the caller counts)."""
+    from ..rules.bgd import BGD
+    from ..rules.mesu import MESU
+    if not isinstance(optimizer, (MESU, BGD)):
+        raise ValueError(f"guarded_update supports MESU and BGD, got {type(optimizer).__name__}")
+    all_ps = [p for g in optimizer.param_groups for p in g["params"]]
+    grads = _grads(all_ps)
+    ok = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+    for g in optimizer.param_groups:
+        ps = g["params"]
+        gr = _grads(ps)
+        if g["kind"] == "plain":
+            torch._foreach_add_(ps, [torch.where(ok, d, 0.0) for d in gr], alpha=-g["lr"])
+            continue
+        mus, sigmas = ps[0::2], ps[1::2]
+        if isinstance(optimizer, MESU):
+            if any(isinstance(g[k], torch.Tensor) for k in ("sigma_prior", "mu_prior", "memory")):
+                raise ValueError("guarded_update needs scalar MESU hyperparameters")
+            dmu, dsig = mesu_deltas(mus, sigmas, gr[0::2], gr[1::2], memory=g["memory"],
+                                    sigma_prior=g["sigma_prior"], mu_prior=g["mu_prior"], lr_mu=g["lr_mu"],
+                                    lr_sigma=g["lr_sigma"], clamp_grad=g["clamp_grad"])
+            torch._foreach_add_(mus, [torch.where(ok, d, 0.0) for d in dmu])
+            torch._foreach_add_(sigmas, [torch.where(ok, d, 0.0) for d in dsig])
+        else:
+            dmu, root = bgd_factors(mus, sigmas, gr[0::2], gr[1::2])
+            torch._foreach_add_(mus, [torch.where(ok, d, 0.0) for d in dmu], alpha=-g["lr"])
+            torch._foreach_mul_(sigmas, [torch.where(ok, r, 1.0) for r in root])
+    return ok
+
+
+class GraphedTrainStep:
+    """Forward + backward + MESU/BGD update of ``net`` captured as one CUDA graph.
+
+    ``step = GraphedTrainStep(net, opt, x, y, samples=8)``; then ``loss = step(x, y)`` for
+    each new batch of the same shapes (copied into static buffers; the graph is replayed).
+    Monte-Carlo noise comes from the default CUDA generator (fresh on every replay).
+    ``loss_fn(out, y)`` defaults to :func:`mesu_snn.nll_loss`. Warm-up iterations run on a
+    side stream and are undone (μ, σ restored) before capture. ``skipped_steps`` counts
+    steps skipped by the non-finite guard (reading it synchronises).
+    """
+
+    def __init__(self, net: torch.nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, samples: int,
+                 loss_fn: Callable = nll_loss, warmup: int = 3):
+        if not (x.is_cuda and torch.cuda.is_available()):
+            raise ValueError("GraphedTrainStep needs CUDA tensors (use the eager step on CPU)")
+        self.net, self.optimizer, self.samples, self.loss_fn = net, optimizer, samples, loss_fn
+        self.x, self.y = x.clone(), y.clone()
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._skipped = torch.zeros((), dtype=torch.int64, device=x.device)
+        saved = [p.detach().clone() for p in self.params]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self._body()
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for p, s in zip(self.params, saved):
+                p.copy_(s)
+        self._skipped.zero_()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss = self._body()
+
+    def _body(self) -> torch.Tensor:
+        for p in self.params:      # backward then allocates the gradients (inside the graph's pool)
+            p.grad = None
+        loss = self.loss_fn(self.net(self.x, samples=self.samples), self.y)
+        loss.backward()
+        ok = guarded_update(self.optimizer)
+        self._skipped.add_((~ok).to(torch.int64))
+        return loss.detach()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape != self.x.shape or y.shape != self.y.shape:
+            raise ValueError(f"GraphedTrainStep was captured for x {tuple(self.x.shape)}, y {tuple(self.y.shape)}; "
+                             f"got {tuple(x.shape)}, {tuple(y.shape)}")
+        self.x.copy_(x, non_blocking=True)
+        self.y.copy_(y, non_blocking=True)
+        self.graph.replay()
+        for g in self.optimizer.param_groups:
+            g["step"] += 1
+        return self.loss
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self._skipped.item())
