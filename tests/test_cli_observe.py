@@ -179,7 +179,7 @@ def test_on_a_real_trainer_run(tmp_path, capsys):
     from mesu_snn.run_dir import create_run_dir
     cfg = parse_config({"seed": 0, "data": {"dataset": "digits", "train_per_task": 64, "test_per_task": 40},
                         "stream": {"kind": "permuted", "n_tasks": 2, "batch_size": 16},
-                        "encoder": {"kind": "current", "num_steps": 4}, "model": {"hidden": [16], "beta": 0.8},
+                        "encoder": {"kind": "current", "num_steps": 4}, "model": {"hidden": [8], "beta": 0.8},
                         "rule": {"name": "mesu", "memory": 500},
                         "schedule": {"train_samples": 2, "eval_samples": 2, "checkpoint_every": 0, "ood": False}})
     run = create_run_dir(tmp_path / "run")
@@ -192,9 +192,10 @@ def test_on_a_real_trainer_run(tmp_path, capsys):
     x = torch.rand(4, 3, 64)
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     assert torch.equal(model(x, samples=2, generator=g1), trainer.model(x, samples=2, generator=g2))
-    assert main(["plot", str(run)]) == 0
+    assert main(["plot", str(run), "--importance", "24"]) == 0
     out = capsys.readouterr().out
-    assert f"wrote {run / 'sigma_histograms.png'}" in out
+    assert f"wrote {run / 'sigma_histograms.png'}" in out and "Spearman" in out
+    assert f"wrote {run / 'precision_vs_hessian.png'}" in out
     assert main(["inspect", str(run / "sigma_trace.h5")]) == 0
     assert "task-end snapshots: [0, 1]" in capsys.readouterr().out
     assert main(["export", str(run), "--bits", "8", "--prune-snr", "0.5", "--samples", "1", "--evaluate"]) == 0

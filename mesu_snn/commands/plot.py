@@ -7,7 +7,8 @@ written into the first RUN_DIR or ``--out``):
   and average_accuracy_comparison.png;
 * sigma_trace.h5 → sigma_histograms.png (σ at each task end) and sigma_vs_absmu.png (from the
   checkpoint's model when the trace has no snapshot);
-* importance.npz → precision_vs_hessian.png, importance_vs_hessian.png.
+* importance.npz → precision_vs_hessian.png, importance_vs_hessian.png (``--importance N``
+  computes it first from the run's checkpoint and N training samples).
 
 Existing PNGs are kept (reported) unless ``--force``; each file is written to a temporary
 name and renamed into place. Figures whose source is missing are reported as skipped.
@@ -24,8 +25,49 @@ def register(sub) -> None:
     p = sub.add_parser("plot", help="plot σ traces, accuracies and importance of run directories")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="folder for the PNGs (default: the first RUN_DIR)")
-    p.add_argument("--force", action="store_true", help="overwrite existing PNGs")
+    p.add_argument("--importance", type=int, metavar="N",
+                   help="first compute RUN_DIR/importance.npz: the Hessian diagonal (exact up to 5000 μ, else "
+                        "Hutchinson with 200 probes) on N training samples spread over the run's tasks, against "
+                        "the rule's σ-importance and the EWC Fisher (needs config.toml and a MESU/BGD run)")
+    p.add_argument("--force", action="store_true", help="overwrite existing PNGs (and importance.npz)")
     p.set_defaults(func=run)
+
+
+def compute_importance(run_dir: Path, n: int, force: bool = False) -> Path:
+    """Write RUN_DIR/importance.npz from the run's checkpoint and training data (see --importance)."""
+    import torch
+
+    from ..build import build_trainer
+    from ..config import load_config
+    from ..observe.atomic import check_writable
+    from ..observe.compare import importance_report
+    from ..observe.rundir import IMPORTANCE_NAME, load_run_model, save_importance
+    if n < 2:
+        raise ValueError(f"--importance needs N >= 2 samples, got {n}")
+    target = check_writable(run_dir / IMPORTANCE_NAME, force)
+    cfg_path = run_dir / "config.toml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"--importance needs {cfg_path} to rebuild the training data")
+    cfg = load_config(cfg_path)
+    if cfg.rule.name not in ("mesu", "bgd"):
+        raise ValueError(f"{cfg_path}: rule {cfg.rule.name!r} has no σ; --importance needs a MESU or BGD run")
+    trainer = build_trainer(cfg)
+    model = load_run_model(run_dir)
+    per_task = -(-n // len(trainer.tasks))
+    xs, ys = [], []
+    for k in range(len(trainer.tasks)):
+        for x, y in trainer.task_batches(k, per_task):
+            xs.append(x.cpu())
+            ys.append(y.cpu())
+    x, y = torch.cat(xs, 1)[:, :n], torch.cat(ys)[:n]
+    params = dict(cfg.rule.params)
+    rep = importance_report(model, x, y, rule=cfg.rule.name, sigma_prior=float(params.get("sigma_prior", 0.1)),
+                            memory=float(params.get("memory", 3000)))
+    for k, c in rep["correlations"].items():
+        print(f"{k}: Pearson {c['pearson']:.3f}, Spearman {c['spearman']:.3f} with diag H ({rep['method']}, "
+              f"{len(y)} samples)")
+    return save_importance(target, rep["hessian"], rep["measures"], rep["sigma"], force=force,
+                           method=rep["method"], samples=int(len(y)), rule=cfg.rule.name)
 
 
 def _matrix(m: dict, source) -> np.ndarray:
@@ -130,6 +172,8 @@ def run(args) -> int:
             raise FileNotFoundError(f"run directory {d} does not exist")
     out = Path(args.out) if args.out else dirs[0]
     out.mkdir(parents=True, exist_ok=True)
+    if args.importance is not None:
+        print(f"wrote {compute_importance(dirs[0], args.importance, args.force)}")
     jobs, skipped = plan(dirs)
     if not jobs:
         raise ValueError(f"{dirs[0]}: nothing to plot (no metrics.json, sigma_trace.h5, checkpoint or importance.npz)")
