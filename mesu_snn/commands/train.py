@@ -1,0 +1,74 @@
+"""``mesu-snn train CONFIG.toml [--out DIR] [--resume] [--force]``: one continual-learning run.
+
+The run directory (default ``runs/<config name>``) gets ``config.toml``, ``log.csv``,
+``metrics.json``, plots and ``checkpoints/last.pt`` (atomic, every ``schedule.checkpoint_every``
+updates). An existing run directory is never overwritten without ``--force``. ``--resume``
+continues a killed run from its last checkpoint and ends with exactly the μ, σ and metrics of
+an uninterrupted run (on CPU); the config must be the one the run was started with.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train one rule on a task stream described by a TOML config",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="TOML run configuration (see mesu_snn/config.py or experiments/configs/)")
+    p.add_argument("--out", help="run directory (default: runs/<config file name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    p.add_argument("--data-root", help="dataset folder (overrides data.root and $MESU_SNN_DATA)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> str | None:
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            d = _diff(va, vb, f"{prefix}{k}.")
+            if d:
+                return d
+        elif va != vb:
+            return f"{prefix}{k} ({vb!r} in the run directory, {va!r} now)"
+    return None
+
+
+def run(args) -> int:
+    import torch
+
+    from ..build import build_tasks, build_trainer
+    from ..cli import CLIError
+    from ..config import dump_toml, load_config
+    from ..plots import write_run_plots
+    from ..report import format_table
+    from ..run_dir import create_run_dir
+
+    cfg = load_config(args.config)
+    if args.data_root:
+        cfg.data.root = args.data_root
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if args.resume and args.force:
+        raise CLIError("--resume and --force exclude each other")
+    if args.resume:
+        create_run_dir(out, resume=True)
+        saved = out / "config.toml"
+        if not saved.is_file():
+            raise CLIError(f"cannot resume: {saved} is missing")
+        old = load_config(saved)
+        d = _diff(cfg.to_dict(), old.to_dict())
+        if d:
+            raise CLIError(f"cannot resume {out}: the config differs from the run's config.toml in {d}")
+    if cfg.schedule.threads:
+        torch.set_num_threads(cfg.schedule.threads)
+    tasks = build_tasks(cfg)                      # missing/corrupt data fails here, before any output
+    if not args.resume:
+        create_run_dir(out, force=args.force)
+        (out / "config.toml").write_text(dump_toml(cfg))
+    trainer = build_trainer(cfg, run_dir=out, progress=not args.quiet, tasks=tasks, desc=cfg.rule.name)
+    metrics = trainer.fit(resume=args.resume)
+    write_run_plots(out, metrics)
+    print(format_table({cfg.rule.name: metrics}))
+    print(f"run directory: {out}")
+    return 0

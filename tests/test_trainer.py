@@ -1,0 +1,201 @@
+"""The trainer on small real streams (embedded digits, N-MNIST): accuracy matrix, task-free
+learning, boundaries only for EWC/SI, callbacks, determinism and in-process resume."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mesu_snn as ms
+from mesu_snn.build import build_tasks, build_trainer
+from mesu_snn.callbacks import Callback
+from mesu_snn.config import parse_config
+from mesu_snn.rules.rule import Rule
+
+
+def digits_cfg(rule_name="mesu", **over):
+    raw = {"seed": 0, "data": {"dataset": "digits", "train_per_task": 160, "test_per_task": 90},
+           "stream": {"kind": "permuted", "n_tasks": 3, "batch_size": 16, "epochs_per_task": 1},
+           "encoder": {"kind": "current", "num_steps": 5, "gain": 2.0},
+           "model": {"hidden": [32]},
+           "rule": {"name": rule_name, **({"memory": 1e4} if rule_name == "mesu" else {})},
+           "schedule": {"train_samples": 2, "eval_samples": 4, "eval_every": 7, "checkpoint_every": 0}}
+    for k, v in over.items():
+        raw[k].update(v)
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="module")
+def digits_tasks():
+    return build_tasks(digits_cfg())
+
+
+class Spy(Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_start(self, model, optimizer, config):
+        self.events.append(("start", config["rule"]["name"]))
+
+    def on_update(self, update, model, optimizer):
+        self.events.append(("update", update))
+
+    def on_task_end(self, task_index, model, optimizer):
+        self.events.append(("task_end", task_index))
+
+    def on_end(self, model, optimizer):
+        self.events.append(("end",))
+
+
+def _pairs(model):
+    return [(mu.detach().clone(), s.detach().clone()) for _, mu, s in ms.bayesian_pairs(model)]
+
+
+def test_accuracy_matrix_and_metrics(digits_tasks, tmp_path):
+    spy = Spy()
+    tr = build_trainer(digits_cfg(), run_dir=tmp_path, tasks=digits_tasks, callbacks=[spy])
+    m = tr.fit()
+    R = m["accuracy_matrix"]
+    assert len(R) == 3 and all(len(r) == 3 for r in R)
+    for i in range(3):
+        for j in range(3):
+            assert (R[i][j] is None) == (j > i)
+    assert m["average_accuracy"] == pytest.approx(np.mean(R[2]))
+    assert m["learning_accuracy_per_task"] == pytest.approx([R[i][i] for i in range(3)])
+    assert max(m["learning_accuracy_per_task"]) > 0.3          # it learns (chance: 0.1)
+    for key in ("backward_transfer", "forgetting", "rule", "uncertainty", "accuracy_over_time"):
+        assert key in m
+    u = m["uncertainty"]
+    assert u["predictive_entropy"] == pytest.approx(u["aleatoric"] + u["epistemic"], abs=1e-9)
+    assert u["epistemic"] > 0 and 0 <= u["ood"]["auroc_entropy"] <= 1
+    # callbacks: one start, every update in order, each task end once, one end
+    ups = [e[1] for e in spy.events if e[0] == "update"]
+    assert ups == list(range(1, tr.n_updates + 1))
+    assert [e[1] for e in spy.events if e[0] == "task_end"] == [0, 1, 2]
+    assert spy.events[0] == ("start", "mesu") and spy.events[-1] == ("end",)
+    # periodic evaluations besides the task ends, and the run directory's files
+    want = [u for u in range(1, tr.n_updates + 1) if u % 7 == 0 or u in tr.task_end_update]
+    assert [h["update"] for h in m["accuracy_over_time"]] == want and 7 in want
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["accuracy_matrix"] == R
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    assert len(log) == tr.n_updates + 1 and log[0].startswith("update,samples,task,loss")
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+class RecordingMESU(Rule):
+    """A MESU rule that records what it is told (to prove it never hears of tasks)."""
+
+    def __init__(self, inner: Rule):
+        super().__init__(inner.model, inner.optimizer, inner.reduction, inner.hyperparameters)
+        self.name, self.bayesian = inner.name, inner.bayesian
+        self.end_task_calls, self.labels_seen = [], 0
+
+    def loss(self, out, y):
+        self.labels_seen += y.shape[0]
+        return super().loss(out, y)
+
+    def end_task(self, task_index, batches):
+        self.end_task_calls.append(task_index)
+
+
+def test_task_free_rules_never_get_boundaries_ewc_does(digits_tasks):
+    tr = build_trainer(digits_cfg(), tasks=digits_tasks)
+    spy = RecordingMESU(tr.rule)
+    tr.rule = spy
+    tr.fit()
+    assert spy.end_task_calls == [] and spy.labels_seen == 3 * 160
+    calls = []
+    tr = build_trainer(digits_cfg("ewc", rule={"lr": 0.05, "fisher_samples": 20}), tasks=digits_tasks)
+    orig = tr.rule.end_task
+    tr.rule.end_task = lambda k, batches: (calls.append(k), orig(k, batches))
+    m = tr.fit()
+    assert calls == [0, 1, 2] and tr.rule.tasks_consolidated == 3
+    assert m["uses_task_boundaries"] is True
+
+
+def test_same_seed_same_run_different_seed_differs(digits_tasks):
+    a = build_trainer(digits_cfg(), tasks=digits_tasks)
+    b = build_trainer(digits_cfg(), tasks=digits_tasks)
+    ma, mb = a.fit(), b.fit()
+    assert ma == mb
+    for (m1, s1), (m2, s2) in zip(_pairs(a.model), _pairs(b.model)):
+        assert torch.equal(m1, m2) and torch.equal(s1, s2)
+    c = build_trainer(parse_config({**digits_cfg().to_dict(), "seed": 1}), tasks=digits_tasks)
+    c.fit()
+    assert not torch.equal(_pairs(a.model)[0][0], _pairs(c.model)[0][0])
+
+
+class Crash(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_update(self, update, model, optimizer):
+        if update == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("rule", ["mesu", "si"])
+def test_resume_in_process_is_bit_exact(digits_tasks, tmp_path, rule):
+    over = {"schedule": {"checkpoint_every": 4, "eval_every": 5}}
+    if rule == "si":
+        over["rule"] = {"lr": 0.05}
+    ref = build_trainer(digits_cfg(rule, **over), run_dir=tmp_path / "ref", tasks=digits_tasks)
+    m_ref = ref.fit()
+    crashed = build_trainer(digits_cfg(rule, **over), run_dir=tmp_path / "run", tasks=digits_tasks,
+                            callbacks=[Crash(ref.task_end_update[0] + 3)])
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit()
+    resumed = build_trainer(digits_cfg(rule, **over), run_dir=tmp_path / "run", tasks=digits_tasks)
+    m = resumed.fit(resume=True)
+    assert m == m_ref
+    for (m1, s1), (m2, s2) in zip(_pairs(ref.model), _pairs(resumed.model)):
+        assert torch.equal(m1, m2) and torch.equal(s1, s2)
+    assert (tmp_path / "run" / "log.csv").read_text() == (tmp_path / "ref" / "log.csv").read_text()
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == (tmp_path / "ref" / "metrics.json").read_bytes()
+
+
+def test_split_stream_scores_task_incrementally(digits_tasks):
+    cfg = digits_cfg("sgd", stream={"kind": "split", "classes_per_task": 2}, rule={"lr": 0.05},
+                     data={"train_per_task": 80, "test_per_task": 40})
+    tr = build_trainer(cfg)
+    assert tr.eval_mask == "task" and len(tr.tasks) == 5
+    m = tr.fit()
+    # scored within each task's two classes, so never below ~chance 0.5 right after learning
+    assert np.mean(m["learning_accuracy_per_task"]) > 0.6
+
+
+def test_trainer_argument_checks(digits_tasks):
+    cfg = digits_cfg()
+    tr = build_trainer(cfg, tasks=digits_tasks)
+    from mesu_snn.trainer import Trainer
+    with pytest.raises(ValueError, match="eval_samples"):
+        Trainer(tr.model, tr.rule, digits_tasks, tr.encode, eval_samples=0)
+    with pytest.raises(ValueError, match="eval_mask"):
+        Trainer(tr.model, tr.rule, digits_tasks, tr.encode, eval_mask="class")
+    other = ms.SpikingMLP([64, 8, 10])
+    with pytest.raises(ValueError, match="different model"):
+        Trainer(other, tr.rule, digits_tasks, tr.encode)
+
+
+def test_nmnist_split_tasks_end_to_end_with_event_frames(shared_data, tmp_path):
+    """Real N-MNIST recordings (NMNIST-small), split into class-pair tasks, event frames, conv net."""
+    cfg = parse_config({
+        "seed": 0,
+        "data": {"dataset": "nmnist", "root": str(shared_data), "train_per_task": 40, "test_per_task": 16,
+                 "first_saccade_only": True},
+        "stream": {"kind": "split", "classes_per_task": 2, "batch_size": 8, "epochs_per_task": 2},
+        "encoder": {"kind": "frames", "num_steps": 5, "gain": 0.5, "duration_us": 100000},
+        "model": {"kind": "conv", "channels": [4, 8]},
+        "rule": {"name": "mesu", "memory": 5000, "sigma_prior": 0.1},
+        "schedule": {"train_samples": 2, "eval_samples": 4, "checkpoint_every": 0},
+    })
+    tr = build_trainer(cfg, run_dir=tmp_path)
+    x, _ = next(iter(tr.stream))
+    frames = tr.encode(x)
+    assert frames.shape == (5, 8, 2, 34, 34) and frames.sum() > 0
+    m = tr.fit()
+    assert len(m["accuracy_matrix"]) == 5 and m["tasks"][0] == "split-0-1"
+    assert all(0.0 <= a <= 1.0 for a in m["accuracy_matrix"][-1])
+    assert np.mean(m["learning_accuracy_per_task"]) > 0.55     # above the 0.5 chance of a class pair
+    assert (tmp_path / "metrics.json").is_file()
