@@ -162,3 +162,24 @@ def test_compiled_model_traces_one_graph_and_matches_eager():
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert dict(counters["graph_break"]) == {}
+
+
+def test_spiking_convnet_fast_path_equals_reference_path():
+    from mesu_snn.kernels import fast_paths
+    import mesu_snn as ms
+    torch.manual_seed(5)
+    net = ms.SpikingConvNet(input_shape=(2, 8, 8), channels=(2, 4), n_classes=3, readout="count",
+                            mu_init=3.0, sigma_init=1.0).double()
+    x = (torch.rand(5, 3, 2, 8, 8) < 0.5).double()
+    y = torch.randint(0, 3, (3,))
+    res = []
+    for enabled in (True, False):
+        net.zero_grad()
+        with fast_paths(enabled):
+            out = net(x, samples=2, generator=torch.Generator().manual_seed(1))
+        ms.nll_loss(out, y).backward()
+        res.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
+    torch.testing.assert_close(res[0][0], res[1][0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(res[0][1], res[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert any(g.abs().sum() > 0 for g in res[0][1])
