@@ -18,7 +18,7 @@ from mesu_snn.observe.recorder import SigmaRecorder
 from mesu_snn.observe.rundir import load_run_model, save_importance
 
 
-def _make_run(d, rule="mesu", tasks=3, seed=0):
+def _make_run(d, rule="mesu", tasks=3, seed=0, importance=True):
     """A small run directory: config, metrics, log, checkpoint, σ trace, importance."""
     torch.manual_seed(seed)
     d.mkdir()
@@ -48,6 +48,8 @@ def _make_run(d, rule="mesu", tasks=3, seed=0):
     (d / "log.csv").write_text("\n".join(rows) + "\n")
     (d / "checkpoints").mkdir()
     torch.save({"model": net.state_dict(), "version": 1, "position": u}, d / "checkpoints" / "last.pt")
+    if not importance:
+        return net
     x, y = torch.rand(5, 8, 10) * 2, torch.randint(0, 3, (8,))
     rep = importance_report(net, x, y, rule=rule, sigma_prior=0.1, memory=200)
     save_importance(d / "importance.npz", rep["hessian"], rep["measures"], rep["sigma"], method=rep["method"])
@@ -61,7 +63,7 @@ def _err(capsys):
 
 
 def test_checkpoint_model_is_rebuilt_exactly(tmp_path):
-    net = _make_run(tmp_path / "run")
+    net = _make_run(tmp_path / "run", importance=False)
     back = load_run_model(tmp_path / "run")
     assert type(back) is ms.SpikingMLP and back.neurons[0].params.beta == net.neurons[0].params.beta
     x = torch.rand(5, 4, 10)
@@ -71,7 +73,7 @@ def test_checkpoint_model_is_rebuilt_exactly(tmp_path):
 
 def test_plot_writes_every_figure_and_refuses_to_overwrite(tmp_path, capsys):
     _make_run(tmp_path / "mesu")
-    _make_run(tmp_path / "bgd", rule="bgd", seed=1)
+    _make_run(tmp_path / "bgd", rule="bgd", seed=1, importance=False)
     assert main(["plot", str(tmp_path / "mesu"), str(tmp_path / "bgd")]) == 0
     out = capsys.readouterr().out
     names = ["accuracy_matrix.png", "task_accuracy.png", "learning_accuracy.png", "sigma_histograms.png",
@@ -88,17 +90,16 @@ def test_plot_writes_every_figure_and_refuses_to_overwrite(tmp_path, capsys):
     assert (tmp_path / "mesu" / "accuracy_matrix.png").read_bytes() == b"mine"        # never overwritten
     assert main(["plot", str(tmp_path / "mesu"), "--force"]) == 0
     assert (tmp_path / "mesu" / "accuracy_matrix.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["plot", str(tmp_path / "mesu"), "--out", str(tmp_path / "figs")]) == 0
-    assert (tmp_path / "figs" / "sigma_histograms.png").exists()
 
 
 def test_plot_with_only_metrics(tmp_path, capsys):
     d = tmp_path / "r"
     d.mkdir()
     (d / "metrics.json").write_text(json.dumps({"rule": "mesu", "accuracy_matrix": [[0.9, None], [0.7, 0.8]]}))
-    assert main(["plot", str(d)]) == 0
+    assert main(["plot", str(d), "--out", str(tmp_path / "figs")]) == 0
     out = capsys.readouterr().out
-    assert "skipped sigma_histograms.png" in out and (d / "learning_accuracy.png").exists()
+    assert "skipped sigma_histograms.png" in out and (tmp_path / "figs" / "learning_accuracy.png").exists()
+    assert not (d / "learning_accuracy.png").exists()
     (d / "metrics.json").write_text("{not json")
     assert main(["plot", str(d), "--force"]) == 1
     assert "metrics.json: not valid JSON" in _err(capsys)
@@ -121,7 +122,7 @@ def test_inspect_every_file_kind(tmp_path, capsys):
 
 
 def test_inspect_damaged_and_foreign_files(tmp_path, capsys):
-    _make_run(tmp_path / "run")
+    _make_run(tmp_path / "run", importance=False)
     data = (tmp_path / "run" / "sigma_trace.h5").read_bytes()
     (tmp_path / "trunc.h5").write_bytes(data[: len(data) // 2])
     assert main(["inspect", str(tmp_path / "trunc.h5")]) == 1
@@ -142,7 +143,7 @@ def test_inspect_damaged_and_foreign_files(tmp_path, capsys):
 
 
 def test_export_quantised_pruned_sampled(tmp_path, capsys):
-    net = _make_run(tmp_path / "run")
+    net = _make_run(tmp_path / "run", importance=False)
     r = tmp_path / "run"
     assert main(["export", str(r), "--format", "nir", "--bits", "8", "--prune-snr", "0.5", "--samples", "2"]) == 0
     out = capsys.readouterr().out
