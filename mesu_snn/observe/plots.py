@@ -84,26 +84,37 @@ def sigma_vs_absmu(mu: np.ndarray, sigma: np.ndarray, max_points: int = 20_000, 
 
 def importance_scatter(hessian: np.ndarray, measures: dict[str, np.ndarray], max_points: int = 20_000, seed: int = 0,
                        title: str = "importance against the Hessian diagonal"):
-    """One panel per measure: measure (y) against diag H (x), symlog axes, correlations in titles."""
-    h = np.ravel(hessian)
+    """One panel per measure: measure (y, log) against |diag H| (x, log), colour = sign of H
+    (the surrogate-gradient Hessian is indefinite); titles give Spearman/Pearson with H and
+    Spearman with |H|. Zero values sit at the bottom/left edge."""
+    h = np.ravel(hessian).astype(np.float64)
     if not measures:
         raise ValueError("no importance measures to plot")
     idx = np.arange(h.size)
     if h.size > max_points:
         idx = np.random.default_rng(seed).choice(h.size, max_points, replace=False)
-    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 4.0), squeeze=False)
+    ah = np.abs(h)
+    xfloor = ah[ah > 0].min() / 2 if np.any(ah > 0) else 1e-12
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.4 * len(measures), 4.2), squeeze=False)
     for ax, (name, m) in zip(axes[0], measures.items()):
-        m = np.ravel(m)
+        m = np.ravel(m).astype(np.float64)
         if m.shape != h.shape:
             raise ValueError(f"measure {name!r} has {m.size} entries, the Hessian diagonal {h.size}")
-        c = correlations(m, h)
-        ax.scatter(h[idx], m[idx], s=3, alpha=0.4, linewidths=0)
-        lin = float(np.percentile(np.abs(h[h != 0]), 5)) if np.any(h != 0) else 1e-6
-        ax.set_xscale("symlog", linthresh=lin)
-        ax.set_yscale("symlog", linthresh=float(np.percentile(np.abs(m[m != 0]), 5)) if np.any(m != 0) else 1e-6)
-        ax.set_xlabel("Hessian diagonal ∂²L/∂μ²")
+        c, ca = correlations(m, h), correlations(m, ah)
+        am = np.abs(m)
+        yfloor = am[am > 0].min() / 2 if np.any(am > 0) else 1e-12
+        for sel, colour, label in ((h[idx] > 0, "tab:blue", "H > 0"), (h[idx] < 0, "tab:orange", "H < 0"),
+                                   (h[idx] == 0, "grey", "H = 0")):
+            if np.any(sel):
+                ax.scatter(np.maximum(ah[idx][sel], xfloor), np.maximum(am[idx][sel], yfloor), s=3, alpha=0.4,
+                           linewidths=0, color=colour, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("|Hessian diagonal| |∂²L/∂μ²|")
         ax.set_ylabel(name)
-        ax.set_title(f"{name}\nPearson {c['pearson']:.2f}, Spearman {c['spearman']:.2f}", fontsize=10)
+        ax.set_title(f"{name}\nvs H: Spearman {c['spearman']:.2f}, Pearson {c['pearson']:.2f}\n"
+                     f"vs |H|: Spearman {ca['spearman']:.2f}", fontsize=9)
+        ax.legend(fontsize=7, markerscale=3, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
