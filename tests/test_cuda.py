@@ -72,7 +72,7 @@ def test_bench_cuda_tiny(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench
     assert bench.main(["--device", "cuda", "--workload", "tiny", "--rounds", "1", "--iters", "2",
-                       "--warmup", "1", "--only", "naive,mesu_snn_delayed,stream1_mesu_snn",
+                       "--warmup", "1", "--only", "naive,mesu_snn_delayed,stream1_mesu_snn_graphed",
                        "--out-dir", str(tmp_path)]) == 0
     md = next(tmp_path.glob("cuda_*.md")).read_text()
     assert "mesu_snn_delayed" in md and "error" not in md
