@@ -23,7 +23,6 @@ Both return ``{pair name: tensor shaped like μ}`` (names as :func:`mesu_snn.bay
 """
 from __future__ import annotations
 
-import importlib
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator
 
@@ -38,23 +37,15 @@ __all__ = ["hessian_diagonal", "hutchinson_diagonal", "surrogate_loss", "referen
 
 @contextmanager
 def reference_lif() -> Iterator[None]:
-    """Run LIF layers on the reference (autograd) path: fused kernels' hand-written backward
-    passes are not twice differentiable. Turns off ``supports`` of
-    :mod:`mesu_snn.kernels.lif_fused` where that fast path exists."""
-    saved = []
-    for modname in ("mesu_snn.kernels.lif_fused", "mesu_snn.models"):
-        try:
-            mod = importlib.import_module(modname)
-        except ImportError:
-            continue
-        if hasattr(mod, "supports"):
-            saved.append((mod, mod.supports))
-            mod.supports = lambda p: False
+    """Run LIF layers on the reference (autograd) path: the fused kernels' hand-written backward
+    passes are not twice differentiable (``mesu_snn.kernels.fast_paths(False)``)."""
     try:
+        from ..kernels import fast_paths
+    except ImportError:  # no fast paths in this build
         yield
-    finally:
-        for mod, fn in saved:
-            mod.supports = fn
+        return
+    with fast_paths(False):
+        yield
 
 
 def surrogate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weights: str = "mean",
