@@ -24,8 +24,12 @@ Third-party importers (tested in ``tests/test_nir.py``):
 * ``snntorch.import_nir.import_from_nir`` (snnTorch 1.0.0) builds ``Leaky(beta=1 − 1e-4/tau,
   reset_mechanism="zero", reset_delay=False)``; it needs ``v_leak = 0`` and one threshold per
   layer, and ignores ``v_reset`` (always 0). A network with ``reset="zero",
-  reset_delay=False`` and our default ``dt`` is reproduced spike for spike. (snnTorch's own
-  exporter fails NIR type inference on a scalar ``beta``; ours writes per-neuron arrays.)
+  reset_delay=False`` and our default ``dt`` is reproduced spike for spike. snnTorch's own
+  exporter fails NIR type inference on a scalar ``beta`` (NIR needs per-neuron arrays to know
+  a layer's size: neuromorphs/NIR#176, the same failure for Synaptic in
+  jeshraghian/snntorch#410) and with a batched sample input; ours writes per-neuron arrays.
+  Graphs it exports from per-neuron ``beta``/``threshold`` tensors and an unbatched sample load
+  with :func:`from_nir`.
 * ``norse.torch.from_nir`` (Norse 1.1.0) builds ``LIFBoxCell(tau_mem_inv = 1/tau, v_th,
   v_leak)`` and ignores ``r`` and ``v_reset``: only ``r = 1`` (``LIF.norse_box`` neurons, with
   ``v_reset = 0``) is reproduced exactly. Norse's own exporter writes ``tau = dt/tau_mem_inv``
