@@ -146,7 +146,7 @@ def measure(rows, device, rounds: int, iters: int, warmup: int, log=print):
 
 
 def add_ratios(results):
-    """speedup_vs_X = ms(X) / ms(row), for the reference rows X present."""
+    """speedup_vs_X = ms(X) / ms(row) on medians, for the reference rows X present."""
     ms_of = {r["name"]: r.get("ms_per_step") for r in results}
     refs = {"naive": "bayes_naive_snntorch", "snntorch": "det_snntorch", "sketch": "bayes_batched_eager",
             "stream_naive": "stream1_naive_snntorch"}
@@ -187,19 +187,19 @@ def markdown(meta, results) -> str:
             f"{meta['machine']['threads']} threads, {meta['date']}. Median of {meta['rounds']} rounds × {meta['iters']} steps; "
             f"load average (1/5/15 min) {meta.get('loadavg_start')} at start, {meta.get('loadavg_end')} at end.\n"
             f"Command: `{meta['command']}`\n\n"
-            "| row | LIF reset | B | M | ms/step | samples/s | saved MiB | peak MiB | × naive Bayes | × snnTorch | × sketch |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "| row | LIF reset | B | M | ms/step (median) | ms/step (min) | samples/s | saved MiB | peak MiB | × naive Bayes | × snnTorch | × sketch |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['name']} | {r['lif']} | | | error: {r['error'][:60]} | | | | | | |")
+            lines.append(f"| {r['name']} | {r['lif']} | | | error: {r['error'][:60]} | | | | | | | |")
             continue
 
         def f(k, fmt="{:.2f}"):
             v = r.get(k)
             return "" if v is None else fmt.format(v)
         naive = f("speedup_vs_stream_naive") if r["name"].startswith("stream1") else f("speedup_vs_naive")
-        lines.append(f"| {r['name']} | {r['lif']} | {r['B']} | {r['M']} | {f('ms_per_step', '{:.3f}')} | "
+        lines.append(f"| {r['name']} | {r['lif']} | {r['B']} | {r['M']} | {f('ms_per_step', '{:.3f}')} | {f('ms_min', '{:.3f}')} | "
                      f"{f('samples_per_s', '{:.0f}')} | {f('saved_mib', '{:.1f}')} | {f('peak_mib', '{:.1f}')} | "
                      f"{naive} | {f('speedup_vs_snntorch')} | {f('speedup_vs_sketch')} |")
     return head + "\n".join(lines) + "\n"
