@@ -183,3 +183,12 @@ def test_spiking_convnet_fast_path_equals_reference_path():
     for a, b in zip(res[0][1], res[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     assert any(g.abs().sum() > 0 for g in res[0][1])
+
+
+def test_double_backward_raises_instead_of_being_wrong():
+    p = LIFParameters()
+    x = (torch.randn(5, 4) + 1.0).requires_grad_(True)
+    s = lif_sequence_fused(x, p)
+    (g,) = torch.autograd.grad((s * s * torch.arange(4.0)).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate"):
+        torch.autograd.grad(g.sum(), x)

@@ -17,6 +17,9 @@ fp32). Spikes (``u > θ``) and the post-reset membrane are recomputed from it in
 This is cheaper than saving the input currents plus a spike bit mask (5 bytes) and needs no
 re-run of the forward recurrence; the reference path saves about twice as much.
 
+The backward is not itself differentiable (double backward raises): for Hessian-vector
+products use ``with fast_paths(False):`` (the reference loop).
+
 Under ``torch.compile`` the function traces the reference loop instead (inductor then fuses
 the time loop into one kernel); see :func:`lif_sequence_fused`.
 """
@@ -27,6 +30,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..functional.lif import LIFParameters, _beta
 from ..functional.surrogate import ATan, FastSigmoid, Heaviside
@@ -164,6 +168,7 @@ class _LIFSequenceFn(torch.autograd.Function):
         return spikes, mem
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_spikes, g_mem=None):
         u, v0 = ctx.saved_tensors
         c, td = ctx.c, ctx.time_dim
