@@ -162,7 +162,9 @@ def add_ratios(results):
 
 def machine() -> dict:
     info = dict(torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
-                threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine())
+                threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(),
+                env={k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+                     if k in os.environ})
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -184,7 +186,7 @@ def _loadavg():
 
 def markdown(meta, results) -> str:
     head = (f"Workload {meta['workload']} ({meta['sizes']}), device {meta['device_name']}, torch {meta['machine']['torch']}, "
-            f"{meta['machine']['threads']} threads, {meta['date']}. Median of {meta['rounds']} rounds × {meta['iters']} steps; "
+            f"{meta['machine']['threads']} threads{' ' + str(meta['machine']['env']) if meta['machine'].get('env') else ''}, {meta['date']}. Median of {meta['rounds']} rounds × {meta['iters']} steps; "
             f"load average (1/5/15 min) {meta.get('loadavg_start')} at start, {meta.get('loadavg_end')} at end.\n"
             f"Command: `{meta['command']}`\n\n"
             "| row | LIF reset | B | M | ms/step (median) | ms/step (min) | samples/s | saved MiB | peak MiB | × naive Bayes | × snnTorch | × sketch |\n"
