@@ -77,10 +77,12 @@ def main(argv=None) -> int:
     search: dict[str, list] = {r: [] for r in rules}
     with ProcessPoolExecutor(args.jobs) as ex:
         for rule, params, _, m in ex.map(_run, jobs):
-            search[rule].append({"params": params, "validation_average_accuracy": m["average_accuracy"]})
-            print(f"search {rule:5s} {params}: validation avg acc {m['average_accuracy']:.3f} ({m['wall_s']:.0f} s)",
-                  flush=True)
-        best = {r: max(search[r], key=lambda e: e["validation_average_accuracy"])["params"] for r in rules}
+            search[rule].append({"params": params, "validation_average_accuracy": m["average_accuracy"],
+                                 "diverged": m["diverged"]})
+            print(f"search {rule:5s} {params}: validation avg acc {m['average_accuracy']:.3f}"
+                  f"{' (diverged)' if m['diverged'] else ''} ({m['wall_s']:.0f} s)", flush=True)
+        best = {r: max((e for e in search[r] if not e["diverged"]),
+                       key=lambda e: e["validation_average_accuracy"])["params"] for r in rules}
         finals = {}
         for rule, params, _, m in ex.map(_run, [(base, r, best[r], base_cfg.seed, args.quick) for r in rules]):
             finals[rule] = m
@@ -100,7 +102,8 @@ def main(argv=None) -> int:
              "## Final runs (seed 0)", "", markdown_table(finals), "", "## Search (validation average accuracy, seed 1)", "",
              "| rule | searched | values -> validation avg acc | chosen |", "|---|---|---|---|"]
     for r in rules:
-        vals = ", ".join(f"{e['params'][GRID[r][1]]:g}: {e['validation_average_accuracy']:.3f}" for e in search[r])
+        vals = ", ".join(f"{e['params'][GRID[r][1]]:g}: {e['validation_average_accuracy']:.3f}"
+                         f"{' (diverged)' if e['diverged'] else ''}" for e in search[r])
         lines.append(f"| {r} | {GRID[r][1]} | {vals} | {best[r][GRID[r][1]]:g} |")
     (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
     print((out / f"{tag}.md").read_text())

@@ -26,8 +26,13 @@ def results_rows(results: Mapping[str, Mapping]) -> tuple[list[str], list[list[s
     for label, m in results.items():
         row = []
         for i, (_, key, fmt) in enumerate(COLUMNS):
-            v = label if i == 0 else (key(m) if callable(key) else m.get(key))
+            try:
+                v = label if i == 0 else (key(m) if callable(key) else m.get(key))
+            except (KeyError, TypeError):
+                v = None
             row.append("-" if v is None else fmt.format(v))
+        if m.get("diverged"):
+            row[0] += " (diverged)"
         rows.append(row)
     return headers, rows
 

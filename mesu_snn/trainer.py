@@ -165,6 +165,7 @@ class Trainer:
         self.log_rows: list[dict] = []
         self.train_acc_ema: float | None = None
         self.final_metrics: dict | None = None
+        self._diverged = False
 
     # -- encoding -------------------------------------------------------------------------
     def _encoded(self, x_raw, generator) -> torch.Tensor:
@@ -256,6 +257,9 @@ class Trainer:
         per_task = []
         all_out = torch.cat([outputs[k][0] for k in sorted(outputs)], 1)
         all_y = torch.cat([outputs[k][1] for k in sorted(outputs)])
+        if not bool(torch.isfinite(all_out).all()):     # a diverged run: no meaningful uncertainty
+            return {"samples": self._samples(False), "diverged": True, "predictive_entropy": None,
+                    "aleatoric": None, "epistemic": None, "ece": None, "per_task": []}
         for k in sorted(outputs):
             out, y = outputs[k]
             u = M.uncertainty_split(out)
@@ -267,7 +271,9 @@ class Trainer:
                "aleatoric": float(u["aleatoric"].mean()), "epistemic": float(u["epistemic"].mean()),
                "ece": M.expected_calibration_error(all_out, all_y), "per_task": per_task}
         ood = self._ood_outputs(update)
-        if ood is not None:
+        if ood is not None and not bool(torch.isfinite(ood).all()):
+            res["ood"] = {"diverged": True}
+        elif ood is not None:
             uo = M.uncertainty_split(ood)
             res["ood"] = {"n_in": int(all_out.shape[1]), "n_out": int(ood.shape[1]),
                           "predictive_entropy": float(uo["total"].mean()), "epistemic": float(uo["epistemic"].mean()),
@@ -288,7 +294,8 @@ class Trainer:
                 "rng": capture_rng(self._generators()), "position": self.update,
                 "n_updates": self.n_updates, "rule_name": self.rule.name,
                 "state": {"R": self.R, "history": self.history, "log_rows": self.log_rows,
-                          "train_acc_ema": self.train_acc_ema, "final_metrics": self.final_metrics},
+                          "train_acc_ema": self.train_acc_ema, "final_metrics": self.final_metrics,
+                          "diverged": self._diverged},
                 "config": self.config}
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -304,6 +311,7 @@ class Trainer:
         self.update = int(ckpt["position"])
         self.R, self.history, self.log_rows = st["R"], st["history"], st["log_rows"]
         self.train_acc_ema, self.final_metrics = st["train_acc_ema"], st["final_metrics"]
+        self._diverged = bool(st.get("diverged", False))
 
     def save(self) -> Path | None:
         path = self.checkpoint_path
@@ -366,6 +374,7 @@ class Trainer:
             for u, (x_raw, y) in enumerate(batches, start=start + 1):
                 self.update = u
                 loss, acc = self._train_step(x_raw, y)
+                self._diverged = self._diverged or not math.isfinite(loss)
                 self.train_acc_ema = acc if self.train_acc_ema is None else 0.9 * self.train_acc_ema + 0.1 * acc
                 for cb in self.callbacks:
                     cb.on_update(u, self.model, self.rule.optimizer)
@@ -469,6 +478,7 @@ class Trainer:
             "uncertainty": self._uncertainty(ev.outputs, self.n_updates),
             "accuracy_over_time": self.history,
             "skipped_steps": int(getattr(self.rule.optimizer, "skipped_steps", 0)),
+            "diverged": bool(self._diverged),
             "seed": self.seed,
         }
 
