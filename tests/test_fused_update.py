@@ -148,3 +148,25 @@ def test_graphed_step_refuses_cpu():
     net = ms.SpikingMLP([4, 3, 2])
     with pytest.raises(ValueError, match="CUDA"):
         GraphedTrainStep(net, ms.MESU(net), torch.zeros(2, 1, 4), torch.zeros(1, dtype=torch.long), samples=2)
+
+
+def test_subclass_with_own_rule_uses_its_update():
+    """A MESU subclass that overrides _update is not bypassed by the fused path."""
+    class HalfMESU(ms.MESU):
+        def _update(self, mu, sigma, gmu, gsigma, g):
+            new_mu, new_sigma = super()._update(mu, sigma, gmu, gsigma, g)
+            return mu + 0.5 * (new_mu - mu), new_sigma
+
+    torch.manual_seed(0)
+    net = ms.SpikingMLP([4, 3, 2]).double()
+    ref = ms.SpikingMLP([4, 3, 2]).double()
+    ref.load_state_dict(net.state_dict())
+    for n in (net, ref):
+        for p in n.parameters():
+            p.grad = torch.full_like(p, 2.0)
+    HalfMESU(net, memory=10.0).step()
+    plain = ms.MESU(ref, memory=10.0)
+    plain.step()
+    mu0 = ref.layers[0].weight_mu.detach()
+    assert not torch.allclose(net.layers[0].weight_mu, mu0)
+    torch.testing.assert_close(net.layers[0].weight_sigma, ref.layers[0].weight_sigma)

@@ -91,8 +91,8 @@ class BayesianOptimizer(torch.optim.Optimizer):
                 yield from zip(g["names"], ps[0::2], ps[1::2])
 
     def _grads_finite(self) -> str | None:
-        """Name of the first parameter whose gradient holds NaN/Inf, else None (one fused
-        reduction and one host sync when all are finite)."""
+        """Name of the first parameter whose gradient holds NaN/Inf, else None (one sum per
+        gradient and one host sync when all are finite; a per-tensor scan otherwise)."""
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if all_finite(grads):
             return None

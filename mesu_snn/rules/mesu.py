@@ -58,6 +58,8 @@ class MESU(BayesianOptimizer):
                            clamp_grad=g["clamp_grad"])
 
     def _fused_update(self, mus, sigmas, gmus, gsigmas, g):
+        if type(self)._update is not MESU._update:
+            return False   # a subclass changed the rule: use its per-pair _update
         if any(isinstance(g[k], torch.Tensor) for k in ("sigma_prior", "mu_prior", "memory")):
             return False   # per-synapse priors: the per-pair path handles tensors
         fused_mesu_step(mus, sigmas, gmus, gsigmas, memory=g["memory"], sigma_prior=g["sigma_prior"],
