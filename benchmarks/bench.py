@@ -56,6 +56,7 @@ def rows_for(device: str, w: wl.Workload, stream: wl.Workload | None, compile_: 
             ("mesu_snn_cudagraph", "delayed", w,
              lambda: wl.mesu_snn_step(w, device, compile_=True, mode="reduce-overhead")),
             ("mesu_snn_graphed", "delayed", w, lambda: wl.mesu_snn_graphed(w, device)),
+            ("mesu_snn_graphed_compiled", "delayed", w, lambda: wl.mesu_snn_graphed(w, device, True)),
         ]
     if stream is not None:
         rows += [
@@ -69,6 +70,8 @@ def rows_for(device: str, w: wl.Workload, stream: wl.Workload | None, compile_: 
                 ("stream1_mesu_snn_cudagraph", "delayed", stream,
                  lambda: wl.mesu_snn_step(stream, device, compile_=True, mode="reduce-overhead")),
                 ("stream1_mesu_snn_graphed", "delayed", stream, lambda: wl.mesu_snn_graphed(stream, device)),
+                ("stream1_mesu_snn_graphed_compiled", "delayed", stream,
+                 lambda: wl.mesu_snn_graphed(stream, device, True)),
             ]
     return rows
 

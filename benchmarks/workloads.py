@@ -231,7 +231,7 @@ def mesu_snn_step(w: Workload, device, reset_delay=True, compile_=False, mode=No
     return _steps(loss, opt.step)
 
 
-def mesu_snn_graphed(w: Workload, device):
+def mesu_snn_graphed(w: Workload, device, compile_=False):
     """mesu_snn on CUDA: forward + backward + MESU captured in one CUDA graph
     (:class:`mesu_snn.kernels.GraphedTrainStep`), replayed per batch."""
     import mesu_snn as ms
@@ -240,7 +240,7 @@ def mesu_snn_graphed(w: Workload, device):
                         bias=False, surrogate=("fast_sigmoid", SLOPE)).to(device)
     opt = ms.MESU(net, memory=N_MEM, sigma_prior=SP, clamp_grad=None)
     x, y = make_data(w, device)
-    graphed = GraphedTrainStep(net, opt, x, y, samples=w.M)
+    graphed = GraphedTrainStep(net, opt, x, y, samples=w.M, compile=compile_)
 
     def step():
         graphed(x, y)

@@ -78,7 +78,8 @@ def test_bench_cuda_tiny(tmp_path):
     assert "mesu_snn_delayed" in md and "error" not in md
 
 
-def test_graphed_train_step_trains_and_guards():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_graphed_train_step_trains_and_guards(compiled):
     from mesu_snn.kernels import GraphedTrainStep
     torch.manual_seed(5)
     net = ms.SpikingMLP([784, 64, 10], readout="count").cuda()
@@ -86,7 +87,7 @@ def test_graphed_train_step_trains_and_guards():
     x = (torch.rand(10, 1, 784, device="cuda") < 0.3).float()
     y = torch.randint(0, 10, (1,), device="cuda")
     before = [p.detach().clone() for p in net.parameters()]
-    step = GraphedTrainStep(net, opt, x, y, samples=8)
+    step = GraphedTrainStep(net, opt, x, y, samples=8, compile=compiled)
     for p, b in zip(net.parameters(), before):      # warm-up was undone
         assert torch.equal(p, b)
     for _ in range(20):

@@ -69,16 +69,23 @@ class GraphedTrainStep:
     ``step = GraphedTrainStep(net, opt, x, y, samples=8)``; then ``loss = step(x, y)`` for
     each new batch of the same shapes (copied into static buffers; the graph is replayed).
     Monte-Carlo noise comes from the default CUDA generator (fresh on every replay).
-    ``loss_fn(out, y)`` defaults to :func:`mesu_snn.nll_loss`. Warm-up iterations run on a
+    ``loss_fn(out, y)`` defaults to :func:`mesu_snn.nll_loss`. ``compile=True`` runs the forward
+    through ``torch.compile`` (default mode) before capture. Warm-up iterations run on a
     side stream and are undone (μ, σ restored) before capture. ``skipped_steps`` counts
     steps skipped by the non-finite guard (reading it synchronises).
     """
 
     def __init__(self, net: torch.nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, samples: int,
-                 loss_fn: Callable = nll_loss, warmup: int = 3):
+                 loss_fn: Callable = nll_loss, warmup: int = 3, compile: bool = False):
         if not (x.is_cuda and torch.cuda.is_available()):
             raise ValueError("GraphedTrainStep needs CUDA tensors (use the eager step on CPU)")
         self.net, self.optimizer, self.samples, self.loss_fn = net, optimizer, samples, loss_fn
+
+        def forward_loss(xs, ys):
+            return loss_fn(net(xs, samples=samples), ys)
+        # compile=True: inductor fuses the LIF time loop (it traces the reference loop), then the
+        # compiled kernels are captured with the backward and the update in the same graph
+        self._forward_loss = torch.compile(forward_loss, dynamic=False) if compile else forward_loss
         self.x, self.y = x.clone(), y.clone()
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self._skipped = torch.zeros((), dtype=torch.int64, device=x.device)
@@ -100,7 +107,7 @@ class GraphedTrainStep:
     def _body(self) -> torch.Tensor:
         for p in self.params:      # backward then allocates the gradients (inside the graph's pool)
             p.grad = None
-        loss = self.loss_fn(self.net(self.x, samples=self.samples), self.y)
+        loss = self._forward_loss(self.x, self.y)
         loss.backward()
         ok = guarded_update(self.optimizer)
         self._skipped.add_((~ok).to(torch.int64))
