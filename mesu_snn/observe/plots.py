@@ -5,8 +5,9 @@ Figure; :func:`save_figure` writes a PNG atomically and never overwrites without
 * :func:`sigma_vs_absmu` — σ against |μ| (log–log) for the final weights.
 * :func:`precision_vs_hessian` / :func:`importance_scatter` — σ⁻² (or any importance) against
   the Hessian diagonal, Pearson/Spearman in the titles.
-* :func:`accuracy_matrix`, :func:`task_accuracy_over_time`, :func:`learning_accuracy` —
-  fallbacks used when the trainer's :mod:`mesu_snn.plots` is not installed.
+* :func:`task_accuracy_over_time` (from the accuracy matrix, when metrics.json has no
+  per-evaluation history) and :func:`learning_accuracy` of several runs side by side; the
+  per-run accuracy plots are the trainer's :mod:`mesu_snn.plots`.
 * :func:`pruning_curve_plot` — accuracy against the fraction of weights pruned by |μ|/σ.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .atomic import atomic_path  # noqa: E402
 from .importance import correlations  # noqa: E402
 
 __all__ = ["save_figure", "sigma_histograms", "sigma_vs_absmu", "precision_vs_hessian", "importance_scatter",
-           "accuracy_matrix", "task_accuracy_over_time", "learning_accuracy", "pruning_curve_plot"]
+           "task_accuracy_over_time", "learning_accuracy", "pruning_curve_plot"]
 
 
 def save_figure(fig, path, force: bool = False, dpi: int = 120) -> Path:
@@ -124,26 +125,6 @@ def precision_vs_hessian(sigma: np.ndarray, hessian: np.ndarray, **kw):
     """σ⁻² against the Hessian diagonal."""
     return importance_scatter(hessian, {"σ⁻² (precision)": np.ravel(sigma).astype(np.float64) ** -2},
                               title=kw.pop("title", "σ⁻² against the Hessian diagonal"), **kw)
-
-
-def accuracy_matrix(R, title: str = "accuracy matrix"):
-    """Heatmap of R[i, j] = accuracy on task j after training task i (NaN blank)."""
-    R = np.asarray(R, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * R.shape[1], 0.8 + 0.5 * R.shape[0]))
-    im = ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis")
-    if R.shape[0] <= 12:
-        for i in range(R.shape[0]):
-            for j in range(R.shape[1]):
-                if np.isfinite(R[i, j]):
-                    ax.text(j, i, f"{100 * R[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if R[i, j] < 0.6 else "black")
-    ax.set_xlabel("evaluated task")
-    ax.set_ylabel("after training task")
-    ax.set_xticks(range(R.shape[1]), [str(j + 1) for j in range(R.shape[1])])
-    ax.set_yticks(range(R.shape[0]), [str(i + 1) for i in range(R.shape[0])])
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="accuracy")
-    return fig
 
 
 def task_accuracy_over_time(R, title: str = "accuracy of each task over time"):
