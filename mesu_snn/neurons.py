@@ -62,6 +62,17 @@ class LIF(nn.Module):
                    reset_delay=p.reset_delay, detach_reset=p.detach_reset, v_leak=p.v_leak,
                    v_reset=p.v_reset, input_scale=p.input_scale)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # keep the exact-float copies of fixed scalar beta/threshold in step with the loaded
+        # buffers; a buffer that only rounds the cached value (the same model reloaded) keeps it
+        def same(buf, cached):
+            return float(buf) == float(torch.tensor(cached, dtype=buf.dtype))
+        if self._scalar_beta is not None and not same(self.beta, self._scalar_beta):
+            self._scalar_beta = float(self.beta)
+        if self._scalar_threshold is not None and not same(self.threshold, self._scalar_threshold):
+            self._scalar_threshold = float(self.threshold)
+
     @property
     def params(self) -> LIFParameters:
         """The current parameters as an immutable record for the functional core."""

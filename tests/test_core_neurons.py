@@ -126,3 +126,18 @@ def test_lif_bad_input():
         ms.LIF(reset="bounce")
     with pytest.raises(ValueError, match="threshold"):
         ms.LIF(threshold=0.0)
+
+
+def test_loaded_state_dict_sets_the_beta_and_threshold_used_in_forward():
+    x = _currents(6)
+    src = ms.LIF(beta=0.5, threshold=0.7)
+    dst = ms.LIF(beta=0.9, threshold=1.0)
+    dst.load_state_dict(src.state_dict())
+    assert torch.equal(dst(x), src(x))
+    assert dst.params.beta == pytest.approx(0.5) and dst.params.threshold == pytest.approx(0.7)
+
+
+def test_reloading_the_same_model_keeps_exact_scalar_parameters():
+    lif = ms.LIF(beta=0.9, threshold=0.7)
+    lif.load_state_dict(ms.LIF(beta=0.9, threshold=0.7).state_dict())
+    assert lif.params.beta == 0.9 and lif.params.threshold == 0.7      # not their float32 roundings
