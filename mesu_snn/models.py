@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .functional.lif import lif_sequence
 from .kernels.lif_fused import fast_paths_enabled, lif_sequence_fused, supports
+from .kernels.spike_linear import spike_linear
 from .neurons import LIF
 from .synapses import BayesConv2d, BayesianLayer, BayesLinear, set_mode
 
@@ -36,6 +37,23 @@ def _readout(lif: LIF, h: torch.Tensor, readout: str) -> torch.Tensor:
         return lif_sequence_fused(h, p, return_membrane=True, time_dim=1)[1].mean(1)
     _, v = lif_sequence(h.transpose(0, 1), p, return_membrane=True, impl="reference")
     return v.mean(0)
+
+
+def _spikes_into(layer: BayesLinear, s: torch.Tensor, generator) -> torch.Tensor:
+    """``layer(s, sampled_input=True, generator=generator)`` for spikes s (M, ..., in); the fast
+    path draws the same weights and runs :func:`mesu_snn.kernels.spike_linear` (spikes saved
+    as bool for backward). Checked against the layer's own forward in tests/test_kernels.py."""
+    if not (fast_paths_enabled() and type(layer) is BayesLinear) or torch.compiler.is_compiling():
+        return layer(s, sampled_input=True, generator=generator)
+    m = s.shape[0]
+    if layer.mode == "mean":
+        w, b = layer.sample_weights(1)
+        w, b = w.expand(m, *w.shape[1:]), (None if b is None else b.expand(m, -1))
+    else:
+        noise = layer._frozen[1] if (layer._frozen is not None and layer._frozen[0] == m) else None
+        w, b = layer.sample_weights(m, generator, noise)
+    y = spike_linear(s.reshape(m, -1, s.shape[-1]), w, b)
+    return y.reshape(*s.shape[:-1], w.shape[1])
 
 
 class SpikingMLP(nn.Module):
@@ -67,7 +85,7 @@ class SpikingMLP(nn.Module):
         h = self.layers[0](x, samples=samples, generator=generator)          # (M, T, B, H)
         for i in range(1, len(self.layers)):
             s = _lif_over_time(self.neurons[i - 1], h)
-            h = self.layers[i](s, sampled_input=True, generator=generator)
+            h = _spikes_into(self.layers[i], s, generator)
         return _readout(self.neurons[-1], h, self.readout)
 
     def mean_mode(self) -> "SpikingMLP":

@@ -192,3 +192,58 @@ def test_double_backward_raises_instead_of_being_wrong():
     (g,) = torch.autograd.grad((s * s * torch.arange(4.0)).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate"):
         torch.autograd.grad(g.sum(), x)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_spike_linear_equals_baddbmm_and_saves_bool(bias):
+    from mesu_snn.kernels import spike_linear
+    torch.manual_seed(7)
+    s = (torch.rand(3, 40, 16) < 0.3).double().requires_grad_(True)
+    w = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 5, dtype=torch.float64, requires_grad=True) if bias else None
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.element_size()) or t, lambda t: t):
+        y = spike_linear(s, w, b)
+    assert 1 in sizes                                   # the spikes are kept as bool
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [s, w] + ([b] if bias else []), gy)
+    ref = torch.baddbmm(b.unsqueeze(1), s, w.transpose(1, 2)) if bias else torch.bmm(s, w.transpose(1, 2))
+    rgrads = torch.autograd.grad(ref, [s, w] + ([b] if bias else []), gy)
+    assert torch.equal(y, ref)
+    for a, r in zip(grads, rgrads):
+        torch.testing.assert_close(a, r)
+    with pytest.raises(ValueError, match="0 and 1"):
+        spike_linear(s.detach() * 0.5, w, b, check=True)
+    with pytest.raises(ValueError, match="expects s"):
+        spike_linear(s[0], w, b)
+
+
+@pytest.mark.parametrize("mode", ["sample", "mean", "frozen"])
+def test_spiking_mlp_fast_path_modes(mode):
+    """mean mode and sampled_weights() draws: the fast path uses the same weights as the layers."""
+    from mesu_snn.kernels import fast_paths
+    import mesu_snn as ms
+    torch.manual_seed(8)
+    net = ms.SpikingMLP([12, 10, 8, 3], readout="count", mu_init=2.0).double()
+    if mode == "mean":
+        net.mean_mode()
+    x = (torch.rand(6, 4, 12) < 0.5).double()
+    y = torch.randint(0, 3, (4,))
+    res = []
+    for enabled in (True, False):
+        net.zero_grad()
+        with fast_paths(enabled):
+            if mode == "frozen":
+                with ms.sampled_weights(net, 3, generator=torch.Generator().manual_seed(2)):
+                    out = net(x, samples=3)
+            else:
+                out = net(x, samples=3, generator=torch.Generator().manual_seed(2))
+        ms.nll_loss(out, y).backward()
+        res.append((out.detach(), [p.grad.clone() if p.grad is not None else None for p in net.parameters()]))
+    assert res[0][0].abs().sum() > 0
+    torch.testing.assert_close(res[0][0], res[1][0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(res[0][1], res[1][1]):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
