@@ -93,6 +93,8 @@ class Trainer:
     eval_every: also evaluate every K updates (0: only after each task).
     eval_mask: None (single head over all classes) or ``"task"``: at evaluation only, the
         prediction on task j is the argmax over task j's classes (task-incremental scoring).
+        The uncertainty metrics (entropies, ECE, OOD AUROC) always use the single-head
+        prediction over all classes.
     checkpoint_every: atomic checkpoint every K updates into ``run_dir/checkpoints`` (0: only
         at the end; needs ``run_dir``).
     ood_inputs: raw inputs never trained on (e.g. a fresh pixel permutation); gives OOD AUROC.

@@ -110,3 +110,12 @@ def test_file_errors(tmp_path):
     p.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ConfigError, match="UTF-8"):
         load_config(p)
+
+
+def test_every_shipped_config_is_valid():
+    from pathlib import Path
+    configs = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.toml"))
+    assert len(configs) >= 2
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.rule.name in ("mesu", "bgd", "sgd", "adam", "ewc", "si")
