@@ -9,18 +9,20 @@ Core API::
     opt = ms.MESU(net, memory=300_000, sigma_prior=0.1)
     loss.backward(); opt.step(); opt.zero_grad()
 """
-from . import functional
+from . import distributed, export, functional, kernels, observe
 from .functional.surrogate import ATan, FastSigmoid, Heaviside
 from .losses import nll_loss, predictive_log_probs
 from .models import SpikingConvNet, SpikingMLP, bayesianize
 from .neurons import LIF
 from .rules import BGD, MESU
+from .export import from_nir, to_nir
+from .observe import SigmaRecorder
 from .synapses import (BayesConv2d, BayesianLayer, BayesLinear, bayesian_pairs, fold_samples,
                        sampled_weights, set_mode, unfold_samples)
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "BayesLinear", "BayesConv2d", "BayesianLayer", "LIF", "SpikingMLP",
+__all__ = ["functional", "kernels", "distributed", "observe", "export", "SigmaRecorder", "to_nir", "from_nir", "BayesLinear", "BayesConv2d", "BayesianLayer", "LIF", "SpikingMLP",
            "SpikingConvNet", "bayesianize", "MESU", "BGD", "nll_loss", "predictive_log_probs",
            "sampled_weights", "bayesian_pairs", "set_mode", "fold_samples", "unfold_samples",
            "FastSigmoid", "ATan", "Heaviside", "__version__"]
