@@ -13,8 +13,7 @@ import sys
 COMMANDS = ("demo", "train", "plot", "inspect", "export")
 
 
-class CLIError(Exception):
-    """An error to report as one line, without a traceback."""
+from .errors import CLIError  # noqa: F401  (re-exported: commands raise it)
 
 
 def build_parser() -> argparse.ArgumentParser:

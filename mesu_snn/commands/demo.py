@@ -56,7 +56,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..build import build_tasks, build_trainer
     from ..checkpoint import atomic_write_text
-    from ..cli import CLIError
+    from ..errors import CLIError
     from ..config import dump_toml
     from ..plots import plot_comparison, write_run_plots
     from ..report import format_table, markdown_table

@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     p.add_argument("--data-root", help="dataset folder (overrides data.root and $MESU_SNN_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--sigma-trace", type=int, metavar="EVERY", default=None,
+                   help="record σ/μ traces to RUN_DIR/sigma_trace.h5 every EVERY updates (SigmaRecorder)")
     p.set_defaults(func=run)
 
 
@@ -39,7 +41,7 @@ def run(args) -> int:
     import torch
 
     from ..build import build_tasks, build_trainer
-    from ..cli import CLIError
+    from ..errors import CLIError
     from ..config import dump_toml, load_config
     from ..plots import write_run_plots
     from ..report import format_table
@@ -66,7 +68,13 @@ def run(args) -> int:
     if not args.resume:
         create_run_dir(out, force=args.force)
         (out / "config.toml").write_text(dump_toml(cfg))
-    trainer = build_trainer(cfg, run_dir=out, progress=not args.quiet, tasks=tasks, desc=cfg.rule.name)
+    callbacks = []
+    if args.sigma_trace is not None:
+        from ..observe import SigmaRecorder
+        from ..observe.rundir import TRACE_NAME
+        callbacks.append(SigmaRecorder(out / TRACE_NAME, every=args.sigma_trace, seed=cfg.seed, force=args.force))
+    trainer = build_trainer(cfg, run_dir=out, progress=not args.quiet, tasks=tasks, desc=cfg.rule.name,
+                            callbacks=callbacks)
     metrics = trainer.fit(resume=args.resume)
     write_run_plots(out, metrics)
     print(format_table({cfg.rule.name: metrics}))
