@@ -14,7 +14,10 @@ from .functional.surrogate import ATan, FastSigmoid, Heaviside
 from .losses import nll_loss, predictive_log_probs
 from .models import SpikingConvNet, SpikingMLP, bayesianize
 from .neurons import LIF
-from .rules import BGD, MESU
+from .build import build_trainer
+from .config import load_config
+from .rules import BGD, MESU, make_rule
+from .trainer import Trainer
 from .export import from_nir, to_nir
 from .observe import SigmaRecorder
 from .synapses import (BayesConv2d, BayesianLayer, BayesLinear, bayesian_pairs, fold_samples,
@@ -25,4 +28,5 @@ __version__ = "0.1.0"
 __all__ = ["functional", "kernels", "distributed", "observe", "export", "SigmaRecorder", "to_nir", "from_nir", "BayesLinear", "BayesConv2d", "BayesianLayer", "LIF", "SpikingMLP",
            "SpikingConvNet", "bayesianize", "MESU", "BGD", "nll_loss", "predictive_log_probs",
            "sampled_weights", "bayesian_pairs", "set_mode", "fold_samples", "unfold_samples",
-           "FastSigmoid", "ATan", "Heaviside", "__version__"]
+           "FastSigmoid", "ATan", "Heaviside", "Trainer", "make_rule", "load_config", "build_trainer",
+           "__version__"]
