@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .functional.lif import lif_sequence
 from .kernels.lif_fused import fast_paths_enabled, lif_sequence_fused, supports
+from .kernels.gaussian_weight import gaussian_weight
 from .kernels.spike_linear import spike_linear
 from .neurons import LIF
 from .synapses import BayesConv2d, BayesianLayer, BayesLinear, set_mode
@@ -50,10 +51,31 @@ def _spikes_into(layer: BayesLinear, s: torch.Tensor, generator) -> torch.Tensor
         w, b = layer.sample_weights(1)
         w, b = w.expand(m, *w.shape[1:]), (None if b is None else b.expand(m, -1))
     else:
-        noise = layer._frozen[1] if (layer._frozen is not None and layer._frozen[0] == m) else None
-        w, b = layer.sample_weights(m, generator, noise)
+        w, b = _fast_sample_weights(layer, m, generator)
     y = spike_linear(s.reshape(m, -1, s.shape[-1]), w, b)
     return y.reshape(*s.shape[:-1], w.shape[1])
+
+
+def _fast_sample_weights(layer: BayesLinear, m: int, generator):
+    """``layer.sample_weights(m, generator, frozen noise)`` in sample mode, with each
+    w = μ + σ·ε as one autograd node (:func:`mesu_snn.kernels.gaussian_weight`): the same
+    draws from the same stream (``layer.draw_noise``), cheaper forward and backward."""
+    frozen = layer._frozen
+    ew, eb = frozen[1] if (frozen is not None and frozen[0] == m) else layer.draw_noise(m, generator)
+    w = gaussian_weight(layer.weight_mu, layer.weight_sigma, ew)
+    b = None if layer.bias_mu is None else gaussian_weight(layer.bias_mu, layer.bias_sigma, eb)
+    return w, b
+
+
+def _input_layer(layer: BayesLinear, x: torch.Tensor, samples: int, generator) -> torch.Tensor:
+    """``layer(x, samples=samples, generator=generator)`` (x shared by all samples); the fast
+    path samples the weights with :func:`_fast_sample_weights`."""
+    if (not (fast_paths_enabled() and type(layer) is BayesLinear) or layer.mode == "mean"
+            or not isinstance(samples, int) or samples < 1 or not torch.is_floating_point(x)
+            or torch.compiler.is_compiling()):
+        return layer(x, samples=samples, generator=generator)
+    w, b = _fast_sample_weights(layer, samples, generator)
+    return layer._apply_shared(x, w, b)
 
 
 class SpikingMLP(nn.Module):
@@ -82,7 +104,7 @@ class SpikingMLP(nn.Module):
     def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] != self.sizes[0]:
             raise ValueError(f"SpikingMLP expects input of shape (T, B, {self.sizes[0]}), got {tuple(x.shape)}")
-        h = self.layers[0](x, samples=samples, generator=generator)          # (M, T, B, H)
+        h = _input_layer(self.layers[0], x, samples, generator)             # (M, T, B, H)
         for i in range(1, len(self.layers)):
             s = _lif_over_time(self.neurons[i - 1], h)
             h = _spikes_into(self.layers[i], s, generator)

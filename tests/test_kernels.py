@@ -247,3 +247,57 @@ def test_spiking_mlp_fast_path_modes(mode):
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (6,), (3, 2, 3, 3)])
+def test_gaussian_weight_equals_reparameterised_expression(shape):
+    """w = μ + σ·ε as one node: same values and (μ, σ) gradients as autograd of the expression,
+    only ε saved for backward; bad shapes are a ValueError."""
+    from mesu_snn.kernels import gaussian_weight
+    g = torch.Generator().manual_seed(11)
+    mu = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    sigma = (torch.rand(shape, generator=g, dtype=torch.float64) + 0.1).requires_grad_(True)
+    eps = torch.randn((4, *shape), generator=g, dtype=torch.float64)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        w = gaussian_weight(mu, sigma, eps)
+    assert len(saved) == 1 and saved[0] is eps
+    ref = mu + sigma * eps
+    torch.testing.assert_close(w, ref, rtol=1e-15, atol=1e-15)
+    gw = torch.randn(w.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(w, (mu, sigma), gw)
+    want = torch.autograd.grad(ref, (mu, sigma), gw)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got[1], (gw * eps).sum(0))
+    (only_mu,) = torch.autograd.grad(gaussian_weight(mu, sigma.detach(), eps), mu, gw)
+    torch.testing.assert_close(only_mu, gw.sum(0))
+    with pytest.raises(ValueError, match="gaussian_weight expects"):
+        gaussian_weight(mu, sigma, eps[0])
+    with pytest.raises(ValueError, match="gaussian_weight expects"):
+        gaussian_weight(mu, sigma.detach()[..., :1], eps)
+
+
+def test_spiking_mlp_fast_path_draws_the_layers_noise():
+    """The fast path takes its ε from BayesianLayer.draw_noise on the caller's generator, layer
+    by layer (the stream documented in synapses.py): reproducing the draws by hand gives the
+    same logits as the network, with or without fast paths."""
+    from mesu_snn.kernels import fast_paths
+    import mesu_snn as ms
+    torch.manual_seed(12)
+    net = ms.SpikingMLP([9, 7, 4], readout="count", mu_init=2.0).double()
+    x = (torch.rand(5, 3, 9) < 0.5).double()
+    outs = []
+    for enabled in (True, False):
+        with fast_paths(enabled), torch.no_grad():
+            outs.append(net(x, samples=2, generator=torch.Generator().manual_seed(4)))
+    g = torch.Generator().manual_seed(4)
+    noise = [layer.draw_noise(2, g) for layer in net.layers]
+    with torch.no_grad(), fast_paths(False):
+        h = net.layers[0]._apply_shared(x, *net.layers[0].sample_weights(2, noise=noise[0]))
+        s = net.neurons[0](h.transpose(0, 1)).transpose(0, 1)
+        h = net.layers[1]._apply_sampled(s, *net.layers[1].sample_weights(2, noise=noise[1]))
+        manual = net.neurons[1](h.transpose(0, 1)).sum(0)
+    assert manual.abs().sum() > 0
+    for out in outs:
+        torch.testing.assert_close(out, manual, rtol=1e-12, atol=1e-12)

@@ -11,6 +11,9 @@ b = clip(σ·∂C/∂σ, ±c), k = 1/(N·σ_prior²)::
     Δμ = σ · (σ·k·(μ_prior − μ) − lr_μ·a)
     Δσ = σ · (k/2·(σ_prior² − σ²) − lr_σ·b/2)
 
+The bracketed factors are built first and the final ``σ ·`` is an in-place addcmul into μ
+and σ (the old σ is read before it is written, elementwise).
+
 BGD with h = σ·∂C/∂σ/2: ``Δμ = −lr·σ·(σ·∂C/∂μ)``, ``σ ← σ·(√(1 + h²) − h)``.
 """
 from __future__ import annotations
@@ -45,6 +48,28 @@ def _scaled_clipped(sigmas: list, grads: list, c: float | None) -> list:
     return out
 
 
+def _mesu_over_sigma(mus: list, sigmas: list, gmus: list, gsigmas: list, *, memory, sigma_prior, mu_prior,
+                     lr_mu, lr_sigma, clamp_grad) -> tuple[list, list]:
+    """(Δμ/σ, Δσ/σ) for every pair: Δμ/σ = σ·k·(μ_prior − μ) − lr_μ·a and
+    Δσ/σ = k/2·(σ_prior² − σ²) − lr_σ·b/2. Without a clamp, a = σ·∂C/∂μ and b = σ·∂C/∂σ are
+    folded into one addcmul each (no temporaries for them)."""
+    k = 1.0 / (float(memory) * float(sigma_prior) ** 2)
+    pmu = torch._foreach_mul(mus, -k)
+    if mu_prior != 0.0:
+        torch._foreach_add_(pmu, k * float(mu_prior))
+    torch._foreach_mul_(pmu, sigmas)
+    psig = torch._foreach_mul(sigmas, sigmas)
+    torch._foreach_mul_(psig, -k / 2.0)
+    torch._foreach_add_(psig, k / 2.0 * float(sigma_prior) ** 2)
+    if clamp_grad is None:
+        torch._foreach_addcmul_(pmu, sigmas, gmus, value=-lr_mu)
+        torch._foreach_addcmul_(psig, sigmas, gsigmas, value=-lr_sigma / 2.0)
+    else:
+        torch._foreach_add_(pmu, _scaled_clipped(sigmas, gmus, clamp_grad), alpha=-lr_mu)
+        torch._foreach_add_(psig, _scaled_clipped(sigmas, gsigmas, clamp_grad), alpha=-lr_sigma / 2.0)
+    return pmu, psig
+
+
 def mesu_deltas(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
                 memory: float, sigma_prior: float, mu_prior: float = 0.0, lr_mu: float = 1.0,
                 lr_sigma: float = 1.0, clamp_grad: float | None = 0.5) -> tuple[list, list]:
@@ -52,21 +77,9 @@ def mesu_deltas(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: T
     mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
     if not mus:
         return [], []
-    k = 1.0 / (float(memory) * float(sigma_prior) ** 2)
-    a = _scaled_clipped(sigmas, gmus, clamp_grad)
-    b = _scaled_clipped(sigmas, gsigmas, clamp_grad)
-    # Δμ = σ·(σ·k·(μ_prior − μ) − lr_μ·a)
-    dmu = torch._foreach_mul(mus, -k)
-    if mu_prior != 0.0:
-        torch._foreach_add_(dmu, k * float(mu_prior))
+    dmu, dsig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
+                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad)
     torch._foreach_mul_(dmu, sigmas)
-    torch._foreach_add_(dmu, a, alpha=-lr_mu)
-    torch._foreach_mul_(dmu, sigmas)
-    # Δσ = σ·(k/2·(σ_prior² − σ²) − lr_σ·b/2)
-    dsig = torch._foreach_mul(sigmas, sigmas)
-    torch._foreach_mul_(dsig, -k / 2.0)
-    torch._foreach_add_(dsig, k / 2.0 * float(sigma_prior) ** 2)
-    torch._foreach_add_(dsig, b, alpha=-lr_sigma / 2.0)
     torch._foreach_mul_(dsig, sigmas)
     return dmu, dsig
 
@@ -77,11 +90,13 @@ def fused_mesu_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigm
                     lr_sigma: float = 1.0, clamp_grad: float | None = 0.5) -> None:
     """One MESU step on every pair, in place. Same arguments as
     :func:`mesu_snn.functional.mesu.mesu_update` (scalars only), lists instead of tensors."""
-    dmu, dsig = mesu_deltas(mus, sigmas, grads_mu, grads_sigma, memory=memory, sigma_prior=sigma_prior,
-                            mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad)
-    if dmu:
-        torch._foreach_add_(list(mus), dmu)
-        torch._foreach_add_(list(sigmas), dsig)
+    mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
+    if not mus:
+        return
+    pmu, psig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
+                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad)
+    torch._foreach_addcmul_(mus, pmu, sigmas)      # μ += σ·(Δμ/σ), with the old σ
+    torch._foreach_addcmul_(sigmas, psig, sigmas)  # σ += σ·(Δσ/σ), elementwise in place
 
 
 def bgd_factors(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors) -> tuple[list, list]:

@@ -1,0 +1,48 @@
+"""Reparameterised Gaussian weights ``w = μ + σ·ε`` as one autograd node.
+
+``gaussian_weight(mu, sigma, eps)``: μ, σ (*W), ε (M, *W) -> w (M, *W), the same values as
+``mu + sigma * eps`` (what :meth:`mesu_snn.BayesLinear.sample_weights` computes). Autograd of
+the plain expression runs a multiply node and an add node: it keeps a σ·ε temporary in the
+forward pass and, in backward, a full (M, *W) product ``g·ε`` before reducing it over the
+samples. Here the forward is one ``addcmul`` and the backward gives
+
+    ∂C/∂μ = Σ_m g_m,        ∂C/∂σ = Σ_m g_m·ε_m
+
+with ε accumulated sample by sample into a (*W) buffer (no (M, *W) temporary). Only ε is
+saved for backward (autograd of the plain expression saves it too).
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ["gaussian_weight"]
+
+
+class _GaussianWeightFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu, sigma, eps):
+        ctx.save_for_backward(eps)
+        return torch.addcmul(mu, sigma, eps)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (eps,) = ctx.saved_tensors
+        g_mu = g.sum(0) if ctx.needs_input_grad[0] else None
+        g_sigma = None
+        if ctx.needs_input_grad[1]:
+            g_sigma = g[0] * eps[0]
+            for g_m, e_m in zip(g.unbind(0)[1:], eps.unbind(0)[1:]):
+                g_sigma.addcmul_(g_m, e_m)
+        return g_mu, g_sigma, None
+
+
+def gaussian_weight(mu: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """mu, sigma: (*W); eps: (M, *W) standard normal draws -> w = mu + sigma·eps, (M, *W).
+
+    Raises ValueError on mismatched shapes."""
+    if mu.shape != sigma.shape or eps.dim() != mu.dim() + 1 or eps.shape[1:] != mu.shape:
+        raise ValueError(f"gaussian_weight expects mu, sigma of one shape (*W) and eps (M, *W), got "
+                         f"{tuple(mu.shape)}, {tuple(sigma.shape)}, {tuple(eps.shape)}")
+    return _GaussianWeightFn.apply(mu, sigma, eps)
