@@ -95,7 +95,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path} is not a mesu_snn checkpoint of version {CHECKPOINT_VERSION}")
+        raise ValueError(f"{path}: not a mesu_snn checkpoint of version {CHECKPOINT_VERSION}")
     return ckpt

@@ -177,13 +177,8 @@ def _npz(path: Path) -> list[str]:
 
 
 def _checkpoint(path: Path) -> list[str]:
-    import torch
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict):
-        raise ValueError(f"{path}: not a mesu_snn checkpoint (a {type(ck).__name__})")
+    from ..checkpoint import load_checkpoint
+    ck = load_checkpoint(path)
     lines = [f"{path}: checkpoint (version {ck.get('version')}), keys {sorted(ck)}"]
     state = next((ck[k] for k in ("model", "model_state", "state_dict") if isinstance(ck.get(k), dict)), None)
     if state:

@@ -125,12 +125,8 @@ def load_run_model(run_dir) -> nn.Module:
     if files["checkpoint"] is None:
         raise FileNotFoundError(f"run directory {run_dir} has no checkpoint (checkpoints/last.pt or *.pt)")
     path = files["checkpoint"]
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a mesu_snn checkpoint (a {type(ckpt).__name__}, expected a dict)")
+    from ..checkpoint import load_checkpoint
+    ckpt = load_checkpoint(path)
     state = next((ckpt[k] for k in ("model", "model_state", "state_dict") if isinstance(ckpt.get(k), dict)), None)
     if state is None:
         raise ValueError(f"{path}: checkpoint has no model state dict (keys {sorted(ckpt)})")
