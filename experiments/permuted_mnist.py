@@ -28,13 +28,17 @@ from mesu_snn.config import load_config, parse_config  # noqa: E402
 
 #: rule -> (fixed hyperparameters, searched name, 4 values)
 GRID = {
-    "mesu": ({"sigma_prior": 0.05}, "memory", [1e4, 3e4, 1e5, 3e5]),
+    "mesu": ({"sigma_prior": 0.05}, "memory", [3e4, 1e5, 3e5, 1e6]),
     "bgd": ({}, "lr", [1.0, 3.0, 10.0, 30.0]),
-    "sgd": ({}, "lr", [0.003, 0.01, 0.03, 0.1]),
-    "adam": ({}, "lr", [1e-4, 3e-4, 1e-3, 3e-3]),
-    "ewc": ({"lr": 0.01, "gamma": 1.0, "fisher_samples": 200}, "ewc_lambda", [10.0, 100.0, 1000.0, 10000.0]),
-    "si": ({"lr": 0.01, "xi": 1e-3}, "si_c", [0.01, 0.1, 1.0, 10.0]),
+    "sgd": ({}, "lr", [0.001, 0.003, 0.01, 0.03]),
+    "adam": ({}, "lr", [3e-5, 1e-4, 3e-4, 1e-3]),
+    "ewc": ({"lr": "sgd", "gamma": 1.0, "fisher_samples": 200}, "ewc_lambda", [3.0, 10.0, 30.0, 100.0]),
+    "si": ({"lr": "sgd", "xi": 1e-3}, "si_c", [0.03, 0.1, 0.3, 1.0]),
 }
+#: final runs: the config's seed (0), then these (seed 1 is the validation stream)
+EXTRA_SEEDS = [2, 3]
+#: fixed values given as a rule name take that rule's chosen value (EWC and SI regularise SGD,
+#: so they run at SGD's chosen learning rate; they are searched after SGD)
 
 
 def _config(base: dict, rule: str, params: dict, seed: int):
@@ -73,33 +77,62 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    jobs = [(base, r, {**GRID[r][0], GRID[r][1]: v}, 1, args.quick) for r in rules for v in GRID[r][2]]
     search: dict[str, list] = {r: [] for r in rules}
+    best: dict[str, dict] = {}
+
+    def fixed(r):
+        out = dict(GRID[r][0])
+        for k, v in out.items():
+            if isinstance(v, str):
+                if v not in best:
+                    raise SystemExit(f"--rules: {r} takes its {k} from {v}; include {v}")
+                out[k] = best[v][k]
+        return out
+    stages = [[r for r in rules if not any(isinstance(v, str) for v in GRID[r][0].values())],
+              [r for r in rules if any(isinstance(v, str) for v in GRID[r][0].values())]]
     with ProcessPoolExecutor(args.jobs) as ex:
-        for rule, params, _, m in ex.map(_run, jobs):
-            search[rule].append({"params": params, "validation_average_accuracy": m["average_accuracy"],
-                                 "diverged": m["diverged"]})
-            print(f"search {rule:5s} {params}: validation avg acc {m['average_accuracy']:.3f}"
-                  f"{' (diverged)' if m['diverged'] else ''} ({m['wall_s']:.0f} s)", flush=True)
-        best = {r: max((e for e in search[r] if not e["diverged"]),
-                       key=lambda e: e["validation_average_accuracy"])["params"] for r in rules}
-        finals = {}
-        for rule, params, _, m in ex.map(_run, [(base, r, best[r], base_cfg.seed, args.quick) for r in rules]):
-            finals[rule] = m
-            print(f"final  {rule:5s} {params}: test avg acc {m['average_accuracy']:.3f}", flush=True)
+        for stage in stages:
+            jobs = [(base, r, {**fixed(r), GRID[r][1]: v}, 1, args.quick) for r in stage for v in GRID[r][2]]
+            for rule, params, _, m in ex.map(_run, jobs):
+                search[rule].append({"params": params, "validation_average_accuracy": m["average_accuracy"],
+                                     "diverged": m["diverged"]})
+                print(f"search {rule:5s} {params}: validation avg acc {m['average_accuracy']:.3f}"
+                      f"{' (diverged)' if m['diverged'] else ''} ({m['wall_s']:.0f} s)", flush=True)
+            best.update({r: max((e for e in search[r] if not e["diverged"]),
+                                key=lambda e: e["validation_average_accuracy"])["params"] for r in stage})
+        finals, repeats = {}, {r: {} for r in rules}
+        seeds = [base_cfg.seed] + [s for s in EXTRA_SEEDS if not args.quick]
+        for rule, params, seed, m in ex.map(_run, [(base, r, best[r], s, args.quick) for s in seeds for r in rules]):
+            if seed == base_cfg.seed:
+                finals[rule] = m
+            repeats[rule][seed] = {k: m[k] for k in ("average_accuracy", "forgetting", "learning_accuracy", "diverged")}
+            print(f"final  {rule:5s} {params} seed {seed}: test avg acc {m['average_accuracy']:.3f}", flush=True)
     from mesu_snn.plots import plot_comparison
     from mesu_snn.report import markdown_table
     tag = "permuted_mnist" + ("_quick" if args.quick else "")
     (out / f"{tag}_search.json").write_text(json.dumps({"grid": {r: GRID[r] for r in rules}, "search": search,
                                                         "best": best}, indent=2) + "\n")
     (out / f"{tag}.json").write_text(json.dumps(finals, indent=2) + "\n")
+    (out / f"{tag}_seeds.json").write_text(json.dumps(repeats, indent=2) + "\n")
     plot_comparison(finals, out / f"{tag}.png", "task-free permuted MNIST (10 tasks): average accuracy on tasks seen")
     lines = [f"# Permuted MNIST, task-free ({'quick smoke run' if args.quick else '10 tasks'})", "",
              f"Command: `.venv/bin/python experiments/permuted_mnist.py{' --quick' if args.quick else ''}` "
              f"({time.time() - t0:.0f} s on this machine, {args.jobs} processes, 1 thread each).", "",
              "Config: `experiments/configs/permuted_mnist_base.toml`; hyperparameters chosen on a seed-1 "
              "validation stream, 4 values per rule (table below); final runs on seed 0.", "",
-             "## Final runs (seed 0)", "", markdown_table(finals), "", "## Search (validation average accuracy, seed 1)", "",
+             "## Final runs (seed 0)", "", markdown_table(finals), "",
+             f"## Final runs on seeds {', '.join(map(str, seeds))} (other permutations, subsamples and initialisations)", "",
+             "| rule | avg acc per seed | mean ± sd | forgetting mean | learning acc mean |", "|---|---|---|---|---|"]
+    for r in rules:
+        a = [repeats[r][s]["average_accuracy"] for s in seeds]
+        mean = sum(a) / len(a)
+        sd = (sum((v - mean) ** 2 for v in a) / max(len(a) - 1, 1)) ** 0.5
+        f = sum(repeats[r][s]["forgetting"] for s in seeds) / len(seeds)
+        la = sum(repeats[r][s]["learning_accuracy"] for s in seeds) / len(seeds)
+        per_seed = ", ".join(f"{repeats[r][s]['average_accuracy']:.3f}" + (" (diverged)" if repeats[r][s]["diverged"] else "")
+                             for s in seeds)
+        lines.append(f"| {r} | {per_seed} | {mean:.3f} ± {sd:.3f} | {f:.3f} | {la:.3f} |")
+    lines += ["", "## Search (validation average accuracy, seed 1)", "",
              "| rule | searched | values -> validation avg acc | chosen |", "|---|---|---|---|"]
     for r in rules:
         vals = ", ".join(f"{e['params'][GRID[r][1]]:g}: {e['validation_average_accuracy']:.3f}"
