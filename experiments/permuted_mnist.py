@@ -7,15 +7,17 @@
    permutations, other training subsample, other initialisation). Same budget for every rule.
 2. Final: each rule with its best value on the seed-0 stream of
    ``configs/permuted_mnist_base.toml`` (same model initialisation, data and batch order for
-   all rules).
+   all rules), then on the streams of :data:`EXTRA_SEEDS`.
 
-Writes ``results/permuted_mnist_search.json``, ``results/permuted_mnist.json`` (metrics of
+Writes ``results/permuted_mnist_search.json``, ``results/permuted_mnist_seeds.json`` (average
+accuracy, forgetting and learning accuracy per seed), ``results/permuted_mnist.json`` (metrics of
 every final run), ``results/permuted_mnist.md`` (tables) and ``results/permuted_mnist.png``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,19 +28,29 @@ sys.path.insert(0, str(HERE.parent))
 
 from mesu_snn.config import load_config, parse_config  # noqa: E402
 
-#: rule -> (fixed hyperparameters, searched name, 4 values)
+
+class Chosen(str):
+    """A fixed hyperparameter that takes the value chosen for rule ``Chosen("name")``."""
+
+
+#: rule -> (fixed hyperparameters, searched name, 4 values). A ``Chosen(rule)`` value takes that
+#: rule's chosen value: EWC regularises SGD (as in Kirkpatrick et al.) and SI Adam (as in
+#: Zenke et al.), each at its base optimizer's chosen learning rate, so both are searched after it.
 GRID = {
     "mesu": ({"sigma_prior": 0.05}, "memory", [3e4, 1e5, 3e5, 1e6]),
     "bgd": ({}, "lr", [1.0, 3.0, 10.0, 30.0]),
     "sgd": ({}, "lr", [0.001, 0.003, 0.01, 0.03]),
     "adam": ({}, "lr", [3e-5, 1e-4, 3e-4, 1e-3]),
-    "ewc": ({"lr": "sgd", "gamma": 1.0, "fisher_samples": 200}, "ewc_lambda", [3.0, 10.0, 30.0, 100.0]),
-    "si": ({"lr": "sgd", "xi": 1e-3}, "si_c", [0.03, 0.1, 0.3, 1.0]),
+    "ewc": ({"lr": Chosen("sgd"), "gamma": 1.0, "fisher_samples": 200}, "ewc_lambda", [3.0, 10.0, 30.0, 100.0]),
+    "si": ({"base": "adam", "lr": Chosen("adam"), "xi": 1e-3}, "si_c", [0.1, 0.3, 1.0, 3.0]),
 }
 #: final runs: the config's seed (0), then these (seed 1 is the validation stream)
 EXTRA_SEEDS = [2, 3]
-#: fixed values given as a rule name take that rule's chosen value (EWC and SI regularise SGD,
-#: so they run at SGD's chosen learning rate; they are searched after SGD)
+
+
+def _derived(rule: str) -> dict:
+    """The fixed hyperparameters of ``rule`` that take another rule's chosen value (see GRID)."""
+    return {k: v for k, v in GRID[rule][0].items() if isinstance(v, Chosen)}
 
 
 def _config(base: dict, rule: str, params: dict, seed: int):
@@ -81,15 +93,11 @@ def main(argv=None) -> int:
     best: dict[str, dict] = {}
 
     def fixed(r):
-        out = dict(GRID[r][0])
-        for k, v in out.items():
-            if isinstance(v, str):
-                if v not in best:
-                    raise SystemExit(f"--rules: {r} takes its {k} from {v}; include {v}")
-                out[k] = best[v][k]
-        return out
-    stages = [[r for r in rules if not any(isinstance(v, str) for v in GRID[r][0].values())],
-              [r for r in rules if any(isinstance(v, str) for v in GRID[r][0].values())]]
+        for k, v in _derived(r).items():
+            if v not in best:
+                raise SystemExit(f"--rules: {r} takes its {k} from {v}; include {v}")
+        return {**GRID[r][0], **{k: best[v][k] for k, v in _derived(r).items()}}
+    stages = [[r for r in rules if not _derived(r)], [r for r in rules if _derived(r)]]
     with ProcessPoolExecutor(args.jobs) as ex:
         for stage in stages:
             jobs = [(base, r, {**fixed(r), GRID[r][1]: v}, 1, args.quick) for r in stage for v in GRID[r][2]]
@@ -119,19 +127,18 @@ def main(argv=None) -> int:
              f"Command: `.venv/bin/python experiments/permuted_mnist.py{' --quick' if args.quick else ''}` "
              f"({time.time() - t0:.0f} s on this machine, {args.jobs} processes, 1 thread each).", "",
              "Config: `experiments/configs/permuted_mnist_base.toml`; hyperparameters chosen on a seed-1 "
-             "validation stream, 4 values per rule (table below); final runs on seed 0.", "",
+             "validation stream, 4 values per rule (last table); final runs on seed 0 and on the extra seeds.", "",
              "## Final runs (seed 0)", "", markdown_table(finals), "",
              f"## Final runs on seeds {', '.join(map(str, seeds))} (other permutations, subsamples and initialisations)", "",
              "| rule | avg acc per seed | mean ± sd | forgetting mean | learning acc mean |", "|---|---|---|---|---|"]
     for r in rules:
         a = [repeats[r][s]["average_accuracy"] for s in seeds]
-        mean = sum(a) / len(a)
-        sd = (sum((v - mean) ** 2 for v in a) / max(len(a) - 1, 1)) ** 0.5
-        f = sum(repeats[r][s]["forgetting"] for s in seeds) / len(seeds)
-        la = sum(repeats[r][s]["learning_accuracy"] for s in seeds) / len(seeds)
+        sd = statistics.stdev(a) if len(a) > 1 else 0.0
+        f = statistics.mean(repeats[r][s]["forgetting"] for s in seeds)
+        la = statistics.mean(repeats[r][s]["learning_accuracy"] for s in seeds)
         per_seed = ", ".join(f"{repeats[r][s]['average_accuracy']:.3f}" + (" (diverged)" if repeats[r][s]["diverged"] else "")
                              for s in seeds)
-        lines.append(f"| {r} | {per_seed} | {mean:.3f} ± {sd:.3f} | {f:.3f} | {la:.3f} |")
+        lines.append(f"| {r} | {per_seed} | {statistics.mean(a):.3f} ± {sd:.3f} | {f:.3f} | {la:.3f} |")
     lines += ["", "## Search (validation average accuracy, seed 1)", "",
              "| rule | searched | values -> validation avg acc | chosen |", "|---|---|---|---|"]
     for r in rules:
