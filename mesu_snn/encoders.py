@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import require
+
 LATENCY_EPSILON = 1e-7  # same saturation constant as snntorch.spikegen.latency
 
 
@@ -168,7 +170,7 @@ def events_to_frames(
     a frame (unlike Tonic's ``n_time_bins``, whose floor-rounded bins can drop the tail).
     Sensors without ``y`` (e.g. SHD (700, 1, 1)) give H = 1.
     """
-    from tonic.functional import to_frame_numpy
+    to_frame_numpy = require("tonic.functional", "event frames").to_frame_numpy
 
     n_time_bins = _check_steps(n_time_bins, "n_time_bins")
     W, H, P = (int(s) for s in sensor_size)

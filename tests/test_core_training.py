@@ -1,5 +1,5 @@
-"""A Bayesian spiking MLP trained with MESU on real data (scikit-learn's digits) reaches >= 90%."""
-import time
+"""A Bayesian spiking MLP trained with MESU on real data (scikit-learn's digits) reaches >= 90%.
+(Timings live in benchmarks/, never in tests: the machines are shared.)"""
 
 import torch
 
@@ -20,7 +20,6 @@ def test_mesu_trains_a_bayesian_spiking_mlp_on_digits_to_90_percent():
     net = ms.SpikingMLP([64, 128, 10], beta=0.9)
     opt = ms.MESU(net, memory=100_000, sigma_prior=0.1)
     g = torch.Generator().manual_seed(1)
-    t0 = time.perf_counter()
     for epoch in range(5):
         order = torch.randperm(n_train, generator=g)
         for i in range(0, n_train, 16):
@@ -29,12 +28,10 @@ def test_mesu_trains_a_bayesian_spiking_mlp_on_digits_to_90_percent():
             opt.zero_grad()
             loss.backward()
             opt.step()
-    elapsed = time.perf_counter() - t0
     with torch.no_grad():
         pred = ms.predictive_log_probs(net(encode(x[n_train:]), samples=8)).argmax(1)
     acc = (pred == y[n_train:]).float().mean().item()
     assert acc >= 0.90, f"test accuracy {acc:.3f}"
-    assert elapsed < 60, f"training took {elapsed:.1f} s"
     # MESU made σ informative: σ shrank on the synapses that matter, stayed positive everywhere
     sig = net.layers[0].weight_sigma.detach()
     assert (sig > 0).all() and sig.min() < 0.5 / 64 ** 0.5

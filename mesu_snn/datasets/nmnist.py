@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tonic.io import read_mnist_file
 
+from ..errors import require
 from .events import EventDataset
 from .root import ENV_VAR, resolve_data_root
 
@@ -37,6 +37,7 @@ def read_nmnist_file(path: str | os.PathLike) -> np.ndarray:
     size = path.stat().st_size
     if size % 5 != 0:
         raise ValueError(f"{path}: size {size} bytes is not a multiple of 5 (N-MNIST event format)")
+    read_mnist_file = require("tonic.io", "reading N-MNIST files").read_mnist_file
     events = read_mnist_file(str(path), dtype=EVENT_DTYPE)
     if len(events) and (events["x"].max() >= SENSOR_SIZE[0] or events["y"].max() >= SENSOR_SIZE[1]):
         raise ValueError(f"{path}: address outside the 34 x 34 sensor")
