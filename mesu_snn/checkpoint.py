@@ -1,9 +1,18 @@
 """Atomic checkpoints: everything a run needs to continue bit-exactly.
 
-A checkpoint is one ``torch.save`` file holding a plain dict; :func:`save_checkpoint` writes
-it to a temporary file in the same folder, flushes and fsyncs it, then renames it into place
-(``os.replace``), so a run killed at any moment leaves either the previous checkpoint or the
-new one, never a torn file. Contents written by the trainer:
+A checkpoint is one ``torch.save`` file that holds only tensors and plain Python types (dict,
+list, tuple, str, int, float, bool, None), so it is read with ``torch.load(weights_only=True)``:
+loading a checkpoint from someone else never runs code (a pickle that names any other class
+or function is refused). Layout (version 2)::
+
+    {"format": "mesu_snn.checkpoint", "version": 2, "sha256": <hex of the payload bytes>,
+     "payload": uint8 tensor = torch.save(<the payload dict>)}
+
+The SHA-256 is verified before the payload is read, so a flipped bit is an error naming the
+file, never a silently different model. :func:`save_checkpoint` writes to a temporary file in
+the same folder, flushes and fsyncs it, then renames it into place (``os.replace``), so a run
+killed at any moment leaves either the previous checkpoint or the new one, never a torn
+file. Contents written by the trainer:
 
 ``model`` (state_dict), ``rule`` (optimizer state_dict + importances/anchors), ``rng``
 (:func:`capture_rng`: torch CPU (+CUDA), numpy, python ``random``, and the trainer's own
@@ -12,6 +21,8 @@ task-free stream consumed), ``state`` (accuracy matrix rows, history, log rows s
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 import tempfile
@@ -22,9 +33,10 @@ import numpy as np
 import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "atomic_write_bytes",
-           "atomic_write_text", "CHECKPOINT_VERSION"]
+           "atomic_write_text", "check_bayes_state", "CHECKPOINT_VERSION"]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+FORMAT = "mesu_snn.checkpoint"
 
 
 def _umask() -> int:
@@ -57,7 +69,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict:
     """States of torch (CPU and every CUDA device), numpy, python ``random`` and ``generators``."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                   float(cached))                       # plain types + a tensor: loads with weights_only=True
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
              "generators": {k: g.get_state() for k, g in (generators or {}).items()}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -67,7 +82,8 @@ def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict:
 def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = None) -> None:
     """Inverse of :func:`capture_rng`; every name in ``generators`` must be in the state."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -78,24 +94,76 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = Non
         g.set_state(saved[k])
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Atomically write ``payload`` (plus a version tag) to ``path``; returns the path."""
-    import io
+def _to_bytes(obj) -> bytes:
     buf = io.BytesIO()
-    torch.save(dict(payload, version=CHECKPOINT_VERSION), buf)
-    atomic_write_bytes(path, buf.getvalue())
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _safe_load(data: bytes):
+    """``torch.load(weights_only=True)``: tensors and plain types only, never code."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Atomically write ``payload`` (tensors and plain types only) with its SHA-256 to ``path``."""
+    data = _to_bytes(dict(payload))
+    try:
+        _safe_load(data)
+    except Exception as e:  # something in the payload that a safe reader would refuse
+        raise TypeError(f"checkpoint payload for {path} holds a non-plain object ({e}); only tensors, "
+                        "dict, list, tuple, str, int, float, bool and None may go into a checkpoint") from None
+    outer = {"format": FORMAT, "version": CHECKPOINT_VERSION, "sha256": hashlib.sha256(data).hexdigest(),
+             "payload": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+    atomic_write_bytes(path, _to_bytes(outer))
     return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (on CPU). Errors name the file."""
+    """Read a checkpoint written by :func:`save_checkpoint` (on CPU), safely: nothing in the file
+    can run code, and the payload's SHA-256 must match. Errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: not a mesu_snn checkpoint of version {CHECKPOINT_VERSION}")
+        outer = _safe_load(path.read_bytes())
+    except Exception as e:  # a truncated or foreign file, or a pickle that wants code
+        raise ValueError(f"{path}: not a readable mesu_snn checkpoint; it was refused by the safe "
+                         f"(weights-only) reader ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a mesu_snn checkpoint (no format tag {FORMAT!r}); checkpoints "
+                         "written before version 2 cannot be loaded safely: re-run the training")
+    if outer.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {outer.get('version')!r}, this mesu_snn reads "
+                         f"version {CHECKPOINT_VERSION}")
+    data = outer.get("payload")
+    if not (isinstance(data, torch.Tensor) and data.dtype == torch.uint8 and data.dim() == 1):
+        raise ValueError(f"{path}: checkpoint payload is missing or malformed")
+    data = data.numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != outer.get("sha256"):
+        raise ValueError(f"{path}: checksum mismatch: the checkpoint is corrupt (a changed byte); "
+                         "it is not loaded")
+    try:
+        ckpt = _safe_load(data)
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable checkpoint payload ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: checkpoint payload is not a dict")
+    if isinstance(ckpt.get("model"), dict):
+        check_bayes_state(ckpt["model"], path)
     return ckpt
+
+
+def check_bayes_state(state: dict, source) -> None:
+    """Every ``*_mu`` tensor finite, every ``*_sigma`` finite and > 0; else ValueError naming it."""
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor) or not torch.is_floating_point(v):
+            continue
+        if k.endswith("_sigma"):
+            bad = ~torch.isfinite(v) | (v <= 0)
+            if bool(bad.any()):
+                raise ValueError(f"{source}: {k} has {int(bad.sum())} entries that are not finite and > 0 "
+                                 "(a σ must be positive); the file is corrupt or the run diverged")
+        elif k.endswith("_mu") and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{source}: {k} has {int((~torch.isfinite(v)).sum())} non-finite entries "
+                             "(NaN/Inf μ); the file is corrupt or the run diverged")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import mesu_snn as ms
+from mesu_snn.checkpoint import save_checkpoint
 from mesu_snn.cli import main
 from mesu_snn.export import from_nir
 from mesu_snn.observe.compare import importance_report
@@ -47,7 +48,7 @@ def _make_run(d, rule="mesu", tasks=3, seed=0, importance=True):
     (d / "metrics.json").write_text(json.dumps({"rule": rule, "accuracy_matrix": R, "average_accuracy": 0.77}))
     (d / "log.csv").write_text("\n".join(rows) + "\n")
     (d / "checkpoints").mkdir()
-    torch.save({"model": net.state_dict(), "version": 1, "position": u}, d / "checkpoints" / "last.pt")
+    save_checkpoint(d / "checkpoints" / "last.pt", {"model": net.state_dict(), "position": u})
     if not importance:
         return net
     x, y = torch.rand(5, 8, 10) * 2, torch.randint(0, 3, (8,))
@@ -139,7 +140,7 @@ def test_inspect_damaged_and_foreign_files(tmp_path, capsys):
     assert "x.bin: not a file type" in _err(capsys)
     (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04broken")
     assert main(["inspect", str(tmp_path / "bad.pt")]) == 1
-    assert "bad.pt: unreadable checkpoint" in _err(capsys)
+    assert "bad.pt: not a readable mesu_snn checkpoint" in _err(capsys)
 
 
 def test_export_quantised_pruned_sampled(tmp_path, capsys):
@@ -168,7 +169,7 @@ def test_export_quantised_pruned_sampled(tmp_path, capsys):
     assert "nope" in _err(capsys)
     (r / "checkpoints" / "last.pt").write_bytes(b"truncated")
     assert main(["export", str(r), "--out", str(tmp_path / "m.nir")]) == 1
-    assert "last.pt: unreadable checkpoint" in _err(capsys)
+    assert "last.pt: not a readable mesu_snn checkpoint" in _err(capsys)
 
 
 def test_on_a_real_trainer_run(tmp_path, capsys):

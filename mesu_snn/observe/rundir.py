@@ -39,12 +39,7 @@ def run_files(run_dir) -> dict[str, Path | None]:
     if not d.is_dir():
         raise FileNotFoundError(f"run directory {d} does not exist")
     pick = lambda p: p if p.is_file() else None
-    ckpt = pick(d / "checkpoints" / "last.pt")
-    if ckpt is None:
-        cands = sorted((d / "checkpoints").glob("*.pt"), key=lambda p: p.stat().st_mtime) if (d / "checkpoints").is_dir() \
-            else []
-        cands = cands or sorted(d.glob("*.pt"), key=lambda p: p.stat().st_mtime)
-        ckpt = cands[-1] if cands else None
+    ckpt = pick(d / "checkpoints" / "last.pt")      # only the file we write: never a stray *.pt
     trace = pick(d / TRACE_NAME) or pick(d / (TRACE_NAME + ".partial"))
     return {"config": pick(d / "config.toml"), "metrics": pick(d / "metrics.json"), "log": pick(d / "log.csv"),
             "trace": trace, "checkpoint": ckpt, "importance": pick(d / IMPORTANCE_NAME)}
@@ -123,12 +118,12 @@ def load_run_model(run_dir) -> nn.Module:
     """The trained model of a run (from its checkpoint). Errors name the file at fault."""
     files = run_files(run_dir)
     if files["checkpoint"] is None:
-        raise FileNotFoundError(f"run directory {run_dir} has no checkpoint (checkpoints/last.pt or *.pt)")
+        raise FileNotFoundError(f"run directory {run_dir} has no checkpoint (checkpoints/last.pt)")
     path = files["checkpoint"]
     from ..checkpoint import load_checkpoint
     ckpt = load_checkpoint(path)
-    state = next((ckpt[k] for k in ("model", "model_state", "state_dict") if isinstance(ckpt.get(k), dict)), None)
-    if state is None:
+    state = ckpt.get("model")
+    if not isinstance(state, dict):
         raise ValueError(f"{path}: checkpoint has no model state dict (keys {sorted(ckpt)})")
     config = read_config(files["config"]) if files["config"] else {}
     spec = ckpt.get("model_spec") or infer_spec(state, config)
