@@ -214,7 +214,6 @@ def mesu_snn_step(w: Workload, device, reset_delay=True, compile_=False, mode=No
     for lif in net.neurons:
         lif.reset_delay = reset_delay
     opt = ms.MESU(net, memory=N_MEM, sigma_prior=SP, clamp_grad=None)
-    opt.fused = fused
     x, y = make_data(w, device)
     from mesu_snn.kernels import fast_paths
 
@@ -228,14 +227,18 @@ def mesu_snn_step(w: Workload, device, reset_delay=True, compile_=False, mode=No
     def loss():
         opt.zero_grad(set_to_none=True)
         return f(x, y)
-    return _steps(loss, opt.step)
+
+    def step():
+        with fast_paths(fused):
+            opt.step()
+    return _steps(loss, step)
 
 
 def mesu_snn_graphed(w: Workload, device, compile_=False):
     """mesu_snn on CUDA: forward + backward + MESU captured in one CUDA graph
-    (:class:`mesu_snn.kernels.GraphedTrainStep`), replayed per batch."""
+    (:class:`mesu_snn.rules.GraphedTrainStep`), replayed per batch."""
     import mesu_snn as ms
-    from mesu_snn.kernels import GraphedTrainStep
+    from mesu_snn.rules import GraphedTrainStep
     net = ms.SpikingMLP([w.n_in, w.hidden, w.n_out], beta=BETA, threshold=THR, readout="count",
                         bias=False, surrogate=("fast_sigmoid", SLOPE)).to(device)
     opt = ms.MESU(net, memory=N_MEM, sigma_prior=SP, clamp_grad=None)

@@ -115,8 +115,8 @@ def main(argv=None) -> int:
                 finals[rule] = m
             repeats[rule][seed] = {k: m[k] for k in ("average_accuracy", "forgetting", "learning_accuracy", "diverged")}
             print(f"final  {rule:5s} {params} seed {seed}: test avg acc {m['average_accuracy']:.3f}", flush=True)
-    from mesu_snn.plots import plot_comparison
-    from mesu_snn.report import markdown_table
+    from mesu_snn.runs.plots import plot_comparison
+    from mesu_snn.runs.report import markdown_table
     tag = "permuted_mnist" + ("_quick" if args.quick else "")
     (out / f"{tag}_search.json").write_text(json.dumps({"grid": {r: GRID[r] for r in rules}, "search": search,
                                                         "best": best}, indent=2) + "\n")

@@ -19,11 +19,11 @@ from .config import load_config
 from .rules import BGD, MESU, make_rule
 from .trainer import Trainer
 from .export import from_nir, to_nir
-from .observe import SigmaRecorder
+from .runs import SigmaRecorder
 from .synapses import (BayesConv2d, BayesianLayer, BayesLinear, bayesian_pairs, fold_samples,
                        sampled_weights, set_mode, unfold_samples)
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = ["functional", "kernels", "distributed", "observe", "export", "SigmaRecorder", "to_nir", "from_nir", "BayesLinear", "BayesConv2d", "BayesianLayer", "LIF", "SpikingMLP",
            "SpikingConvNet", "bayesianize", "MESU", "BGD", "nll_loss", "predictive_log_probs",

@@ -15,15 +15,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .callbacks import Progress
 from .config import RunConfig
 from .datasets import EventDataset, load_digits, load_mnist, load_nmnist
 from .encoders import (EventFrameEncoder, current_encode, latency_encode, rate_encode, to_unit_interval)
-from .models import SpikingConvNet, SpikingMLP
+from .models import model_from_spec
 from .rules import make_rule
 from .rules.rule import Rule
 from .streams import (PermuteAddresses, PermutedInputs, TaskStream, class_incremental_tasks, permuted_tasks,
                       split_tasks)
-from .trainer import Trainer, derive_seed
+from .seeding import derive_seed
+from .trainer import Trainer
 
 __all__ = ["InputPipeline", "load_raw_data", "build_tasks", "build_pipeline", "build_model", "build_rule",
            "build_ood", "build_trainer", "eval_mask_for", "resolve_device"]
@@ -158,16 +160,20 @@ def build_model(cfg: RunConfig, tasks: TaskStream) -> nn.Module:
     m = cfg.model
     shape = _sample_shape(tasks)
     n_classes = max(tasks.classes) + 1
-    torch.manual_seed(derive_seed(cfg.seed, "model") % 2**63)
-    common = dict(beta=m.beta, threshold=m.threshold, reset=m.reset, surrogate=m.surrogate, readout=m.readout,
-                  mu_init=m.mu_init, sigma_init=m.sigma_init)
+    common = dict(readout=m.readout, mu_init=m.mu_init, sigma_init=m.sigma_init,
+                  neuron=dict(beta=m.beta, threshold=m.threshold, reset=m.reset, surrogate=m.surrogate))
     if m.kind == "mlp":
-        return SpikingMLP([int(np.prod(shape)), *m.hidden, n_classes], **common)
-    if len(shape) == 2:
-        shape = (1, *shape)
-    if len(shape) != 3:
-        raise ValueError(f"config field model.kind: 'conv' needs image or event-frame inputs, got samples of shape {shape}")
-    return SpikingConvNet(shape, [shape[0], *m.channels], n_classes, kernel_size=m.kernel_size, **common)
+        spec = dict(common, **{"class": "SpikingMLP", "sizes": [int(np.prod(shape)), *m.hidden, n_classes]})
+    else:
+        if len(shape) == 2:
+            shape = (1, *shape)
+        if len(shape) != 3:
+            raise ValueError(f"config field model.kind: 'conv' needs image or event-frame inputs, got samples of "
+                             f"shape {shape}")
+        spec = dict(common, **{"class": "SpikingConvNet", "input_shape": list(shape),
+                               "channels": [shape[0], *m.channels], "n_classes": n_classes,
+                               "kernel_size": m.kernel_size})
+    return model_from_spec(spec, seed=derive_seed(cfg.seed, "model") % 2**63)
 
 
 def build_rule(cfg: RunConfig, model: nn.Module) -> Rule:
@@ -194,9 +200,10 @@ def build_ood(cfg: RunConfig, tasks: TaskStream):
     return PermutedInputs(base, perm)
 
 
-def build_trainer(cfg: RunConfig, run_dir: str | Path | None = None, progress: bool = False, callbacks=(),
-                  tasks: TaskStream | None = None, desc: str | None = None) -> Trainer:
-    """Everything for one run of ``cfg`` (pass ``tasks`` to reuse loaded data across rules)."""
+def build_trainer(cfg: RunConfig, progress: bool = False, callbacks=(), tasks: TaskStream | None = None,
+                  desc: str | None = None) -> Trainer:
+    """Everything for one run of ``cfg`` (pass ``tasks`` to reuse loaded data across rules).
+    It writes no file; :func:`mesu_snn.runs.build_run` adds the run-directory writers."""
     tasks = build_tasks(cfg) if tasks is None else tasks
     model = build_model(cfg, tasks)
     device = resolve_device(cfg.schedule.device)
@@ -207,6 +214,6 @@ def build_trainer(cfg: RunConfig, run_dir: str | Path | None = None, progress: b
                    epochs_per_task=s.epochs_per_task, boundary=s.boundary, transition=s.transition,
                    stream_seed=stream_seed(cfg), train_samples=sch.train_samples, eval_samples=sch.eval_samples,
                    eval_every=sch.eval_every, eval_batch_size=sch.eval_batch_size, eval_mask=eval_mask_for(cfg),
-                   checkpoint_every=sch.checkpoint_every, run_dir=run_dir, seed=cfg.seed, last_k=sch.last_k,
-                   ood_inputs=build_ood(cfg, tasks), callbacks=callbacks, progress=progress, desc=desc,
+                   seed=cfg.seed, last_k=sch.last_k, ood_inputs=build_ood(cfg, tasks),
+                   callbacks=[*callbacks, *([Progress(desc)] if progress else [])], desc=desc,
                    device=device, config=cfg.to_dict())

@@ -17,7 +17,7 @@ from .errors import CLIError  # noqa: F401  (re-exported: commands raise it)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
     parser = argparse.ArgumentParser(prog="mesu-snn", description="Continual learning in spiking networks "
                                      "with Bayesian, metaplastic synapses (MESU).")
     parser.add_argument("--version", action="version", version=f"mesu-snn {__version__}")

@@ -48,22 +48,24 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .functional.lif import RESETS
+from .functional.surrogate import SURROGATES
+from .models import READOUTS
+from .rules.registry import RULES, hyperparameters
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "StreamConfig", "EncoderConfig", "ModelConfig",
-           "RuleConfig", "ScheduleConfig", "load_config", "parse_config", "dump_toml", "RULE_PARAMS"]
+           "RuleConfig", "ScheduleConfig", "load_config", "parse_config", "dump_toml"]
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "nmnist")
 STREAM_KINDS = ("permuted", "split", "class_incremental")
 BOUNDARIES = ("sharp", "blurred")
 ENCODERS = ("current", "rate", "latency", "frames")
 MODEL_KINDS = ("mlp", "conv")
-READOUTS = ("membrane", "count")
-RESETS = ("subtract", "zero", "none")
-SURROGATES = ("fast_sigmoid", "atan")
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -220,21 +222,8 @@ class ModelConfig:
         self.sigma_init = _float(f"{p}.sigma_init", self.sigma_init, 0.0, True)
 
 
-# name -> {hyperparameter: (checker kwargs)}; the values are passed to make_rule.
-_POS = dict(lo=0.0, lo_open=True)
-_NONNEG = dict(lo=0.0)
-RULE_PARAMS: dict[str, dict[str, dict]] = {
-    "mesu": {"memory": _POS, "sigma_prior": _POS, "mu_prior": {}, "lr_mu": _NONNEG, "lr_sigma": _NONNEG,
-             "clamp_grad": _POS},
-    "bgd": {"lr": _NONNEG},
-    "sgd": {"lr": _POS, "momentum": dict(lo=0.0, hi=1.0, hi_open=True)},
-    "adam": {"lr": _POS},
-    "ewc": {"lr": _POS, "base": "choice", "momentum": dict(lo=0.0, hi=1.0, hi_open=True),
-            "ewc_lambda": _NONNEG, "gamma": dict(lo=0.0, hi=1.0), "fisher_samples": "int"},
-    "si": {"lr": _POS, "base": "choice", "momentum": dict(lo=0.0, hi=1.0, hi_open=True),
-           "si_c": _NONNEG, "xi": _POS},
-}
-BASES = ("sgd", "adam")
+_BOUNDS = {">0": dict(lo=0.0, lo_open=True), ">=0": dict(lo=0.0), "[0,1]": dict(lo=0.0, hi=1.0),
+           "[0,1)": dict(lo=0.0, hi=1.0, hi_open=True), "real": {}}
 
 
 @dataclass
@@ -244,19 +233,19 @@ class RuleConfig:
     params: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, p="rule"):
-        _choice(f"{p}.name", self.name, tuple(RULE_PARAMS))
-        known = RULE_PARAMS[self.name]
+        _choice(f"{p}.name", self.name, tuple(RULES))
+        known = hyperparameters(self.name)          # from the rule's own constructor and bounds
         for k, v in list(self.params.items()):
             if k not in known:
                 raise _err(f"{p}.{k}", f"unknown hyperparameter for rule {self.name!r} "
                            f"(known: {', '.join(sorted(known))})")
-            spec = known[k]
-            if spec == "choice":
-                _choice(f"{p}.{k}", v, BASES)
-            elif spec == "int":
+            bound = known[k][1]
+            if isinstance(bound, tuple):
+                _choice(f"{p}.{k}", v, bound)
+            elif bound == "int>=1":
                 _int(f"{p}.{k}", v, 1)
             else:
-                self.params[k] = _float(f"{p}.{k}", v, **spec)
+                self.params[k] = _float(f"{p}.{k}", v, **_BOUNDS[bound])
 
 
 @dataclass

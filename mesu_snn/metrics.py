@@ -39,13 +39,21 @@ __all__ = ["as_matrix", "average_accuracy", "average_accuracy_curve", "backward_
 
 # -- accuracy matrix ----------------------------------------------------------------------
 
+def accuracy_array(R) -> np.ndarray:
+    """An accuracy matrix as stored (list of lists, None where not evaluated) -> float64 array
+    with NaN for None; no checks (see :func:`as_matrix`). The one place this conversion lives."""
+    if isinstance(R, np.ndarray):
+        return R.astype(np.float64)
+    try:
+        return np.array([[np.nan if v is None else float(v) for v in row] for row in R], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"accuracy matrix is not a matrix of numbers ({e})") from None
+
+
 def as_matrix(R) -> np.ndarray:
     """R (list of lists with None/NaN where not evaluated, or an array) -> float64 (T, T).
     Every entry on and below the diagonal must be present and in [0, 1]."""
-    if isinstance(R, np.ndarray):
-        a = R.astype(np.float64)
-    else:
-        a = np.array([[np.nan if v is None else float(v) for v in row] for row in R], dtype=np.float64)
+    a = accuracy_array(R)
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 1:
         raise ValueError(f"the accuracy matrix must be square (T, T) with T >= 1, got shape {a.shape}")
     lower = a[np.tril_indices(a.shape[0])]

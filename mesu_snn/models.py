@@ -7,25 +7,17 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .functional.lif import lif_sequence
-from .kernels.lif_fused import fast_paths_enabled, lif_sequence_fused, supports
-from .kernels.gaussian_weight import gaussian_weight
-from .kernels.spike_linear import spike_linear
 from .neurons import LIF
 from .synapses import BayesConv2d, BayesianLayer, BayesLinear, set_mode
 
-__all__ = ["SpikingMLP", "SpikingConvNet", "bayesianize", "READOUTS"]
+__all__ = ["SpikingMLP", "SpikingConvNet", "bayesianize", "READOUTS", "model_spec", "model_from_spec"]
 
 READOUTS = ("count", "membrane")
 
 
 def _lif_over_time(lif: LIF, h: torch.Tensor) -> torch.Tensor:
-    """h: (M, T, ...) currents -> (M, T, ...) spikes, LIF run over dim 1 (the fused kernel
-    runs over dim 1 in place of the layout, so no transposed copies are made)."""
-    p = lif.params
-    if fast_paths_enabled() and supports(p):
-        return lif_sequence_fused(h, p, time_dim=1)
-    return lif(h.transpose(0, 1)).transpose(0, 1)
+    """h: (M, T, ...) currents -> (M, T, ...) spikes, LIF run over dim 1 (no transposed copies)."""
+    return lif(h, time_dim=1)
 
 
 def _readout(lif: LIF, h: torch.Tensor, readout: str) -> torch.Tensor:
@@ -33,49 +25,7 @@ def _readout(lif: LIF, h: torch.Tensor, readout: str) -> torch.Tensor:
     if readout == "count":
         return _lif_over_time(lif, h).sum(1)
     # membrane: non-spiking leaky integrator with the output layer's beta, averaged over time
-    p = lif.params.with_(reset="none")
-    if fast_paths_enabled() and supports(p):
-        return lif_sequence_fused(h, p, return_membrane=True, time_dim=1)[1].mean(1)
-    _, v = lif_sequence(h.transpose(0, 1), p, return_membrane=True, impl="reference")
-    return v.mean(0)
-
-
-def _spikes_into(layer: BayesLinear, s: torch.Tensor, generator) -> torch.Tensor:
-    """``layer(s, sampled_input=True, generator=generator)`` for spikes s (M, ..., in); the fast
-    path draws the same weights and runs :func:`mesu_snn.kernels.spike_linear` (spikes saved
-    as bool for backward). Checked against the layer's own forward in tests/test_kernels.py."""
-    if not (fast_paths_enabled() and type(layer) is BayesLinear) or torch.compiler.is_compiling():
-        return layer(s, sampled_input=True, generator=generator)
-    m = s.shape[0]
-    if layer.mode == "mean":
-        w, b = layer.sample_weights(1)
-        w, b = w.expand(m, *w.shape[1:]), (None if b is None else b.expand(m, -1))
-    else:
-        w, b = _fast_sample_weights(layer, m, generator)
-    y = spike_linear(s.reshape(m, -1, s.shape[-1]), w, b)
-    return y.reshape(*s.shape[:-1], w.shape[1])
-
-
-def _fast_sample_weights(layer: BayesLinear, m: int, generator):
-    """``layer.sample_weights(m, generator, frozen noise)`` in sample mode, with each
-    w = μ + σ·ε as one autograd node (:func:`mesu_snn.kernels.gaussian_weight`): the same
-    draws from the same stream (``layer.draw_noise``), cheaper forward and backward."""
-    frozen = layer._frozen
-    ew, eb = frozen[1] if (frozen is not None and frozen[0] == m) else layer.draw_noise(m, generator)
-    w = gaussian_weight(layer.weight_mu, layer.weight_sigma, ew)
-    b = None if layer.bias_mu is None else gaussian_weight(layer.bias_mu, layer.bias_sigma, eb)
-    return w, b
-
-
-def _input_layer(layer: BayesLinear, x: torch.Tensor, samples: int, generator) -> torch.Tensor:
-    """``layer(x, samples=samples, generator=generator)`` (x shared by all samples); the fast
-    path samples the weights with :func:`_fast_sample_weights`."""
-    if (not (fast_paths_enabled() and type(layer) is BayesLinear) or layer.mode == "mean"
-            or not isinstance(samples, int) or samples < 1 or not torch.is_floating_point(x)
-            or torch.compiler.is_compiling()):
-        return layer(x, samples=samples, generator=generator)
-    w, b = _fast_sample_weights(layer, samples, generator)
-    return layer._apply_shared(x, w, b)
+    return lif.leaky_integrate(h, time_dim=1).mean(1)
 
 
 class SpikingMLP(nn.Module):
@@ -97,6 +47,8 @@ class SpikingMLP(nn.Module):
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.sizes, self.readout = sizes, readout
+        self.spec = {"class": "SpikingMLP", "sizes": sizes, "readout": readout, "bias": bias, "mu_init": mu_init,
+                     "sigma_init": sigma_init, "neuron": _neuron_spec(beta, threshold, reset, surrogate)}
         self.layers = nn.ModuleList(BayesLinear(a, b, bias=bias, mu_init=mu_init, sigma_init=sigma_init)
                                     for a, b in zip(sizes[:-1], sizes[1:]))
         self.neurons = nn.ModuleList(LIF(beta, threshold, reset, surrogate) for _ in sizes[1:])
@@ -104,10 +56,10 @@ class SpikingMLP(nn.Module):
     def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] != self.sizes[0]:
             raise ValueError(f"SpikingMLP expects input of shape (T, B, {self.sizes[0]}), got {tuple(x.shape)}")
-        h = _input_layer(self.layers[0], x, samples, generator)             # (M, T, B, H)
+        h = self.layers[0](x, samples=samples, generator=generator)         # (M, T, B, H)
         for i in range(1, len(self.layers)):
             s = _lif_over_time(self.neurons[i - 1], h)
-            h = _spikes_into(self.layers[i], s, generator)
+            h = self.layers[i](s, sampled_input=True, generator=generator, spikes=True)
         return _readout(self.neurons[-1], h, self.readout)
 
     def mean_mode(self) -> "SpikingMLP":
@@ -135,6 +87,9 @@ class SpikingConvNet(nn.Module):
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.input_shape, self.readout = tuple(input_shape), readout
+        self.spec = {"class": "SpikingConvNet", "input_shape": list(input_shape), "channels": channels,
+                     "n_classes": n_classes, "kernel_size": kernel_size, "readout": readout, "mu_init": mu_init,
+                     "sigma_init": sigma_init, "neuron": _neuron_spec(beta, threshold, reset, surrogate)}
         self.convs = nn.ModuleList(BayesConv2d(a, b, kernel_size, padding=kernel_size // 2,
                                                mu_init=mu_init, sigma_init=sigma_init)
                                    for a, b in zip(channels[:-1], channels[1:]))
@@ -158,6 +113,61 @@ class SpikingConvNet(nn.Module):
             h = s.reshape(m, t, b, *s.shape[1:])
         h = self.fc(h.flatten(3), sampled_input=True, generator=generator)   # (M, T, B, classes)
         return _readout(self.out_neuron, h, self.readout)
+
+
+def _plain(v):
+    """A JSON-able copy of a constructor argument (tensors -> numbers or lists)."""
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.dim() == 0 else v.tolist()
+    return v
+
+
+def _neuron_spec(beta, threshold, reset, surrogate) -> dict:
+    sur = surrogate
+    if not isinstance(sur, (str, tuple, list)):            # an instance: (name, parameter)
+        from dataclasses import astuple
+        name = {"FastSigmoid": "fast_sigmoid", "ATan": "atan", "Heaviside": "heaviside"}[type(sur).__name__]
+        vals = astuple(sur)
+        sur = [name, vals[0]] if vals else name
+    return {"beta": _plain(beta), "threshold": _plain(threshold), "reset": reset,
+            "surrogate": list(sur) if isinstance(sur, tuple) else sur}
+
+
+_CLASSES = {"SpikingMLP": SpikingMLP, "SpikingConvNet": SpikingConvNet}
+
+
+def model_spec(model: nn.Module) -> dict:
+    """The description of one of our models: {"class": ..., constructor arguments}, JSON-able.
+    Saved in every checkpoint and NIR file so that readers rebuild the model instead of guessing
+    it; {"class": type name} for any other module."""
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, dict) and spec.get("class") in _CLASSES:
+        return json_copy(spec)
+    return {"class": type(model).__name__}
+
+
+def json_copy(d):
+    import json
+    return json.loads(json.dumps(d))
+
+
+def model_from_spec(spec: dict, seed: int | None = None) -> nn.Module:
+    """A freshly initialised model from :func:`model_spec`'s dict. With ``seed`` the initial μ
+    come from that seed without touching the global random state."""
+    if not isinstance(spec, dict) or spec.get("class") not in _CLASSES:
+        raise ValueError(f"model spec must be a dict with 'class' one of {', '.join(_CLASSES)}, got {spec!r}")
+    kw = {k: v for k, v in spec.items() if k not in ("class", "neuron")}
+    neuron = dict(spec.get("neuron", {}))
+    if isinstance(neuron.get("surrogate"), list):
+        neuron["surrogate"] = tuple(neuron["surrogate"])
+    try:
+        if seed is None:
+            return _CLASSES[spec["class"]](**kw, **neuron)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return _CLASSES[spec["class"]](**kw, **neuron)
+    except TypeError as e:
+        raise ValueError(f"model spec {spec!r} does not fit {spec['class']}: {e}") from None
 
 
 def bayesianize(model: nn.Module, sigma_init: float = 0.5, sigma: float | None = None) -> nn.Module:

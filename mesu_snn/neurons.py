@@ -6,6 +6,8 @@ import torch.nn as nn
 
 from .functional.lif import RESETS, LIFParameters, lif_sequence, lif_step
 from .functional.surrogate import FastSigmoid, make_surrogate
+from .kernels.lif_fused import lif_sequence_fused, supports
+from .kernels.switch import fast_paths_enabled
 
 __all__ = ["LIF"]
 
@@ -86,12 +88,31 @@ class LIF(nn.Module):
         return f"beta={self.beta.tolist() if self.beta.dim() == 0 else tuple(self.beta.shape)}, " \
                f"reset={self.reset!r}, reset_delay={self.reset_delay}, surrogate={self.surrogate}"
 
-    def forward(self, x: torch.Tensor, v0: torch.Tensor | None = None, return_membrane: bool = False):
+    def forward(self, x: torch.Tensor, v0: torch.Tensor | None = None, return_membrane: bool = False,
+                time_dim: int = 0):
+        """x: currents (T, B, ...) (time on ``time_dim``) -> spikes of x's shape [and membranes].
+
+        Runs the fused kernel (:func:`mesu_snn.kernels.lif_sequence_fused`) when it supports the
+        parameters and :func:`mesu_snn.kernels.fast_paths` is on, else the reference loop."""
         if x.dim() < 2:
             raise ValueError(f"LIF expects input currents of shape (T, B, ...), got {tuple(x.shape)}")
         if not torch.is_floating_point(x):
             raise ValueError(f"LIF expects floating-point currents, got dtype {x.dtype}")
-        return lif_sequence(x, self.params, v0=v0, return_membrane=return_membrane)
+        return self._run(x, self.params, v0, return_membrane, time_dim)
+
+    @staticmethod
+    def _run(x, p, v0, return_membrane, time_dim):
+        if fast_paths_enabled() and supports(p):
+            return lif_sequence_fused(x, p, v0=v0, return_membrane=return_membrane, time_dim=time_dim)
+        out = lif_sequence(x.movedim(time_dim, 0), p, v0=v0, return_membrane=return_membrane)
+        if return_membrane:
+            return out[0].movedim(0, time_dim), out[1].movedim(0, time_dim)
+        return out.movedim(0, time_dim)
+
+    def leaky_integrate(self, x: torch.Tensor, time_dim: int = 0) -> torch.Tensor:
+        """Membrane of this population with its reset switched off (a non-spiking leaky
+        integrator, the usual readout): currents -> membranes, same shape."""
+        return self._run(x, self.params.with_(reset="none"), None, True, time_dim)[1]
 
     def step(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One time step: x (B, ...), v (B, ...) -> (spikes, membrane)."""

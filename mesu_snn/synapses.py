@@ -26,8 +26,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .kernels.gaussian_weight import gaussian_weight
+from .kernels.spike_linear import spike_linear
+from .kernels.switch import fast_paths_enabled
+
 __all__ = ["BayesianLayer", "BayesLinear", "BayesConv2d", "sampled_weights", "bayesian_pairs",
-           "set_mode", "fold_samples", "unfold_samples"]
+           "set_mode", "mode_set", "fold_samples", "unfold_samples"]
 
 MODES = ("sample", "mean")
 
@@ -77,6 +81,12 @@ class BayesianLayer(nn.Module):
             b = None if self.bias_mu is None else self.bias_mu.unsqueeze(0)
             return self.weight_mu.unsqueeze(0), b
         ew, eb = self.draw_noise(samples, generator) if noise is None else noise
+        if fast_paths_enabled() and not torch.compiler.is_compiling():
+            # the same draws, w = μ + σε as one autograd node that saves only ε
+            # (:func:`mesu_snn.kernels.gaussian_weight`; checked equal in tests/test_kernels.py)
+            w = gaussian_weight(self.weight_mu, self.weight_sigma, ew)
+            b = None if self.bias_mu is None else gaussian_weight(self.bias_mu, self.bias_sigma, eb)
+            return w, b
         w = self.weight_mu + self.weight_sigma * ew
         b = None if self.bias_mu is None else self.bias_mu + self.bias_sigma * eb
         return w, b
@@ -88,11 +98,15 @@ class BayesianLayer(nn.Module):
     def _apply_shared(self, x, w, b):  # x (*P, ...) -> (M, *P, ...)
         raise NotImplementedError
 
-    def _apply_sampled(self, x, w, b):  # x (M, *P, ...) -> (M, *P, ...)
+    def _apply_sampled(self, x, w, b, binary=False):  # x (M, *P, ...) -> (M, *P, ...); binary: 0/1 input
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, samples: int | None = None, sampled_input: bool = False,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, spikes: bool = False) -> torch.Tensor:
+        """x (*P, in...) shared by all samples, or (M, *P, in...) with ``sampled_input`` ->
+        (M, *P, out...) with ``samples=M`` (see the module docstring for the other layouts).
+        ``spikes=True`` promises a binary (0/1) input, which lets a layer keep it as ``bool``
+        for backward (:func:`mesu_snn.kernels.spike_linear`)."""
         if not torch.is_floating_point(x):
             raise ValueError(f"{type(self).__name__} expects a floating-point input, got dtype {x.dtype}")
         self._check_input(x, sampled_input)
@@ -104,10 +118,10 @@ class BayesianLayer(nn.Module):
                 raise ValueError(f"sampled_input=True: expected input of shape (M={samples}, ...), got {tuple(x.shape)}")
             if self.mode == "mean":
                 w, b = self.sample_weights(1)
-                return self._apply_sampled(x, w.expand(m, *w.shape[1:]), None if b is None else b.expand(m, -1))
+                return self._apply_sampled(x, w.expand(m, *w.shape[1:]), None if b is None else b.expand(m, -1), spikes)
             noise = self._frozen[1] if (self._frozen is not None and self._frozen[0] == m) else None
             w, b = self.sample_weights(m, generator, noise)
-            return self._apply_sampled(x, w, b)
+            return self._apply_sampled(x, w, b, spikes)
         if samples is not None:
             noise = self._frozen[1] if (self._frozen is not None and self._frozen[0] == samples) else None
             w, b = self.sample_weights(samples, generator, noise)
@@ -161,10 +175,12 @@ class BayesLinear(BayesianLayer):
             y = y + b.unsqueeze(1)
         return y.reshape(m, *lead, out)
 
-    def _apply_sampled(self, x, w, b):
+    def _apply_sampled(self, x, w, b, binary=False):
         m = w.shape[0]
         lead = x.shape[1:-1]
         xf = x.reshape(m, -1, self.in_features)
+        if binary and fast_paths_enabled() and not torch.compiler.is_compiling():
+            return spike_linear(xf, w, b).reshape(m, *lead, w.shape[1])
         y = torch.baddbmm(b.unsqueeze(1), xf, w.transpose(1, 2)) if b is not None else torch.bmm(xf, w.transpose(1, 2))
         return y.reshape(m, *lead, w.shape[1])
 
@@ -218,7 +234,7 @@ class BayesConv2d(BayesianLayer):
         y = y.view(y.shape[0], g, m, out // g, *y.shape[-2:]).permute(2, 0, 1, 3, 4, 5)
         return y.reshape(m, *lead, out, *y.shape[-2:])
 
-    def _apply_sampled(self, x, w, b):
+    def _apply_sampled(self, x, w, b, binary=False):
         m, out = w.shape[0], w.shape[1]
         lead = x.shape[1:-3]
         c, h, wd = x.shape[-3:]
@@ -250,6 +266,24 @@ def set_mode(model: nn.Module, mode: str) -> nn.Module:
     for _, layer in _bayes_layers(model):
         layer.mode = mode
     return model
+
+
+@contextmanager
+def mode_set(model_or_layers, mode: str):
+    """Set every Bayesian layer of a model (or of an iterable of modules) to ``mode`` for the
+    block and restore each layer's own previous mode afterwards, also on error."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    mods = [model_or_layers] if isinstance(model_or_layers, nn.Module) else list(model_or_layers)
+    layers = list({id(l): l for m in mods for _, l in _bayes_layers(m)}.values())
+    saved = [layer.mode for layer in layers]
+    try:
+        for layer in layers:
+            layer.mode = mode
+        yield model_or_layers
+    finally:
+        for layer, m in zip(layers, saved):
+            layer.mode = m
 
 
 @contextmanager

@@ -22,11 +22,7 @@ and the metrics so far, so a run killed at any moment and resumed ends with exac
 """
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import itertools
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -40,27 +36,17 @@ import torch.nn.functional as F
 
 from . import metrics as M
 from .callbacks import Callback
-from .checkpoint import (atomic_write_text, capture_rng, load_checkpoint, restore_rng, save_checkpoint)
 from .datasets.events import EventDataset
+from .models import model_spec
 from .rules.rule import Rule
+from .seeding import capture_rng, derive_seed, generator, restore_rng
 from .streams import TaskStream
 
-__all__ = ["Trainer", "derive_seed", "EVAL_MASKS"]
+__all__ = ["Trainer", "EVAL_MASKS"]
 
 EVAL_MASKS = (None, "task")
-CHECKPOINT_NAME = "last.pt"
 
 
-def derive_seed(seed: int, *tags) -> int:
-    """A 63-bit seed from ``seed`` and tags (stable across runs and platforms)."""
-    h = hashlib.sha256(":".join(map(str, (seed, *tags))).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 def _take(x, idx: Sequence[int]):
@@ -95,21 +81,21 @@ class Trainer:
         prediction on task j is the argmax over task j's classes (task-incremental scoring).
         The uncertainty metrics (entropies, ECE, OOD AUROC) always use the single-head
         prediction over all classes.
-    checkpoint_every: atomic checkpoint every K updates into ``run_dir/checkpoints`` (0: only
-        at the end; needs ``run_dir``).
     ood_inputs: raw inputs never trained on (e.g. a fresh pixel permutation); gives OOD AUROC.
+    callbacks: observers (:class:`~mesu_snn.callbacks.Callback`): the σ recorder, the progress
+        bar, and the run-file writers of :mod:`mesu_snn.runs` (log, checkpoints, metrics). The
+        trainer itself writes no file.
     """
 
     def __init__(self, model: nn.Module, rule: Rule, tasks: TaskStream, encode: Callable, *,
                  batch_size: int = 16, epochs_per_task: int = 1, boundary: str = "sharp", transition: float = 0.2,
                  stream_seed: int = 0, train_samples: int = 4, eval_samples: int = 8, eval_every: int = 0,
-                 eval_batch_size: int = 256, eval_mask: str | None = None, checkpoint_every: int = 0,
-                 run_dir: str | Path | None = None, seed: int = 0, last_k: int = 3, ood_inputs=None,
-                 callbacks: Iterable[Callback] = (), progress: bool = False, desc: str | None = None,
+                 eval_batch_size: int = 256, eval_mask: str | None = None, seed: int = 0, last_k: int = 3,
+                 ood_inputs=None, callbacks: Iterable[Callback] = (), desc: str | None = None,
                  device: str | torch.device = "cpu", config: dict | None = None):
         for name, v, lo in (("train_samples", train_samples, 1), ("eval_samples", eval_samples, 1),
                             ("eval_every", eval_every, 0), ("eval_batch_size", eval_batch_size, 1),
-                            ("checkpoint_every", checkpoint_every, 0), ("last_k", last_k, 1)):
+                            ("last_k", last_k, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
         if eval_mask not in EVAL_MASKS:
@@ -123,21 +109,19 @@ class Trainer:
         self.batch_size = int(batch_size)
         self.train_samples, self.eval_samples = train_samples, eval_samples
         self.eval_every, self.eval_batch_size, self.eval_mask = eval_every, eval_batch_size, eval_mask
-        self.checkpoint_every, self.seed, self.last_k = checkpoint_every, int(seed), last_k
-        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.seed, self.last_k = int(seed), last_k
         self.ood_inputs = ood_inputs
         self.callbacks = list(callbacks)
-        self.progress, self.desc = progress, desc or rule.name
+        self.desc = desc or rule.name
         self.device = torch.device(device)
         self.config = dict(config or {})
         self.n_tasks = len(tasks)
         self.n_updates = len(self.stream)
         self.n_samples = int(self.stream.schedule()[0].numel())
         self._schedule()
-        self._noise = _generator(derive_seed(self.seed, "noise"), self.device)
-        self._enc = _generator(derive_seed(self.seed, "encode"), torch.device("cpu"))
+        self._noise = generator(derive_seed(self.seed, "noise"), self.device)
+        self._enc = generator(derive_seed(self.seed, "encode"), torch.device("cpu"))
         self._eval_cache: dict = {}
-        self._log_file = None
         self._reset_state()
 
     # -- schedule (evaluation only; never shown to the learner) -----------------------
@@ -194,7 +178,7 @@ class Trainer:
         rules that use boundaries (EWC's Fisher). Deterministic in (seed, task)."""
         task = self.tasks[task_index]
         n = len(task.train_y) if n_samples is None else min(n_samples, len(task.train_y))
-        g = _generator(derive_seed(self.seed, "task_batches", task_index), torch.device("cpu"))
+        g = generator(derive_seed(self.seed, "task_batches", task_index), torch.device("cpu"))
         for s in range(0, n, self.eval_batch_size):
             idx = range(s, min(s + self.eval_batch_size, n))
             yield self._encoded(_take(task.train_x, idx), g), task.train_y[s:s + len(idx)].to(self.device)
@@ -214,8 +198,8 @@ class Trainer:
         """Held-out accuracy of every task in ``task_indices``; ``collect`` keeps the (M, N, C)
         outputs and labels of each task. Deterministic in (seed, update)."""
         update = self.update if update is None else update
-        g_noise = _generator(derive_seed(self.seed, "eval-noise", update), self.device)
-        g_enc = _generator(derive_seed(self.seed, "eval-encode", update), torch.device("cpu"))
+        g_noise = generator(derive_seed(self.seed, "eval-noise", update), self.device)
+        g_enc = generator(derive_seed(self.seed, "eval-encode", update), torch.device("cpu"))
         accs, outs = {}, ({} if collect else None)
         was_training = self.model.training
         self.model.eval()
@@ -246,8 +230,8 @@ class Trainer:
     def _ood_outputs(self, update: int) -> torch.Tensor | None:
         if self.ood_inputs is None:
             return None
-        g_noise = _generator(derive_seed(self.seed, "ood-noise", update), self.device)
-        g_enc = _generator(derive_seed(self.seed, "ood-encode", update), torch.device("cpu"))
+        g_noise = generator(derive_seed(self.seed, "ood-noise", update), self.device)
+        g_enc = generator(derive_seed(self.seed, "ood-encode", update), torch.device("cpu"))
         n = len(self.ood_inputs)
         chunks = []
         for s in range(0, n, self.eval_batch_size):
@@ -283,16 +267,12 @@ class Trainer:
                           "auroc_mutual_information": M.auroc(u["epistemic"], uo["epistemic"])}
         return res
 
-    # -- checkpoints ----------------------------------------------------------------------
-    @property
-    def checkpoint_path(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / "checkpoints" / CHECKPOINT_NAME
-
+    # -- state (for checkpoints) ----------------------------------------------------------
     def _generators(self) -> dict[str, torch.Generator]:
         return {"noise": self._noise, "encode": self._enc}
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "rule": self.rule.state_dict(),
+        return {"model": self.model.state_dict(), "model_spec": model_spec(self.model), "rule": self.rule.state_dict(),
                 "rng": capture_rng(self._generators()), "position": self.update,
                 "n_updates": self.n_updates, "rule_name": self.rule.name,
                 "state": {"R": self.R, "history": self.history, "log_rows": self.log_rows,
@@ -315,62 +295,34 @@ class Trainer:
         self.train_acc_ema, self.final_metrics = st["train_acc_ema"], st["final_metrics"]
         self._diverged = bool(st.get("diverged", False))
 
-    def save(self) -> Path | None:
-        path = self.checkpoint_path
-        if path is None:
-            return None
-        return save_checkpoint(path, self.state_dict())
-
-    # -- logging --------------------------------------------------------------------------
-    def _log_fields(self) -> list[str]:
+    def log_fields(self) -> list[str]:
+        """Columns of the per-update log rows (``self.log_rows``)."""
         return ["update", "samples", "task", "loss", "train_acc", "eval_avg_acc"] + \
                [f"acc_task_{k}" for k in range(self.n_tasks)]
 
-    def _rewrite_log(self) -> None:
-        if self.run_dir is None:
-            return
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self._log_fields(), lineterminator="\n")
-        w.writeheader()
-        w.writerows(self.log_rows)
-        atomic_write_text(self.run_dir / "log.csv", buf.getvalue())
-
-    def _append_log(self, row: dict) -> None:
-        self.log_rows.append(row)
-        if self._log_file is not None:
-            csv.DictWriter(self._log_file, fieldnames=self._log_fields(), lineterminator="\n").writerow(row)
-
     # -- the loop ---------------------------------------------------------------------------
-    def _resume(self) -> bool:
-        path = self.checkpoint_path
-        if path is None or not path.is_file():
-            return False
-        self.load_state_dict(load_checkpoint(path))
-        return True
-
     def fit(self, resume: bool = False) -> dict:
-        """Run (or, with ``resume``, continue from ``run_dir/checkpoints/last.pt``) and return
-        the metrics dict (also written to ``run_dir/metrics.json``)."""
-        from tqdm import tqdm
-
+        """Run the stream and return the metrics dict. With ``resume``, a callback that holds a
+        saved state (:class:`mesu_snn.runs.Checkpointer`) restores it first and the run continues
+        from there; a finished run returns its metrics."""
         self._reset_state()
-        resumed = self._resume() if resume else False
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = False
+        if resume:
+            for cb in self.callbacks:
+                if cb.on_resume(self):
+                    resumed = True
+                    break
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
         if self.final_metrics is not None:        # the run had finished
-            self._write_outputs(self.final_metrics)
+            for cb in self.callbacks:
+                cb.on_finish(self, self.final_metrics, None)
             return self.final_metrics
-        if self.run_dir is not None:
-            self._rewrite_log()
-        self._log_file = open(self.run_dir / "log.csv", "a", newline="") if self.run_dir is not None else None
         t0 = time.time()
         start = self.update
         for cb in self.callbacks:
             cb.on_start(self.model, self.rule.optimizer, dict(self.config, resumed=resumed, start_update=start))
         self.model.train()
-        bar = tqdm(total=self.n_updates, initial=start, desc=self.desc, disable=not self.progress,
-                   unit="upd", dynamic_ncols=True, leave=True)
-        last_eval = self._last_eval_avg()
         try:
             batches = itertools.islice(iter(self.stream), start, None)
             for u, (x_raw, y) in enumerate(batches, start=start + 1):
@@ -385,40 +337,29 @@ class Trainer:
                        "task": self.batch_task[u - 1], "loss": f"{loss:.6g}", "train_acc": f"{acc:.4f}",
                        "eval_avg_acc": "", **{f"acc_task_{k}": "" for k in range(self.n_tasks)}}
                 if ev is not None:
-                    last_eval = float(np.mean(list(ev.accuracy.values())))
-                    row["eval_avg_acc"] = f"{last_eval:.4f}"
+                    row["eval_avg_acc"] = f"{float(np.mean(list(ev.accuracy.values()))):.4f}"
                     for k, a in ev.accuracy.items():
                         row[f"acc_task_{k}"] = f"{a:.4f}"
-                self._append_log(row)
-                bar.update(1)
-                if u % 5 == 0 or ev is not None:
-                    post = {"task": f"{self.batch_task[u - 1] + 1}/{self.n_tasks}",
-                            "train_acc": f"{self.train_acc_ema:.3f}"}
-                    if last_eval is not None:
-                        post["avg_acc"] = f"{last_eval:.3f}"
-                    bar.set_postfix(post, refresh=False)
+                self.log_rows.append(row)
                 if u == self.n_updates:
                     self.final_metrics = self._finish(ev)
-                if self.checkpoint_every and u % self.checkpoint_every == 0 and u < self.n_updates:
-                    self._flush_log()
-                    self.save()
+                for cb in self.callbacks:
+                    cb.on_step(self, row)
         finally:
-            bar.close()
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
+            for cb in self.callbacks:
+                cb.on_fit_exit(self)
         if self.final_metrics is None:
             raise RuntimeError("the stream ended before its last update")  # pragma: no cover
-        self.save()
-        self._write_outputs(self.final_metrics, timing={"wall_s": time.time() - t0, "updates": self.n_updates - start,
-                                                        "resumed_from": start})
+        timing = {"wall_s": time.time() - t0, "updates": self.n_updates - start, "resumed_from": start}
+        for cb in self.callbacks:
+            cb.on_finish(self, self.final_metrics, timing)
         for cb in self.callbacks:
             cb.on_end(self.model, self.rule.optimizer)
         return self.final_metrics
 
-    def _flush_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.flush()
+    def last_evaluation(self) -> float | None:
+        """Average accuracy of the latest evaluation (None before the first)."""
+        return self._last_eval_avg()
 
     def _train_step(self, x_raw, y: torch.Tensor) -> tuple[float, float]:
         x = self._encoded(x_raw, self._enc)
@@ -483,11 +424,3 @@ class Trainer:
             "diverged": bool(self._diverged),
             "seed": self.seed,
         }
-
-    def _write_outputs(self, metrics: dict, timing: dict | None = None) -> None:
-        if self.run_dir is None:
-            return
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-        self._rewrite_log()
-        if timing is not None:
-            atomic_write_text(self.run_dir / "timing.json", json.dumps(timing, indent=2) + "\n")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mesu_snn as ms
-from mesu_snn.checkpoint import CHECKPOINT_VERSION, FORMAT, load_checkpoint, save_checkpoint
+from mesu_snn.runs.checkpoint import CHECKPOINT_VERSION, FORMAT, load_checkpoint, save_checkpoint
 from mesu_snn.cli import main
 
 from test_cli_observe import _make_run
@@ -47,7 +47,7 @@ def _evil_payload(marker) -> bytes:
 
 def test_round_trip_keeps_tensors_and_plain_types(tmp_path):
     import numpy as np
-    from mesu_snn.checkpoint import capture_rng, restore_rng
+    from mesu_snn.seeding import capture_rng, restore_rng
     net = ms.SpikingMLP([4, 3, 2])
     np.random.seed(3)
     rng = capture_rng({"g": torch.Generator().manual_seed(1)})
@@ -98,7 +98,7 @@ def test_resume_refuses_a_malicious_checkpoint(tmp_path, capsys):
 
 
 def test_no_reader_picks_up_a_stray_pt(tmp_path):
-    from mesu_snn.observe.rundir import run_files
+    from mesu_snn.runs.layout import run_files
     r = tmp_path / "run"
     _make_run(r)
     (r / "checkpoints" / "last.pt").unlink()

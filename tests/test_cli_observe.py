@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import mesu_snn as ms
-from mesu_snn.checkpoint import save_checkpoint
+from mesu_snn.runs.checkpoint import save_checkpoint
 from mesu_snn.cli import main
 from mesu_snn.export import from_nir
 from mesu_snn.observe.compare import importance_report
-from mesu_snn.observe.recorder import SigmaRecorder
-from mesu_snn.observe.rundir import load_run_model, save_importance
+from mesu_snn.runs.recorder import SigmaRecorder
+from mesu_snn.runs.layout import load_run_model, save_importance
 
 
 def _make_run(d, rule="mesu", tasks=3, seed=0, importance=True):
@@ -48,7 +48,8 @@ def _make_run(d, rule="mesu", tasks=3, seed=0, importance=True):
     (d / "metrics.json").write_text(json.dumps({"rule": rule, "accuracy_matrix": R, "average_accuracy": 0.77}))
     (d / "log.csv").write_text("\n".join(rows) + "\n")
     (d / "checkpoints").mkdir()
-    save_checkpoint(d / "checkpoints" / "last.pt", {"model": net.state_dict(), "position": u})
+    save_checkpoint(d / "checkpoints" / "last.pt", {"model": net.state_dict(), "model_spec": ms.models.model_spec(net),
+                                                    "position": u})
     if not importance:
         return net
     x, y = torch.rand(5, 8, 10) * 2, torch.randint(0, 3, (8,))
@@ -176,9 +177,9 @@ def test_on_a_real_trainer_run(tmp_path, capsys):
     """The trainer's own run directory (mesu_snn.build/trainer), with SigmaRecorder attached as
     a callback: plot, inspect and export read it; the rebuilt model equals the trained one."""
     pytest.importorskip("mesu_snn.build")
-    from mesu_snn.build import build_trainer
+    from mesu_snn.runs import build_run
     from mesu_snn.config import dump_toml, parse_config
-    from mesu_snn.run_dir import create_run_dir
+    from mesu_snn.runs.layout import create_run_dir
     cfg = parse_config({"seed": 0, "data": {"dataset": "digits", "train_per_task": 64, "test_per_task": 40},
                         "stream": {"kind": "permuted", "n_tasks": 2, "batch_size": 16},
                         "encoder": {"kind": "current", "num_steps": 4}, "model": {"hidden": [8], "beta": 0.8},
@@ -187,7 +188,7 @@ def test_on_a_real_trainer_run(tmp_path, capsys):
     run = create_run_dir(tmp_path / "run")
     (run / "config.toml").write_text(dump_toml(cfg))                 # as `mesu-snn train` writes it
     rec = SigmaRecorder(run / "sigma_trace.h5", every=2, n_tracked=8)
-    trainer = build_trainer(cfg, run_dir=run, callbacks=[rec])
+    trainer = build_run(cfg, run, callbacks=[rec])
     trainer.fit()
     assert (run / "sigma_trace.h5").exists() and (run / "checkpoints" / "last.pt").exists()
     model = load_run_model(run)

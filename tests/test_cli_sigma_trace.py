@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from mesu_snn.cli import main
-from mesu_snn.observe import read_trace
+from mesu_snn.runs import read_trace
 
 REPO = Path(__file__).resolve().parents[1]
 

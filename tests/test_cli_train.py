@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mesu_snn.checkpoint import load_checkpoint
+from mesu_snn.runs.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = """

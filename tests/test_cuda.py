@@ -23,7 +23,7 @@ def test_fused_lif_cuda_equals_reference(reset, delay):
     p = LIFParameters(beta=0.9, threshold=1.0, reset=reset, reset_delay=delay)
     x = (torch.randn(25, 8, 256, 64, device="cuda") + 0.4)
     xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    sr = lif_sequence(xr, p, impl="reference")
+    sr = lif_sequence(xr, p)
     sf = lif_sequence_fused(xf, p)
     assert sr.sum() > 0
     assert torch.equal(sr, sf)
@@ -80,7 +80,7 @@ def test_bench_cuda_tiny(tmp_path):
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_graphed_train_step_trains_and_guards(compiled):
-    from mesu_snn.kernels import GraphedTrainStep
+    from mesu_snn.rules import GraphedTrainStep
     torch.manual_seed(5)
     net = ms.SpikingMLP([784, 64, 10], readout="count").cuda()
     opt = ms.MESU(net, memory=1e4)

@@ -81,13 +81,13 @@ def test_optimizer_fused_equals_per_pair(rule):
         torch.manual_seed(1)
         net = ms.SpikingMLP([20, 16, 4], readout="count").double()
         opt = ms.MESU(net, memory=100.0) if rule == "mesu" else ms.BGD(net, lr=1.0)
-        opt.fused = fused
         gen = torch.Generator().manual_seed(5)
         for _ in range(3):
             loss = ms.nll_loss(net(x.double(), samples=3, generator=gen), y)
             opt.zero_grad()
             loss.backward()
-            opt.step()
+            with ms.kernels.fast_paths(fused):
+                opt.step()
         states.append({k: v.clone() for k, v in net.state_dict().items()})
     for k in states[0]:
         torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-10, atol=1e-12)
@@ -96,7 +96,6 @@ def test_optimizer_fused_equals_per_pair(rule):
 def test_optimizer_nonfinite_guard_with_fused_update():
     net = ms.SpikingMLP([5, 4, 3])
     opt = ms.MESU(net, on_nonfinite="skip")
-    assert opt.fused
     before = {k: v.clone() for k, v in net.state_dict().items()}
     for _, mu, s in ms.bayesian_pairs(net):
         mu.grad = torch.ones_like(mu)
@@ -120,7 +119,7 @@ def test_all_finite_overflowing_sum_is_not_a_false_alarm():
 @pytest.mark.parametrize("rule", ["mesu", "bgd"])
 def test_guarded_update_equals_step_and_skips_bad_grads(rule):
     """The sync-free guarded update (CUDA-graph path) equals opt.step(); NaN grads change nothing."""
-    from mesu_snn.kernels import guarded_update
+    from mesu_snn.rules import guarded_update
     nets = []
     for _ in range(2):
         torch.manual_seed(6)
@@ -144,7 +143,7 @@ def test_guarded_update_equals_step_and_skips_bad_grads(rule):
 
 
 def test_graphed_step_refuses_cpu():
-    from mesu_snn.kernels import GraphedTrainStep
+    from mesu_snn.rules import GraphedTrainStep
     net = ms.SpikingMLP([4, 3, 2])
     with pytest.raises(ValueError, match="CUDA"):
         GraphedTrainStep(net, ms.MESU(net), torch.zeros(2, 1, 4), torch.zeros(1, dtype=torch.long), samples=2)

@@ -6,6 +6,8 @@ import itertools
 import pytest
 import torch
 
+import mesu_snn as ms
+
 from mesu_snn.functional.lif import LIFParameters, lif_sequence
 from mesu_snn.functional.surrogate import ATan, FastSigmoid, Heaviside
 from mesu_snn.kernels import lif_sequence_fused, supports
@@ -72,25 +74,29 @@ def test_time_dim_matches_transposed_reference():
     torch.testing.assert_close(x.grad, xr.grad)
 
 
-def test_lif_sequence_impl_dispatch():
+def test_lif_module_chooses_its_fast_path():
+    """ms.LIF runs the fused kernel when it supports the parameters (and the one switch is on),
+    the reference loop otherwise: the same spikes either way."""
     p = LIFParameters()
     x = torch.randn(5, 2, 3) + 1.0
-    assert torch.equal(lif_sequence(x, p, impl="fused"), lif_sequence(x, p, impl="reference"))
-    assert torch.equal(lif_sequence(x, p, impl="auto"), lif_sequence(x, p, impl="reference"))
-    with pytest.raises(ValueError, match="impl"):
-        lif_sequence(x, p, impl="bogus")
+    lif = ms.LIF()
+    assert torch.equal(lif(x), lif_sequence(x, p))
+    with ms.kernels.fast_paths(False):
+        assert torch.equal(lif(x), lif_sequence(x, p))
+    assert torch.equal(lif(x.transpose(0, 1), time_dim=1), lif_sequence(x, p).transpose(0, 1))
     tensor_beta = p.with_(beta=torch.full((3,), 0.9))
     assert not supports(tensor_beta)
-    assert torch.equal(lif_sequence(x, tensor_beta, impl="auto"), lif_sequence(x, p, impl="reference"))
+    per_neuron = ms.LIF(beta=torch.full((3,), 0.9))
+    assert torch.equal(per_neuron(x), lif_sequence(x, p))
     with pytest.raises(ValueError, match="fused"):
-        lif_sequence(x, tensor_beta, impl="fused")
+        lif_sequence_fused(x, tensor_beta)
 
 
 def test_fused_no_grad_and_bad_input():
     p = LIFParameters()
     x = torch.randn(6, 4) + 1.0
     with torch.no_grad():
-        assert torch.equal(lif_sequence_fused(x, p), lif_sequence(x, p, impl="reference"))
+        assert torch.equal(lif_sequence_fused(x, p), lif_sequence(x, p))
     with pytest.raises(ValueError, match="floating"):
         lif_sequence_fused(torch.ones(3, 2, dtype=torch.int64), p)
     with pytest.raises(ValueError, match="T >= 1"):
@@ -111,7 +117,7 @@ def test_fused_saves_less_memory_than_reference():
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             fn(x, p).sum()
         return sum(total)
-    fused, ref = saved_bytes(lif_sequence_fused), saved_bytes(lambda a, q: lif_sequence(a, q, impl="reference"))
+    fused, ref = saved_bytes(lif_sequence_fused), saved_bytes(lambda a, q: lif_sequence(a, q))
     assert fused <= x.numel() * 4 + 64 * 128 * 4
     assert fused < 0.6 * ref
 

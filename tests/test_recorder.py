@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import mesu_snn as ms
-from mesu_snn.observe.recorder import SigmaRecorder, layer_summary, tracked_indices
-from mesu_snn.observe.schema import FORMAT, QUANTILES
-from mesu_snn.observe.trace import read_trace
+from mesu_snn.runs.recorder import SigmaRecorder, layer_summary, tracked_indices
+from mesu_snn.runs.schema import FORMAT, QUANTILES
+from mesu_snn.runs.trace import read_trace
 
 
 def _loop(path, updates_per_task=(7, 6), every=3, n_tracked=5, seed=0, watch=None):
@@ -112,7 +112,7 @@ def test_crash_loses_at_most_the_last_interval(tmp_path):
     summary up to the last multiple of ``every``."""
     script = textwrap.dedent(f"""
         import os, torch, mesu_snn as ms
-        from mesu_snn.observe.recorder import SigmaRecorder
+        from mesu_snn.runs.recorder import SigmaRecorder
         torch.manual_seed(0)
         net = ms.SpikingMLP([8, 6, 2]); opt = ms.MESU(net, memory=50)
         rec = SigmaRecorder({str(tmp_path / 'crash.h5')!r}, every=4, n_tracked=3)

@@ -8,6 +8,7 @@ import torch
 
 import mesu_snn as ms
 from mesu_snn.build import build_tasks, build_trainer
+from mesu_snn.runs import build_run
 from mesu_snn.callbacks import Callback
 from mesu_snn.config import parse_config
 from mesu_snn.rules.rule import Rule
@@ -53,7 +54,7 @@ def _pairs(model):
 
 def test_accuracy_matrix_and_metrics(digits_tasks, tmp_path):
     spy = Spy()
-    tr = build_trainer(digits_cfg(), run_dir=tmp_path, tasks=digits_tasks, callbacks=[spy])
+    tr = build_run(digits_cfg(), tmp_path, tasks=digits_tasks, callbacks=[spy])
     m = tr.fit()
     R = m["accuracy_matrix"]
     assert len(R) == 3 and all(len(r) == 3 for r in R)
@@ -140,13 +141,13 @@ def test_resume_in_process_is_bit_exact(digits_tasks, tmp_path, rule):
     over = {"schedule": {"checkpoint_every": 4, "eval_every": 5}}
     if rule == "si":
         over["rule"] = {"lr": 0.05}
-    ref = build_trainer(digits_cfg(rule, **over), run_dir=tmp_path / "ref", tasks=digits_tasks)
+    ref = build_run(digits_cfg(rule, **over), tmp_path / "ref", tasks=digits_tasks)
     m_ref = ref.fit()
-    crashed = build_trainer(digits_cfg(rule, **over), run_dir=tmp_path / "run", tasks=digits_tasks,
+    crashed = build_run(digits_cfg(rule, **over), tmp_path / "run", tasks=digits_tasks,
                             callbacks=[Crash(ref.task_end_update[0] + 3)])
     with pytest.raises(KeyboardInterrupt):
         crashed.fit()
-    resumed = build_trainer(digits_cfg(rule, **over), run_dir=tmp_path / "run", tasks=digits_tasks)
+    resumed = build_run(digits_cfg(rule, **over), tmp_path / "run", tasks=digits_tasks)
     m = resumed.fit(resume=True)
     assert m == m_ref
     for (m1, s1), (m2, s2) in zip(_pairs(ref.model), _pairs(resumed.model)):
@@ -190,7 +191,7 @@ def test_nmnist_split_tasks_end_to_end_with_event_frames(shared_data, tmp_path):
         "rule": {"name": "mesu", "memory": 5000, "sigma_prior": 0.1},
         "schedule": {"train_samples": 2, "eval_samples": 4, "checkpoint_every": 0},
     })
-    tr = build_trainer(cfg, run_dir=tmp_path)
+    tr = build_run(cfg, tmp_path)
     x, _ = next(iter(tr.stream))
     frames = tr.encode(x)
     assert frames.shape == (5, 8, 2, 34, 34) and frames.sum() > 0

@@ -54,13 +54,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..build import build_tasks, build_trainer
-    from ..checkpoint import atomic_write_text
+    from ..build import build_tasks
+    from ..runs import build_run
+    from ..runs.atomic import atomic_write_text
     from ..errors import CLIError
     from ..config import dump_toml
-    from ..plots import plot_comparison, write_run_plots
-    from ..report import format_table, markdown_table
-    from ..run_dir import create_run_dir
+    from ..runs.plots import plot_comparison, write_run_plots
+    from ..runs.report import format_table, markdown_table
+    from ..runs.layout import create_run_dir
 
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     bad = [r for r in rules if r not in DEMO_RULES]
@@ -83,7 +84,7 @@ def run(args) -> int:
         tasks = build_tasks(cfg) if tasks is None else tasks       # same data for every rule
         rdir = create_run_dir(out / rule)
         (rdir / "config.toml").write_text(dump_toml(cfg))
-        trainer = build_trainer(cfg, run_dir=rdir, progress=not args.quiet, tasks=tasks, desc=f"{rule:>4}")
+        trainer = build_run(cfg, rdir, progress=not args.quiet, tasks=tasks, desc=f"{rule:>4}")
         results[rule] = trainer.fit()
         write_run_plots(rdir, results[rule])
     plot_comparison(results, out / "comparison.png", "task-free permuted digits: average accuracy on tasks seen")

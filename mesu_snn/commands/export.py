@@ -52,8 +52,8 @@ def run(args) -> int:
     from ..export.prune import prune_by_snr
     from ..export.quantize import quantize_model
     from ..export.realisations import sample_realisations
-    from ..observe.atomic import check_writable
-    from ..observe.rundir import load_run_model
+    from ..runs.atomic import check_writable
+    from ..runs.layout import load_run_model
 
     if args.bits is not None and not 2 <= args.bits <= 32:
         raise ValueError(f"--bits must lie in [2, 32], got {args.bits}")
@@ -98,7 +98,7 @@ def run(args) -> int:
               f"({100 * (after - before):+.2f} points)")
         if args.prune_snr is not None:
             from ..export.prune import pruning_curve
-            from ..observe.plots import pruning_curve_plot, save_figure
+            from ..runs.plots import pruning_curve_plot, save_figure
             rows = pruning_curve(original, evaluate)
             for r in rows:
                 print(f"  pruned {100 * r['fraction']:5.1f}% (|μ|/σ < {r['threshold']:.3g}): accuracy {r['accuracy']:.4f}")

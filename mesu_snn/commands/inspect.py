@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics import accuracy_array
+
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,7 +67,7 @@ def summarize(path: Path) -> list[str]:
 
 
 def _hdf5(path: Path, head: bytes) -> list[str]:
-    from ..observe.trace import open_h5
+    from ..runs.trace import open_h5
     if head != HDF5_MAGIC:
         raise ValueError(f"{path}: not an HDF5 file (bad signature; corrupt or another format)")
     with open_h5(path) as f:
@@ -80,7 +82,7 @@ def _hdf5(path: Path, head: bytes) -> list[str]:
 
 
 def _trace(path: Path) -> list[str]:
-    from ..observe.trace import read_trace
+    from ..runs.trace import read_trace
     t = read_trace(path)
     a = t["attrs"]
     su, tu = t["summary_updates"], t["tracked_updates"]
@@ -136,7 +138,7 @@ def _nir(path: Path) -> list[str]:
 
 
 def _json(path: Path) -> list[str]:
-    from ..observe.rundir import read_metrics
+    from ..runs.layout import read_metrics
     m = read_metrics(path)
     lines = [f"{path}: JSON object with keys {sorted(m)}"]
     for k in ("rule", "average_accuracy", "backward_transfer", "forgetting"):
@@ -144,13 +146,13 @@ def _json(path: Path) -> list[str]:
             v = m[k]
             lines.append(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
     if "accuracy_matrix" in m:
-        R = np.array([[np.nan if v is None else v for v in r] for r in m["accuracy_matrix"]], dtype=float)
+        R = accuracy_array(m["accuracy_matrix"])
         lines.append(f"  accuracy_matrix: {R.shape[0]}×{R.shape[1]}, last row {np.round(R[-1], 3).tolist()}")
     return lines
 
 
 def _toml(path: Path) -> list[str]:
-    from ..observe.rundir import read_config
+    from ..runs.layout import read_config
     c = read_config(path)
     lines = [f"{path}: TOML configuration"]
     for k, v in c.items():
@@ -159,7 +161,7 @@ def _toml(path: Path) -> list[str]:
 
 
 def _csv(path: Path) -> list[str]:
-    from ..observe.rundir import read_log
+    from ..runs.layout import read_log
     d = read_log(path)
     n = len(next(iter(d.values()))) if d else 0
     return [f"{path}: CSV log, {n} rows, columns {list(d)}"]
@@ -167,7 +169,7 @@ def _csv(path: Path) -> list[str]:
 
 def _npz(path: Path) -> list[str]:
     from ..observe.importance import correlations
-    from ..observe.rundir import read_importance
+    from ..runs.layout import read_importance
     d = read_importance(path)
     lines = [f"{path}: importance comparison, {d['hessian'].size} synapses, info {d['info']}"]
     for k, v in d["measures"].items():
@@ -177,7 +179,7 @@ def _npz(path: Path) -> list[str]:
 
 
 def _checkpoint(path: Path) -> list[str]:
-    from ..checkpoint import load_checkpoint
+    from ..runs.checkpoint import load_checkpoint
     ck = load_checkpoint(path)
     lines = [f"{path}: checkpoint (version {ck.get('version')}), keys {sorted(ck)}"]
     state = next((ck[k] for k in ("model", "model_state", "state_dict") if isinstance(ck.get(k), dict)), None)

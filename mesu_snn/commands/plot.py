@@ -2,7 +2,7 @@
 written into the first RUN_DIR or ``--out``):
 
 * metrics.json → accuracy_matrix.png, task_accuracy.png, learning_accuracy.png (the trainer's
-  :mod:`mesu_snn.plots` when its keys are there); with several runs also
+  :mod:`mesu_snn.runs.plots` when its keys are there); with several runs also
   learning_accuracy_comparison.png (R[j][j] per run: BGD's vanishing plasticity against MESU)
   and average_accuracy_comparison.png;
 * sigma_trace.h5 → sigma_histograms.png (σ at each task end) and sigma_vs_absmu.png (from the
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from ..metrics import accuracy_array
 
 
 def register(sub) -> None:
@@ -39,9 +41,9 @@ def compute_importance(run_dir: Path, n: int, force: bool = False) -> Path:
 
     from ..build import build_trainer
     from ..config import load_config
-    from ..observe.atomic import check_writable
+    from ..runs.atomic import check_writable
     from ..observe.compare import importance_report
-    from ..observe.rundir import IMPORTANCE_NAME, load_run_model, save_importance
+    from ..runs.layout import IMPORTANCE_NAME, load_run_model, save_importance
     if n < 2:
         raise ValueError(f"--importance needs N >= 2 samples, got {n}")
     target = check_writable(run_dir / IMPORTANCE_NAME, force)
@@ -74,9 +76,9 @@ def _matrix(m: dict, source) -> np.ndarray:
     if "accuracy_matrix" not in m:
         raise ValueError(f"{source}: metrics.json has no accuracy_matrix")
     try:
-        R = np.array([[np.nan if v is None else v for v in row] for row in m["accuracy_matrix"]], dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: accuracy_matrix is not a matrix of numbers ({e})") from None
+        R = accuracy_array(m["accuracy_matrix"])
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
     if R.ndim != 2 or R.shape[0] != R.shape[1]:
         raise ValueError(f"{source}: accuracy_matrix must be square, got shape {R.shape}")
     return R
@@ -85,21 +87,15 @@ def _matrix(m: dict, source) -> np.ndarray:
 def _fig_job(make: Callable) -> Callable[[Path], None]:
     """A job writing the Figure that ``make()`` returns."""
     def job(path: Path) -> None:
-        import matplotlib.pyplot as plt
-        fig = make()
-        try:
-            fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
-        finally:
-            plt.close(fig)
+        make().savefig(path, format="png", dpi=120, bbox_inches="tight")
     return job
 
 
 def plan(run_dirs: list[Path]) -> tuple[dict[str, Callable[[Path], None]], list[str]]:
     """({file name: job(path)}, [skipped figure: reason]) for the given run directories."""
-    from .. import plots as trainer_plots
-    from ..observe import plots
-    from ..observe.rundir import load_run_model, read_importance, read_metrics, run_files
-    from ..observe.trace import read_trace
+    from ..runs import plots
+    from ..runs.layout import load_run_model, read_importance, read_metrics, run_files
+    from ..runs.trace import read_trace
     from ..synapses import bayesian_pairs
 
     files = [run_files(d) for d in run_dirs]
@@ -114,15 +110,15 @@ def plan(run_dirs: list[Path]) -> tuple[dict[str, Callable[[Path], None]], list[
     if first["metrics"] is not None:
         m = read_metrics(first["metrics"])
         R, name = _matrix(m, first["metrics"]), m.get("rule", run_dirs[0].name)
-        jobs["accuracy_matrix.png"] = lambda p: trainer_plots.plot_accuracy_matrix(m["accuracy_matrix"], p,
+        jobs["accuracy_matrix.png"] = lambda p: plots.plot_accuracy_matrix(m["accuracy_matrix"], p,
                                                                                    f"{name}: accuracy R[i][j]")
         if m.get("accuracy_over_time") and "task_end_updates" in m:
-            jobs["task_accuracy.png"] = lambda p: trainer_plots.plot_task_accuracy_over_time(
+            jobs["task_accuracy.png"] = lambda p: plots.plot_task_accuracy_over_time(
                 m["accuracy_over_time"], m["task_end_updates"], p, f"{name}: accuracy of each task over time")
         else:
             jobs["task_accuracy.png"] = _fig_job(lambda: plots.task_accuracy_over_time(
                 R, title=f"{name}: accuracy of each task after each task"))
-        jobs["learning_accuracy.png"] = lambda p: trainer_plots.plot_learning_accuracy(
+        jobs["learning_accuracy.png"] = lambda p: plots.plot_learning_accuracy(
             m["accuracy_matrix"], p, f"{name}: learning accuracy and final accuracy")
     else:
         skipped.append("accuracy_matrix.png, task_accuracy.png, learning_accuracy.png (no metrics.json)")
@@ -130,7 +126,7 @@ def plan(run_dirs: list[Path]) -> tuple[dict[str, Callable[[Path], None]], list[
         jobs["learning_accuracy_comparison.png"] = _fig_job(lambda: plots.learning_accuracy(
             {k: R for k, (_, R) in metrics.items()}))
         if all("average_accuracy_curve" in m and "average_accuracy" in m for m, _ in metrics.values()):
-            jobs["average_accuracy_comparison.png"] = lambda p: trainer_plots.plot_comparison(
+            jobs["average_accuracy_comparison.png"] = lambda p: plots.plot_comparison(
                 {k: m for k, (m, _) in metrics.items()}, p)
     trace = read_trace(first["trace"]) if first["trace"] is not None else None
     if trace is not None and trace["snapshots"]:
@@ -160,12 +156,12 @@ def plan(run_dirs: list[Path]) -> tuple[dict[str, Callable[[Path], None]], list[
                                                                                           imp["measures"]))
     else:
         skipped.append("precision_vs_hessian.png, importance_vs_hessian.png (no importance.npz; write one with "
-                       "mesu_snn.observe.rundir.save_importance)")
+                       "mesu_snn.runs.layout.save_importance)")
     return jobs, skipped
 
 
 def run(args) -> int:
-    from ..observe.atomic import atomic_path
+    from ..runs.atomic import atomic_path
     dirs = [Path(d) for d in args.run_dirs]
     for d in dirs:
         if not d.is_dir():

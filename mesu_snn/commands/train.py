@@ -40,12 +40,13 @@ def _diff(a: dict, b: dict, prefix: str = "") -> str | None:
 def run(args) -> int:
     import torch
 
-    from ..build import build_tasks, build_trainer
+    from ..build import build_tasks
+    from ..runs import build_run
     from ..errors import CLIError
     from ..config import dump_toml, load_config
-    from ..plots import write_run_plots
-    from ..report import format_table
-    from ..run_dir import create_run_dir
+    from ..runs.plots import write_run_plots
+    from ..runs.report import format_table
+    from ..runs.layout import create_run_dir
 
     cfg = load_config(args.config)
     if args.data_root:
@@ -70,10 +71,10 @@ def run(args) -> int:
         (out / "config.toml").write_text(dump_toml(cfg))
     callbacks = []
     if args.sigma_trace is not None:
-        from ..observe import SigmaRecorder
-        from ..observe.rundir import TRACE_NAME
+        from ..runs import SigmaRecorder
+        from ..runs.layout import TRACE_NAME
         callbacks.append(SigmaRecorder(out / TRACE_NAME, every=args.sigma_trace, seed=cfg.seed, force=args.force))
-    trainer = build_trainer(cfg, run_dir=out, progress=not args.quiet, tasks=tasks, desc=cfg.rule.name,
+    trainer = build_run(cfg, out, progress=not args.quiet, tasks=tasks, desc=cfg.rule.name,
                             callbacks=callbacks)
     metrics = trainer.fit(resume=args.resume)
     write_run_plots(out, metrics)

@@ -5,10 +5,9 @@ from .nir_export import DEFAULT_DT, from_nir, graph_to_model, model_to_graph, re
 from .prune import prune_by_snr, pruning_curve, snr, snr_threshold_for_fraction
 from .quantize import quantize_model, quantize_tensor
 from .realisations import realisation_accuracies, sample_realisations
-from .spec import build_model, model_spec
 from .stages import SpikingSequential, model_stages, spiking_forward
 
 __all__ = ["DEFAULT_DT", "to_nir", "from_nir", "model_to_graph", "graph_to_model", "read_graph",
            "SpikingSequential", "model_stages", "spiking_forward", "quantize_tensor", "quantize_model",
            "snr", "prune_by_snr", "snr_threshold_for_fraction", "pruning_curve", "sample_realisations",
-           "realisation_accuracies", "accuracy", "model_spec", "build_model"]
+           "realisation_accuracies", "accuracy"]

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from ..losses import predictive_log_probs
-from ..synapses import BayesianLayer
+from ..synapses import mode_set
 
 __all__ = ["accuracy"]
 
@@ -17,16 +17,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str = "me
     network; ``"bayes"``: the average of ``samples`` weight draws (predictive distribution)."""
     if mode not in ("mean", "bayes"):
         raise ValueError(f"mode must be 'mean' or 'bayes', got {mode!r}")
-    layers = [m for m in model.modules() if isinstance(m, BayesianLayer)]
-    saved = [m.mode for m in layers]
-    for m in layers:
-        m.mode = "mean" if mode == "mean" else "sample"
-    try:
-        correct = 0
+    correct = 0
+    with mode_set(model, "mean" if mode == "mean" else "sample"):
         for i in range(0, y.shape[0], batch_size):
             out = model(x[:, i:i + batch_size], samples=1 if mode == "mean" else samples, generator=generator)
             correct += int((predictive_log_probs(out).argmax(1) == y[i:i + batch_size]).sum())
-    finally:
-        for m, s in zip(layers, saved):
-            m.mode = s
     return correct / max(int(y.shape[0]), 1)

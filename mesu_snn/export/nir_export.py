@@ -48,9 +48,9 @@ import torch.nn as nn
 
 from ..functional.surrogate import ATan, FastSigmoid, Heaviside, make_surrogate
 from ..neurons import LIF
-from ..observe.atomic import atomic_path
+from ..runs.atomic import atomic_path
 from ..synapses import BayesConv2d, BayesianLayer, BayesLinear
-from .spec import build_model, model_spec
+from ..models import model_from_spec, model_spec
 from .stages import AvgPool, Flatten, SpikingSequential, model_stages, stage_shapes
 
 __all__ = ["DEFAULT_DT", "to_nir", "from_nir", "model_to_graph", "graph_to_model", "read_graph",
@@ -150,7 +150,7 @@ def model_to_graph(model: nn.Module, dt: float = DEFAULT_DT, layer_metadata: dic
     {qualified layer name: dict} added to those layers' node metadata (e.g. quantisation)."""
     import nir
 
-    from .. import __version__
+    from .._version import __version__
     stages, input_shape = model_stages(model)
     shapes = stage_shapes(stages, input_shape)
     names = {id(m): n for n, m in model.named_modules()}
@@ -388,7 +388,7 @@ def _rebuild(spec: dict, stages, source) -> nn.Module:
     """Our own model class from its spec, with the imported stages' parameters and neurons."""
     lifs = [s for s in stages if isinstance(s, LIF)]
     layers = [s for s in stages if isinstance(s, BayesianLayer)]
-    model = build_model(spec)
+    model = model_from_spec(spec)
     if spec["class"] == "SpikingMLP":
         model.neurons = nn.ModuleList(lifs)
         model.layers = nn.ModuleList(layers)

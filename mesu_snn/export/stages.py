@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..models import SpikingConvNet, SpikingMLP
 from ..neurons import LIF
-from ..synapses import BayesianLayer, set_mode
+from ..synapses import BayesianLayer, mode_set, set_mode
 
 __all__ = ["AvgPool", "Flatten", "SpikingSequential", "model_stages", "spiking_forward", "stage_shapes"]
 
@@ -101,18 +101,10 @@ def stage_shapes(stages, input_shape) -> list[tuple[int, ...]]:
     """Per-sample output shape of every stage (found by running one zero input)."""
     h = torch.zeros(1, 1, 1, *input_shape)
     shapes = []
-    modes = {}
-    for s in stages:
-        if isinstance(s, BayesianLayer):
-            modes[s] = s.mode
-            s.mode = "mean"
-    try:
+    with mode_set(stages, "mean"):
         for s in stages:
             h = _apply(s, h)
             shapes.append(tuple(h.shape[3:]))
-    finally:
-        for s, m in modes.items():
-            s.mode = m
     return shapes
 
 

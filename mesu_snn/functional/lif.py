@@ -116,26 +116,16 @@ def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFParameters) -> tuple[torch.
     return s, v_new
 
 
-IMPLS = ("auto", "reference", "fused")
-
-
 def lif_sequence(x: torch.Tensor, p: LIFParameters, v0: torch.Tensor | None = None,
-                 return_membrane: bool = False, impl: str = "auto"):
-    """Run LIF over time. x: (T, *S) currents -> spikes (T, *S) [and membranes (T, *S)].
+                 return_membrane: bool = False):
+    """Run LIF over time: the plain loop of :func:`lif_step` (the definition).
 
-    v0 (S) is the initial membrane (default: :func:`initial_membrane`).
-    impl: ``"reference"`` is the plain loop of :func:`lif_step` below (the definition);
-    ``"fused"`` is :func:`mesu_snn.kernels.lif_sequence_fused` (same spikes, gradients equal
-    to float rounding, less memory; scalar parameters only); ``"auto"`` uses the fused kernel
-    when it supports ``p`` (and :func:`mesu_snn.kernels.fast_paths` is not off), else the reference."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    x: (T, *S) currents -> spikes (T, *S) [and membranes (T, *S)]. v0 (S) is the initial
+    membrane (default: :func:`initial_membrane`). The fast twin is
+    :func:`mesu_snn.kernels.lif_sequence_fused` (same spikes, gradients equal to rounding);
+    :class:`mesu_snn.LIF` chooses between them."""
     if x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(f"lif_sequence expects a (T, ...) tensor with T >= 1, got shape {tuple(x.shape)}")
-    if impl != "reference":
-        from ..kernels.lif_fused import fast_paths_enabled, lif_sequence_fused, supports
-        if impl == "fused" or (fast_paths_enabled() and supports(p) and torch.is_floating_point(x)):
-            return lif_sequence_fused(x, p, v0=v0, return_membrane=return_membrane)
     v = initial_membrane(x[0], p) if v0 is None else v0
     spikes, mems = [], []
     for t in range(x.shape[0]):

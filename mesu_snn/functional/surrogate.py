@@ -71,7 +71,7 @@ class FastSigmoid:
         return _FastSigmoidFn.apply(x, float(self.slope))
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
-        """dS/dx evaluated at x (no autograd), for fused kernels."""
+        """dS/dx at x (no autograd): the derivative the backward applies (e.g. for eligibility traces)."""
         return 1.0 / (self.slope * x.abs() + 1.0) ** 2
 
 
@@ -105,6 +105,10 @@ class Heaviside:
 
 
 Surrogate = FastSigmoid | ATan | Heaviside
+
+
+#: surrogate names a config may give (their default parameters)
+SURROGATES = ("fast_sigmoid", "atan")
 
 
 def make_surrogate(spec) -> Surrogate:

@@ -1,11 +1,12 @@
-"""Fast paths: a fused multi-step LIF, fused MESU/BGD updates, one-node Gaussian weights, and a
-sync-free (CUDA-graph capturable) training step. The equations live in :mod:`mesu_snn.functional`."""
+"""Fast paths: a fused multi-step LIF, fused MESU/BGD updates, one-node Gaussian weights and a
+bool-saving spike matmul. Each is checked equal to its readable twin in
+:mod:`mesu_snn.functional`; the modules that use them choose them, and
+``with fast_paths(False):`` (the one switch) runs the readable code everywhere."""
 from .fused_update import all_finite, fused_bgd_step, fused_mesu_step
 from .gaussian_weight import gaussian_weight
-from .graph_step import GraphedTrainStep, guarded_update
-from .lif_fused import fast_paths, fast_paths_enabled, lif_sequence_fused, supports
+from .lif_fused import lif_sequence_fused, supports
 from .spike_linear import spike_linear
+from .switch import fast_paths, fast_paths_enabled
 
 __all__ = ["lif_sequence_fused", "supports", "fast_paths", "fast_paths_enabled", "fused_mesu_step",
-           "fused_bgd_step", "all_finite", "guarded_update", "GraphedTrainStep", "spike_linear",
-           "gaussian_weight"]
+           "fused_bgd_step", "all_finite", "spike_linear", "gaussian_weight"]

@@ -26,36 +26,15 @@ the time loop into one kernel); see :func:`lif_sequence_fused`.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..functional.lif import LIFParameters, _beta
+from ..functional.lif import LIFParameters, _beta, lif_sequence
 from ..functional.surrogate import ATan, FastSigmoid, Heaviside
 
-__all__ = ["supports", "lif_sequence_fused", "LIFConfig", "fast_paths", "fast_paths_enabled"]
-
-_FAST = [True]
-
-
-def fast_paths_enabled() -> bool:
-    """Whether ``impl="auto"`` callers (lif_sequence, SpikingMLP, SpikingConvNet) use the fused kernel."""
-    return _FAST[0]
-
-
-@contextmanager
-def fast_paths(enabled: bool = True):
-    """Context manager: ``with fast_paths(False):`` runs every ``impl="auto"`` LIF on the
-    reference loop (for comparisons and debugging); restores the previous setting on exit."""
-    saved = _FAST[0]
-    _FAST[0] = bool(enabled)
-    try:
-        yield
-    finally:
-        _FAST[0] = saved
-
+__all__ = ["supports", "lif_sequence_fused", "LIFConfig"]
 
 class LIFConfig(NamedTuple):
     """Plain-number LIF configuration used by the fused kernel."""
@@ -231,7 +210,7 @@ def lif_sequence_fused(x: torch.Tensor, p: LIFParameters, v0: torch.Tensor | Non
     """
     if not supports(p):
         raise ValueError("lif_sequence_fused needs scalar (Python number) beta/threshold/v_leak/v_reset/"
-                         "input_scale and a FastSigmoid/ATan/Heaviside surrogate; use impl='reference'")
+                         "input_scale and a FastSigmoid/ATan/Heaviside surrogate; use mesu_snn.functional.lif_sequence")
     if not torch.is_floating_point(x):
         raise ValueError(f"lif_sequence_fused expects floating-point currents, got dtype {x.dtype}")
     time_dim = time_dim % max(x.dim(), 1)
@@ -240,8 +219,7 @@ def lif_sequence_fused(x: torch.Tensor, p: LIFParameters, v0: torch.Tensor | Non
     if torch.compiler.is_compiling():
         # under torch.compile the plain loop is traced instead: inductor fuses it (and AOT
         # autograd chooses what to save); the eager kernel's out=/in-place ops would break the graph
-        from ..functional.lif import lif_sequence
-        out = lif_sequence(x.movedim(time_dim, 0), p, v0=v0, return_membrane=return_membrane, impl="reference")
+        out = lif_sequence(x.movedim(time_dim, 0), p, v0=v0, return_membrane=return_membrane)
         if return_membrane:
             return out[0].movedim(0, time_dim), out[1].movedim(0, time_dim)
         return out.movedim(0, time_dim)

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..losses import nll_loss
-from ..synapses import bayesian_pairs, sampled_weights, set_mode
+from ..synapses import bayesian_pairs, mode_set, sampled_weights
 
 __all__ = ["hessian_diagonal", "hutchinson_diagonal", "surrogate_loss", "reference_lif"]
 
@@ -54,16 +54,10 @@ def surrogate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weights: 
     (``"draw"``, noise from ``generator``); x (T, B, ...), y (B,)."""
     if weights not in ("mean", "draw"):
         raise ValueError(f"weights must be 'mean' or 'draw', got {weights!r}")
-    modes = {id(m): m.mode for _, m in model.named_modules() if hasattr(m, "weight_mu")}
-    set_mode(model, weights == "mean" and "mean" or "sample")
-    try:
+    with mode_set(model, "mean" if weights == "mean" else "sample"):
         ctx = sampled_weights(model, 1, generator) if weights == "draw" else nullcontext()
         with ctx, reference_lif():
             out = model(x, samples=1)
-    finally:
-        for _, m in model.named_modules():
-            if id(m) in modes:
-                m.mode = modes[id(m)]
     return nll_loss(out, y) / y.shape[0]
 
 

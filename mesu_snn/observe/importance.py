@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..losses import nll_loss
-from ..synapses import bayesian_pairs, set_mode
+from ..rules.ewc import fisher_diagonal
+from ..rules.si import si_importance as _si_importance
+from ..synapses import bayesian_pairs, mode_set
 
 __all__ = ["mesu_importance", "bgd_importance", "ewc_fisher_diagonal", "si_importance", "SIPathIntegral",
            "correlations", "compare_importances", "flatten"]
@@ -39,10 +40,8 @@ def bgd_importance(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def si_importance(path_integral: torch.Tensor, delta: torch.Tensor, xi: float = 1e-3) -> torch.Tensor:
-    """ω = path_integral / (Δ² + ξ), with path_integral = Σ −g·Δθ and Δ the total change."""
-    if not xi > 0:
-        raise ValueError(f"xi must be > 0, got {xi!r}")
-    return path_integral.detach().double() / (delta.detach().double() ** 2 + xi)
+    """ω = path_integral / (Δ² + ξ) in float64 (:func:`mesu_snn.rules.si.si_importance`)."""
+    return _si_importance(path_integral.detach().double(), delta.detach().double(), xi)
 
 
 class SIPathIntegral:
@@ -77,21 +76,9 @@ def ewc_fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> d
     """Empirical Fisher diagonal of the mean network: mean over the B samples of the squared
     per-sample gradient of log p(y_b | x_b, μ). x (T, B, ...), y (B,)."""
     pairs = bayesian_pairs(model)
-    modes = {id(m): m.mode for _, m in model.named_modules() if hasattr(m, "weight_mu")}
-    set_mode(model, "mean")
-    acc = {n: torch.zeros_like(mu, dtype=torch.float64) for n, mu, _ in pairs}
-    try:
-        for b in range(y.shape[0]):
-            loss = nll_loss(model(x[:, b:b + 1], samples=1), y[b:b + 1])   # −log p(y_b | x_b)
-            grads = torch.autograd.grad(loss, [mu for _, mu, _ in pairs], allow_unused=True)
-            for (n, _, _), g in zip(pairs, grads):
-                if g is not None:
-                    acc[n] += g.detach().double() ** 2
-    finally:
-        for _, m in model.named_modules():
-            if id(m) in modes:
-                m.mode = modes[id(m)]
-    return {n: a / y.shape[0] for n, a in acc.items()}
+    with mode_set(model, "mean"):
+        fisher = fisher_diagonal(model, [mu for _, mu, _ in pairs], [(x, y)], dtype=torch.float64)
+    return {n: f for (n, _, _), f in zip(pairs, fisher)}
 
 
 def flatten(d: dict[str, torch.Tensor], names=None) -> np.ndarray:

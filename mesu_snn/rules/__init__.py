@@ -1,8 +1,14 @@
 """Learning rules: MESU and BGD as torch optimizers; the trainer's :class:`Rule` wrappers for
-MESU, BGD, SGD, Adam, online EWC and SI, built by :func:`make_rule`."""
-from .baselines import AdamRule, BGDRule, MESURule, SGDRule, make_rule
-from .bgd import BGD
-from .mesu import MESU
+MESU, BGD, SGD, Adam, online EWC and SI (each next to its optimizer), built by :func:`make_rule`
+from the one registry :data:`RULES`."""
+from .bgd import BGD, BGDRule
+from .ewc import OnlineEWC
+from .graph_step import GraphedTrainStep, guarded_update
+from .mesu import MESU, MESURule
+from .registry import RULES, hyperparameters, make_rule
 from .rule import Rule
+from .sgd import AdamRule, SGDRule
+from .si import SynapticIntelligence
 
-__all__ = ["MESU", "BGD", "Rule", "MESURule", "BGDRule", "SGDRule", "AdamRule", "make_rule"]
+__all__ = ["MESU", "BGD", "Rule", "MESURule", "BGDRule", "SGDRule", "AdamRule", "OnlineEWC",
+           "SynapticIntelligence", "make_rule", "RULES", "hyperparameters", "GraphedTrainStep", "guarded_update"]

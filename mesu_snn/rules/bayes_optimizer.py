@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..kernels.fused_update import all_finite
+from ..kernels.switch import fast_paths_enabled
 from ..synapses import bayesian_pairs
 
 NONFINITE = ("raise", "skip")
@@ -106,11 +107,10 @@ class BayesianOptimizer(torch.optim.Optimizer):
     def _update(self, mu, sigma, gmu, gsigma, group) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    #: Use the subclass's ``_fused_update`` (all pairs of a group in one pass of foreach ops,
-    #: :mod:`mesu_snn.kernels.fused_update`) when it has one; False runs the readable per-pair
-    #: ``_update`` (the pure functions of :mod:`mesu_snn.functional`). Both give the same
-    #: result to floating-point rounding.
-    fused = True
+    # The subclass's ``_fused_update`` (all pairs of a group in one pass of foreach ops,
+    # :mod:`mesu_snn.kernels.fused_update`) runs while :func:`mesu_snn.kernels.fast_paths` is on;
+    # ``with fast_paths(False):`` runs the readable per-pair ``_update`` (the pure functions of
+    # :mod:`mesu_snn.functional`). Both give the same result to floating-point rounding.
 
     def _fused_update(self, mus, sigmas, gmus, gsigmas, group) -> bool:
         """Optional: update the group's pairs in place; return False to use ``_update`` instead."""
@@ -137,7 +137,7 @@ class BayesianOptimizer(torch.optim.Optimizer):
                         p.add_(p.grad, alpha=-g["lr"])
                 continue
             ps = g["params"]
-            if self.fused and type(self)._fused_update is not BayesianOptimizer._fused_update:
+            if fast_paths_enabled() and type(self)._fused_update is not BayesianOptimizer._fused_update:
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
                 if self._fused_update(ps[0::2], ps[1::2], grads[0::2], grads[1::2], g):
                     continue

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from ..functional.bgd import bgd_update
 from ..kernels.fused_update import fused_bgd_step
+from ..synapses import set_mode
 from .bayes_optimizer import BayesianOptimizer
+from .rule import Rule
 
-__all__ = ["BGD"]
+__all__ = ["BGD", "BGDRule"]
 
 
 class BGD(BayesianOptimizer):
@@ -30,3 +32,13 @@ class BGD(BayesianOptimizer):
             return False   # a subclass changed the rule: use its per-pair _update
         fused_bgd_step(mus, sigmas, gmus, gsigmas, lr=g["lr"])
         return True
+
+
+class BGDRule(Rule):
+    """BGD (Zeno et al. 2018): Bayesian, task-free, loss averaged over the batch (their code)."""
+    name, bayesian = "bgd", True
+    bounds = {"lr": ">=0"}
+
+    def __init__(self, model: nn.Module, lr: float = 1.0):
+        set_mode(model, "sample")
+        super().__init__(model, BGD(model, lr=lr), "mean", dict(lr=lr))

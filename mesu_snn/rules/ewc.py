@@ -21,10 +21,34 @@ import torch
 import torch.nn as nn
 
 from ..losses import nll_loss
-from .baselines import make_base_optimizer, mean_mode_parameters
-from .rule import Rule
+from .rule import Rule, make_base_optimizer, mean_mode_parameters
 
-__all__ = ["OnlineEWC"]
+__all__ = ["OnlineEWC", "fisher_diagonal"]
+
+
+def fisher_diagonal(model: nn.Module, params: list[torch.Tensor], batches, max_samples: int | None = None,
+                    dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """Empirical Fisher diagonal of ``params``: the mean over samples of the squared per-sample
+    gradient of log p(y_i | x_i) (the model as it is: put it in mean mode for EWC). ``batches``
+    yields (x (T, B, ...), y (B,)); at most ``max_samples`` samples are used. The one home of this
+    estimate (EWC's penalty and the observatory's importance comparison use it)."""
+    acc = [torch.zeros_like(p, dtype=dtype or p.dtype) for p in params]
+    n = 0
+    for x, y in batches:
+        for i in range(y.shape[0]):
+            if max_samples is not None and n >= max_samples:
+                break
+            loss = nll_loss(model(x[:, i:i + 1], samples=1), y[i:i + 1])   # −log p(y_i | x_i)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for a, g in zip(acc, grads):
+                if g is not None:
+                    a.add_(g.detach().to(a.dtype).pow(2))
+            n += 1
+        if max_samples is not None and n >= max_samples:
+            break
+    if n == 0:
+        raise ValueError("fisher_diagonal: no samples to estimate the Fisher information from")
+    return [a / n for a in acc]
 
 
 class OnlineEWC(Rule):
@@ -32,6 +56,8 @@ class OnlineEWC(Rule):
 
     name = "ewc"
     uses_task_boundaries = True
+    bounds = {"lr": ">0", "base": ("sgd", "adam"), "momentum": "[0,1)", "ewc_lambda": ">=0", "gamma": "[0,1]",
+              "fisher_samples": "int>=1"}
 
     def __init__(self, model: nn.Module, lr: float = 0.01, base: str = "sgd", momentum: float = 0.0,
                  ewc_lambda: float = 100.0, gamma: float = 1.0, fisher_samples: int = 200):
@@ -59,24 +85,7 @@ class OnlineEWC(Rule):
 
     def fisher_diagonal(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """Empirical diagonal Fisher over at most ``fisher_samples`` samples of ``batches``."""
-        acc = [torch.zeros_like(p) for p in self.params]
-        n = 0
-        for x, y in batches:
-            for i in range(y.shape[0]):
-                if n >= self.fisher_samples:
-                    break
-                out = self.model(x[:, i:i + 1], samples=1)            # (1, 1, C)
-                loss = nll_loss(out, y[i:i + 1])                     # −log p(y_i | x_i)
-                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-                for a, g in zip(acc, grads):
-                    if g is not None:
-                        a.add_(g.detach().pow(2))
-                n += 1
-            if n >= self.fisher_samples:
-                break
-        if n == 0:
-            raise ValueError("OnlineEWC.end_task: no samples to estimate the Fisher information from")
-        return [a / n for a in acc]
+        return fisher_diagonal(self.model, self.params, batches, self.fisher_samples)
 
     def end_task(self, task_index: int, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
         fisher = self.fisher_diagonal(batches())

@@ -10,9 +10,11 @@ import torch
 
 from ..functional.mesu import mesu_update
 from ..kernels.fused_update import fused_mesu_step
+from ..synapses import set_mode
 from .bayes_optimizer import BayesianOptimizer
+from .rule import Rule
 
-__all__ = ["MESU"]
+__all__ = ["MESU", "MESURule"]
 
 #: Default gradient clamp c (gradients clipped to ±c/σ). With lr_sigma·c < 2 a step can at
 #: most shrink σ by the factor (1 − c/2); 0.5 is the value that let MESU learn permuted MNIST
@@ -66,3 +68,19 @@ class MESU(BayesianOptimizer):
                         mu_prior=g["mu_prior"], lr_mu=g["lr_mu"], lr_sigma=g["lr_sigma"],
                         clamp_grad=g["clamp_grad"])
         return True
+
+
+class MESURule(Rule):
+    """MESU (Bonnet et al.): Bayesian, task-free, loss summed over the batch."""
+    name, bayesian = "mesu", True
+    #: config bounds per hyperparameter (the names and defaults come from __init__'s signature)
+    bounds = {"memory": ">0", "sigma_prior": ">0", "mu_prior": "real", "lr_mu": ">=0", "lr_sigma": ">=0",
+              "clamp_grad": ">0"}
+
+    def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
+                 lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5):
+        set_mode(model, "sample")
+        opt = MESU(model, memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
+                   lr_sigma=lr_sigma, clamp_grad=clamp_grad)
+        super().__init__(model, opt, "sum", dict(memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior,
+                                                 lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad))

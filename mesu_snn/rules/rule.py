@@ -3,7 +3,7 @@ are allowed to know them) a hook at task boundaries.
 
 The trainer does, for every mini-batch (x, y) of a task-free stream::
 
-    out = model(x, samples=rule.train_samples(M))     # (M, B, C)
+    out = model(x, samples=M if rule.bayesian else 1)   # (M, B, C)
     loss = rule.loss(out, y)                          # data term (+ penalty)
     rule.zero_grad(); loss.backward(); rule.step()
 
@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 
 from ..losses import nll_loss
+from ..synapses import bayesian_pairs, set_mode
 
-__all__ = ["Rule", "REDUCTIONS"]
+__all__ = ["Rule", "REDUCTIONS", "mean_mode_parameters", "make_base_optimizer"]
 
 REDUCTIONS = ("sum", "mean")
 
@@ -37,16 +38,15 @@ class Rule:
     name: str = "rule"
     bayesian: bool = False
     uses_task_boundaries: bool = False
+    #: config bounds of the constructor's hyperparameters: ">0", ">=0", "[0,1]", "[0,1)",
+    #: "real", "int>=1" or a tuple of allowed strings (:mod:`mesu_snn.config` reads them)
+    bounds: dict = {}
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, reduction: str, hyperparameters: dict):
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.model, self.optimizer, self.reduction = model, optimizer, reduction
         self.hyperparameters = dict(hyperparameters)
-
-    def train_samples(self, samples: int) -> int:
-        """Monte-Carlo samples per update: ``samples`` for Bayesian rules, 1 otherwise."""
-        return samples if self.bayesian else 1
 
     def data_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """NLL of the (M, B, C) outputs, averaged over samples, summed or averaged over the batch."""
@@ -92,3 +92,33 @@ class Rule:
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
         return f"{type(self).__name__}({hp})"
+
+
+def mean_mode_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Put ``model`` in mean mode (w = μ), freeze every σ, and return the parameters a
+    non-Bayesian optimizer trains: every μ and any other trainable parameter."""
+    pairs = bayesian_pairs(model)
+    if not pairs:
+        raise ValueError(f"{type(model).__name__} has no Bayesian layers; the rules expect mesu_snn layers "
+                         "(use mesu_snn.bayesianize(model))")
+    set_mode(model, "mean")
+    sigma_ids = set()
+    for _, _, s in pairs:
+        s.requires_grad_(False)
+        sigma_ids.add(id(s))
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in sigma_ids]
+
+
+def make_base_optimizer(params, base: str, lr: float, momentum: float = 0.0) -> torch.optim.Optimizer:
+    """SGD (with optional momentum) or Adam over ``params``."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if base == "sgd":
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if base == "adam":
+        if momentum:
+            raise ValueError("momentum applies to base='sgd' only")
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"base must be 'sgd' or 'adam', got {base!r}")

@@ -18,10 +18,17 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from .baselines import make_base_optimizer, mean_mode_parameters
-from .rule import Rule
+from .rule import Rule, make_base_optimizer, mean_mode_parameters
 
-__all__ = ["SynapticIntelligence"]
+__all__ = ["SynapticIntelligence", "si_importance"]
+
+
+def si_importance(path_integral: torch.Tensor, delta: torch.Tensor, xi: float = 1e-3) -> torch.Tensor:
+    """ω / (Δ² + ξ): SI's importance from the path integral ω = Σ −g·Δθ and the total change Δ
+    (the one home of this formula; the observatory uses it too)."""
+    if not xi > 0:
+        raise ValueError(f"xi must be > 0, got {xi!r}")
+    return path_integral / (delta ** 2 + xi)
 
 
 class SynapticIntelligence(Rule):
@@ -29,6 +36,7 @@ class SynapticIntelligence(Rule):
 
     name = "si"
     uses_task_boundaries = True
+    bounds = {"lr": ">0", "base": ("sgd", "adam"), "momentum": "[0,1)", "si_c": ">=0", "xi": ">0"}
 
     def __init__(self, model: nn.Module, lr: float = 0.01, base: str = "sgd", momentum: float = 0.0,
                  si_c: float = 0.1, xi: float = 1e-3):
@@ -71,7 +79,7 @@ class SynapticIntelligence(Rule):
     def end_task(self, task_index: int, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
         with torch.no_grad():
             for om, w, a, p in zip(self.omega, self.importance, self.anchor, self.params):
-                w.add_(om / ((p - a).pow(2) + self.xi))
+                w.add_(si_importance(om, p - a, self.xi))
                 om.zero_()
                 a.copy_(p)
         self.tasks_consolidated += 1

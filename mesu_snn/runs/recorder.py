@@ -1,5 +1,5 @@
 """``SigmaRecorder``: a training callback that writes σ and μ traces of every Bayesian layer to
-HDF5 (layout: :mod:`mesu_snn.observe.schema`).
+HDF5 (layout: :mod:`mesu_snn.runs.schema`).
 
 It works attached to any loop that calls the :class:`~mesu_snn.callbacks.Callback` methods::
 
@@ -74,7 +74,7 @@ def run_versions() -> dict[str, str]:
     """Versions of Python and the packages a run depends on."""
     import h5py
 
-    from .. import __version__
+    from .._version import __version__
     v = {"python": platform.python_version(), "mesu_snn": __version__, "torch": torch.__version__,
          "numpy": np.__version__, "h5py": h5py.__version__}
     try:

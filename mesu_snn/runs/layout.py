@@ -1,16 +1,26 @@
-"""Reading a run directory (layout in :mod:`mesu_snn.run_dir`)::
+"""The run directory, the one home for its layout: create one (never overwriting without
+``force``), find and read its files, rebuild its model.
 
-    config.toml, metrics.json, log.csv, checkpoints/last.pt, sigma_trace.h5 (SigmaRecorder),
-    importance.npz (optional: Hessian diagonal and importances, :func:`save_importance`)
+Layout (written by ``mesu-snn train`` / ``demo`` and the trainer)::
 
-The model is rebuilt from the checkpoint's ``model`` state dict: its class and sizes from a
-``model_spec`` entry when present, else from the state dict's shapes and ``[model]`` of
-config.toml (neuron settings, readout; a conv net's input shape from ``[data] dataset``).
+    DIR/.mesu-run            marker: this folder is a mesu-snn run directory
+    DIR/config.toml          the validated configuration
+    DIR/metrics.json         accuracy matrix and every metric (written at the end)
+    DIR/log.csv              one row per update (loss, accuracy, evaluations)
+    DIR/*.png                plots (accuracy matrix, accuracy of each task over time, ...)
+    DIR/checkpoints/last.pt  atomic checkpoint every K updates (and at the end)
+
+    DIR/sigma_trace.h5       σ traces (:class:`mesu_snn.runs.SigmaRecorder`, ``--sigma-trace``)
+    DIR/importance.npz       optional: Hessian diagonal and importances (:func:`save_importance`)
+
+The model is rebuilt from the checkpoint: its description (``model_spec``, see
+:func:`mesu_snn.models.model_spec`) and its ``model`` state dict.
 """
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,19 +28,58 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..export.spec import build_model
+from ..models import model_from_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["run_files", "read_metrics", "read_config", "read_log", "load_run_model", "infer_spec",
+__all__ = ["MARKER", "CHECKPOINT", "create_run_dir", "is_run_dir", "run_files", "read_metrics", "read_config", "read_log", "load_run_model",
            "save_importance", "read_importance", "TRACE_NAME", "IMPORTANCE_NAME"]
 
 TRACE_NAME = "sigma_trace.h5"
+CHECKPOINT = Path("checkpoints") / "last.pt"   #: the only checkpoint readers open
+MARKER = ".mesu-run"
+
+
+def is_run_dir(path: str | Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def create_run_dir(path: str | Path, force: bool = False, resume: bool = False) -> Path:
+    """Make ``path`` ready for a run and return it.
+
+    * missing or empty folder: created;
+    * ``resume``: must be an existing run directory; kept as it is;
+    * existing, non-empty: ``FileExistsError`` unless ``force``; with ``force`` its contents
+      are deleted, but only if it is a run directory (has the ``.mesu-run`` marker), so
+      ``--force`` never wipes an unrelated folder.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"run directory {path} exists and is not a folder")
+    if resume:
+        if not is_run_dir(path):
+            raise FileNotFoundError(f"cannot resume: {path} is not a mesu-snn run directory (no {MARKER})")
+        return path
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise FileExistsError(f"run directory {path} already exists and is not empty; pass --force to "
+                                  "overwrite it, --resume to continue it, or choose another --out")
+        if not is_run_dir(path):
+            raise FileExistsError(f"refusing to --force {path}: it is not a mesu-snn run directory (no {MARKER} "
+                                  "marker); delete it yourself or choose another --out")
+        for child in path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("mesu-snn run directory\n")
+    return path
+
 IMPORTANCE_NAME = "importance.npz"
-INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "nmnist": (2, 34, 34)}
 
 
 def run_files(run_dir) -> dict[str, Path | None]:
@@ -39,7 +88,7 @@ def run_files(run_dir) -> dict[str, Path | None]:
     if not d.is_dir():
         raise FileNotFoundError(f"run directory {d} does not exist")
     pick = lambda p: p if p.is_file() else None
-    ckpt = pick(d / "checkpoints" / "last.pt")      # only the file we write: never a stray *.pt
+    ckpt = pick(d / CHECKPOINT)                      # only the file we write: never a stray *.pt
     trace = pick(d / TRACE_NAME) or pick(d / (TRACE_NAME + ".partial"))
     return {"config": pick(d / "config.toml"), "metrics": pick(d / "metrics.json"), "log": pick(d / "log.csv"),
             "trace": trace, "checkpoint": ckpt, "importance": pick(d / IMPORTANCE_NAME)}
@@ -79,55 +128,22 @@ def read_log(path) -> dict[str, np.ndarray]:
     return {h: np.array([num(r[i]) if i < len(r) else math.nan for r in body]) for i, h in enumerate(head)}
 
 
-def infer_spec(state: dict, config: dict | None = None) -> dict:
-    """A :func:`~mesu_snn.export.spec.build_model` spec from a state dict's shapes and config."""
-    mcfg = dict((config or {}).get("model", {}))
-    neuron = {k: mcfg[k] for k in ("beta", "threshold", "reset", "surrogate") if k in mcfg}
-    for k in ("beta", "threshold"):           # the trained buffers win over a config that disagrees
-        v = state.get(f"neurons.0.{k}")
-        if v is not None and v.dim() == 0 and not (k in neuron and float(torch.tensor(float(neuron[k]),
-                                                                                       dtype=v.dtype)) == float(v)):
-            neuron[k] = float(v)
-    readout = mcfg.get("readout", "membrane")
-    if "layers.0.weight_mu" in state:
-        n = 0
-        while f"layers.{n}.weight_mu" in state:
-            n += 1
-        ws = [state[f"layers.{i}.weight_mu"] for i in range(n)]
-        return {"class": "SpikingMLP", "sizes": [int(ws[0].shape[1])] + [int(w.shape[0]) for w in ws],
-                "readout": readout, "bias": "layers.0.bias_mu" in state, "neuron": neuron}
-    if "convs.0.weight_mu" in state and "fc.weight_mu" in state:
-        n = 0
-        while f"convs.{n}.weight_mu" in state:
-            n += 1
-        ws = [state[f"convs.{i}.weight_mu"] for i in range(n)]
-        channels = [int(ws[0].shape[1])] + [int(w.shape[0]) for w in ws]
-        fc_in = int(state["fc.weight_mu"].shape[1])
-        shape = INPUT_SHAPES.get(str((config or {}).get("data", {}).get("dataset", "")))
-        if shape is None or shape[0] != channels[0]:
-            side = int(round(math.sqrt(fc_in / channels[-1]))) * 2 ** n
-            shape = (channels[0], side, side)
-        return {"class": "SpikingConvNet", "input_shape": list(shape), "channels": channels,
-                "n_classes": int(state["fc.weight_mu"].shape[0]), "kernel_size": int(ws[0].shape[-1]),
-                "readout": readout, "neuron": neuron}
-    raise ValueError("cannot tell the model from the checkpoint's state dict (no layers.N.weight_mu or "
-                     "convs.N.weight_mu keys) and it has no model_spec")
-
-
 def load_run_model(run_dir) -> nn.Module:
     """The trained model of a run (from its checkpoint). Errors name the file at fault."""
     files = run_files(run_dir)
     if files["checkpoint"] is None:
         raise FileNotFoundError(f"run directory {run_dir} has no checkpoint (checkpoints/last.pt)")
     path = files["checkpoint"]
-    from ..checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint
     ckpt = load_checkpoint(path)
     state = ckpt.get("model")
     if not isinstance(state, dict):
         raise ValueError(f"{path}: checkpoint has no model state dict (keys {sorted(ckpt)})")
-    config = read_config(files["config"]) if files["config"] else {}
-    spec = ckpt.get("model_spec") or infer_spec(state, config)
-    model = build_model(spec)
+    spec = ckpt.get("model_spec")
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: checkpoint has no model description (model_spec); it predates mesu_snn's "
+                         "version-2 checkpoints: re-run the training")
+    model = model_from_spec(spec)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

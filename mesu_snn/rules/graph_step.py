@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ..losses import nll_loss
-from .fused_update import bgd_factors, mesu_deltas
+from ..kernels.fused_update import bgd_factors, mesu_deltas
 
 __all__ = ["guarded_update", "GraphedTrainStep"]
 
@@ -34,8 +34,8 @@ def guarded_update(optimizer) -> torch.Tensor:
     skipped on the device if any gradient is NaN/Inf. Returns ``ok`` (0-dim bool tensor).
 
     Does not advance ``group["step"]`` nor ``optimizer.skipped_steps`` (the caller counts)."""
-    from ..rules.bgd import BGD
-    from ..rules.mesu import MESU
+    from .bgd import BGD
+    from .mesu import MESU
     if not isinstance(optimizer, (MESU, BGD)):
         raise ValueError(f"guarded_update supports MESU and BGD, got {type(optimizer).__name__}")
     all_ps = [p for g in optimizer.param_groups for p in g["params"]]

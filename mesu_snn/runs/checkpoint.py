@@ -15,7 +15,7 @@ killed at any moment leaves either the previous checkpoint or the new one, never
 file. Contents written by the trainer:
 
 ``model`` (state_dict), ``rule`` (optimizer state_dict + importances/anchors), ``rng``
-(:func:`capture_rng`: torch CPU (+CUDA), numpy, python ``random``, and the trainer's own
+(:func:`mesu_snn.seeding.capture_rng`: torch CPU (+CUDA), numpy, python ``random``, and the trainer's own
 generators: Monte-Carlo weight noise, encoder), ``position`` (updates done = batches of the
 task-free stream consumed), ``state`` (accuracy matrix rows, history, log rows so far).
 """
@@ -24,74 +24,17 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "atomic_write_bytes",
-           "atomic_write_text", "check_bayes_state", "CHECKPOINT_VERSION"]
+from .atomic import atomic_write_bytes
+
+__all__ = ["save_checkpoint", "load_checkpoint", "check_bayes_state", "CHECKPOINT_VERSION"]
 
 CHECKPOINT_VERSION = 2
 FORMAT = "mesu_snn.checkpoint"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict:
-    """States of torch (CPU and every CUDA device), numpy, python ``random`` and ``generators``."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy_state = (str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
-                   float(cached))                       # plain types + a tensor: loads with weights_only=True
-    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
-             "generators": {k: g.get_state() for k, g in (generators or {}).items()}}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = None) -> None:
-    """Inverse of :func:`capture_rng`; every name in ``generators`` must be in the state."""
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    saved = state.get("generators", {})
-    for k, g in (generators or {}).items():
-        if k not in saved:
-            raise ValueError(f"checkpoint has no state for the generator {k!r}")
-        g.set_state(saved[k])
 
 
 def _to_bytes(obj) -> bytes:
@@ -128,8 +71,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         outer = _safe_load(path.read_bytes())
     except Exception as e:  # a truncated or foreign file, or a pickle that wants code
+        why = ("it holds objects other than tensors and plain types, which could run code"
+               if "Weights only load failed" in str(e) else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
         raise ValueError(f"{path}: not a readable mesu_snn checkpoint; it was refused by the safe "
-                         f"(weights-only) reader ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                         f"(weights-only) reader ({why})") from None
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:
         raise ValueError(f"{path}: not a mesu_snn checkpoint (no format tag {FORMAT!r}); checkpoints "
                          "written before version 2 cannot be loaded safely: re-run the training")

@@ -1,5 +1,6 @@
-"""Safe file writes: never overwrite an existing output unless ``force``; write to a temporary
-file beside the target and rename it into place, so a crash never leaves half a file."""
+"""Safe file writes, the one home for them: write to a temporary file beside the target, flush,
+fsync, and rename it into place, so a crash never leaves half a file. :func:`atomic_path`
+also refuses to overwrite an existing output unless ``force``."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "check_writable"]
+__all__ = ["atomic_path", "check_writable", "atomic_write_bytes", "atomic_write_text"]
 
 
 def check_writable(path, force: bool = False) -> Path:
@@ -39,3 +40,31 @@ def atomic_path(path, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

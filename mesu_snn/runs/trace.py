@@ -1,4 +1,4 @@
-"""Reading σ-trace files (layout: :mod:`mesu_snn.observe.schema`) into plain numpy arrays."""
+"""Reading σ-trace files (layout: :mod:`mesu_snn.runs.schema`) into plain numpy arrays."""
 from __future__ import annotations
 
 import json

@@ -1,0 +1,116 @@
+"""The run-file writers as training callbacks: the CSV log, atomic checkpoints (and resume),
+the metrics and timing files. :func:`run_callbacks` gives the set ``mesu-snn train`` uses.
+
+Layout: :mod:`mesu_snn.runs.layout`. Every file is written atomically (temp file + rename)
+except ``log.csv``, which is appended to during the run and rewritten atomically from the
+trainer's rows at the start (after a resume) and at the end, so a kill leaves at most a
+partial last line that the next resume replaces.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..callbacks import Callback
+from .atomic import atomic_write_text
+from .checkpoint import load_checkpoint, save_checkpoint
+from .layout import CHECKPOINT
+
+__all__ = ["CSVLogger", "Checkpointer", "MetricsWriter", "run_callbacks", "build_run"]
+
+
+class CSVLogger(Callback):
+    """``DIR/log.csv``: one row per update (loss, training accuracy, evaluations)."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / "log.csv"
+        self._file = None
+        self._fields: list[str] = []
+
+    def _rewrite(self, trainer) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=trainer.log_fields(), lineterminator="\n")
+        w.writeheader()
+        w.writerows(trainer.log_rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+    def on_fit_start(self, trainer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._rewrite(trainer)
+        if trainer.final_metrics is None:
+            self._fields = trainer.log_fields()
+            self._file = open(self.path, "a", newline="")
+
+    def on_step(self, trainer, row: dict) -> None:
+        csv.DictWriter(self._file, fieldnames=self._fields, lineterminator="\n").writerow(row)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def on_fit_exit(self, trainer) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def on_finish(self, trainer, metrics, timing) -> None:
+        self._rewrite(trainer)
+
+
+class Checkpointer(Callback):
+    """``DIR/checkpoints/last.pt`` every ``every`` updates (0: only at the end) and at the end;
+    restores the trainer from it on ``fit(resume=True)``."""
+
+    def __init__(self, run_dir, every: int = 0, logger: CSVLogger | None = None):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"checkpoint_every must be an integer >= 0, got {every!r}")
+        self.path = Path(run_dir) / CHECKPOINT
+        self.every, self.logger = every, logger
+
+    def save(self, trainer) -> Path:
+        if self.logger is not None:
+            self.logger.flush()
+        return save_checkpoint(self.path, trainer.state_dict())
+
+    def on_resume(self, trainer) -> bool:
+        if not self.path.is_file():
+            return False
+        trainer.load_state_dict(load_checkpoint(self.path))
+        return True
+
+    def on_step(self, trainer, row: dict) -> None:
+        u = trainer.update
+        if self.every and u % self.every == 0 and u < trainer.n_updates:
+            self.save(trainer)
+
+    def on_finish(self, trainer, metrics, timing) -> None:
+        if timing is not None:
+            self.save(trainer)
+
+
+class MetricsWriter(Callback):
+    """``DIR/metrics.json`` (every metric) and ``DIR/timing.json`` (wall time) at the end."""
+
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+
+    def on_finish(self, trainer, metrics, timing) -> None:
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        if timing is not None:
+            atomic_write_text(self.run_dir / "timing.json", json.dumps(timing, indent=2) + "\n")
+
+
+def run_callbacks(run_dir, checkpoint_every: int = 0) -> list[Callback]:
+    """The writers of a run directory, in the order they must run: log, checkpoints, metrics."""
+    logger = CSVLogger(run_dir)
+    return [logger, Checkpointer(run_dir, checkpoint_every, logger), MetricsWriter(run_dir)]
+
+
+def build_run(cfg, run_dir, progress: bool = False, callbacks=(), tasks=None, desc: str | None = None):
+    """:func:`mesu_snn.build.build_trainer` with the writers of ``run_dir`` attached (log,
+    checkpoints every ``cfg.schedule.checkpoint_every`` updates, metrics), after ``callbacks``."""
+    from ..build import build_trainer
+    return build_trainer(cfg, progress=progress, tasks=tasks, desc=desc,
+                         callbacks=[*callbacks, *run_callbacks(run_dir, cfg.schedule.checkpoint_every)])
