@@ -71,6 +71,7 @@ def _input_layer(layer: BayesLinear, x: torch.Tensor, samples: int, generator) -
     """``layer(x, samples=samples, generator=generator)`` (x shared by all samples); the fast
     path samples the weights with :func:`_fast_sample_weights`."""
     if (not (fast_paths_enabled() and type(layer) is BayesLinear) or layer.mode == "mean"
+            or layer.estimator != "weights"
             or not isinstance(samples, int) or samples < 1 or not torch.is_floating_point(x)
             or torch.compiler.is_compiling()):
         return layer(x, samples=samples, generator=generator)
@@ -85,11 +86,14 @@ class SpikingMLP(nn.Module):
     one per weight sample (M = 1 in mean mode). readout ``"count"``: output spike counts over
     the T steps (as in snnTorch's tutorials); ``"membrane"``: time-averaged membrane of a
     non-resetting output layer. beta, threshold, reset, surrogate: see :class:`~mesu_snn.LIF`.
+    ``estimator``: the input layer's (see :class:`~mesu_snn.BayesLinear`): ``"weights"`` (default,
+    exact weight draws) or ``"local"`` (pre-activations sampled over the T steps; same output law
+    per example, unbiased gradients, fewer normals: M·T per (example, neuron) instead of M·in).
     """
 
     def __init__(self, sizes: Sequence[int], beta=0.9, threshold=1.0, reset: str = "subtract",
                  surrogate="fast_sigmoid", readout: str = "membrane", bias: bool = True,
-                 mu_init: float = 1.0, sigma_init: float = 0.5):
+                 mu_init: float = 1.0, sigma_init: float = 0.5, estimator: str = "weights"):
         super().__init__()
         sizes = list(sizes)
         if len(sizes) < 2 or any((not isinstance(s, int)) or s < 1 for s in sizes):
@@ -97,8 +101,9 @@ class SpikingMLP(nn.Module):
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.sizes, self.readout = sizes, readout
-        self.layers = nn.ModuleList(BayesLinear(a, b, bias=bias, mu_init=mu_init, sigma_init=sigma_init)
-                                    for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(BayesLinear(a, b, bias=bias, mu_init=mu_init, sigma_init=sigma_init,
+                                                estimator=estimator if i == 0 else "weights")
+                                    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
         self.neurons = nn.ModuleList(LIF(beta, threshold, reset, surrogate) for _ in sizes[1:])
 
     def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
