@@ -87,3 +87,11 @@ def test_sigma_grad_formula_is_conditional_expectation():
                 e_eps = a_mat.t() @ pinv @ u[bi, j, :, mi]               # E[ε_j | u]
                 ref[j] += (g[mi, :, bi, j] @ x[:, bi]) * e_eps
     torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-9)
+
+
+def test_non_finite_covariance_gives_nan_not_an_error():
+    x, mu, sig = _inputs(t=4, b=1, j=3)
+    sig[1, :] = float("inf")
+    _, cov = preactivation_moments(x, mu, sig)
+    lf, wf = factor_covariance(cov)
+    assert torch.isnan(lf[0, 1]).all() and torch.isfinite(lf[0, 0]).all() and torch.isfinite(lf[0, 2]).all()

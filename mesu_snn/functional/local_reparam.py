@@ -80,7 +80,9 @@ def factor_covariance(cov: torch.Tensor, exact_cov: Callable[[torch.Tensor], tor
     ``chol_rtol`` × its largest diagonal entry. ``exact_cov(mask)`` (optional) recomputes those
     matrices, ``cov[mask]``, in float64 (rounding in a float32 covariance would otherwise give
     exactly singular directions a spurious variance of ~1e-7 of the largest); eigen-directions
-    with eigenvalue ≤ ``eig_rtol`` × the largest (or ≤ 0) are given zero variance.
+    with eigenvalue ≤ ``eig_rtol`` × the largest (or ≤ 0) are given zero variance. A non-finite
+    matrix gives NaN factors (so the caller's outputs and gradients are NaN, which the optimizers'
+    non-finite guard reports) instead of an error inside the eigensolver.
     Returns L, W in cov's dtype."""
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"factor_covariance expects (..., T, T) matrices, got {tuple(cov.shape)}")
@@ -96,7 +98,12 @@ def factor_covariance(cov: torch.Tensor, exact_cov: Callable[[torch.Tensor], tor
     w = torch.linalg.solve_triangular(chol.transpose(-1, -2), eye, upper=True)   # L⁻ᵀ
     if bool(bad.any()):
         sub = exact_cov(bad).double() if exact_cov is not None else c64[bad]
+        finite = torch.isfinite(sub).flatten(-2).all(-1)
+        if not bool(finite.all()):            # NaN/Inf (σ or x not finite): propagate NaN, do not raise here
+            sub = torch.where(finite[:, None, None], sub, 0.0)
         lam, vec = torch.linalg.eigh(sub)
+        if not bool(finite.all()):
+            vec = torch.where(finite[:, None, None], vec, float("nan"))
         keep = lam > eig_rtol * lam.amax(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
         root = torch.where(keep, lam.clamp_min(0).sqrt(), 0.0)
         inv = torch.where(keep, 1.0 / torch.where(keep, root, 1.0), 0.0)

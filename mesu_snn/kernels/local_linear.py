@@ -88,8 +88,10 @@ class _LocalLinearT(torch.autograd.Function):
             c = torch.einsum("ktsi,ki->kts", zz, wsig.double()[ji].square())
             return c if bsig is None else c + bsig.double()[ji].square()[:, None, None]
         lf, wf = factor_covariance(cov, exact_cov)                      # (N, T, T) each
-        lw = torch.cat([lf, wf], 1).permute(1, 2, 0)                    # (2T, T, N): [L; W][row, k, n]
-        uv = (lw.unsqueeze(0) * z.unsqueeze(1)).sum(2)                  # (M, 2T, N): u = L z, v = W z
+        lw = torch.cat([lf, wf], 1).permute(2, 1, 0).contiguous()     # (T, 2T, N): [L; W][row, k, n] at [k, row, n]
+        uv = lw[0].unsqueeze(0) * z[:, 0].unsqueeze(1)                  # (M, 2T, N): u = L z, v = W z,
+        for kk in range(1, t):                                          # accumulated over k (measured faster
+            uv.addcmul_(lw[kk].unsqueeze(0), z[:, kk].unsqueeze(1))     # than a broadcast sum or 10×10 bmm)
         a = torch.add(uv[:, :t].reshape(m, t, b, j), mean)
         ctx.save_for_backward(x, wsig, bsig if bsig is not None else wsig.new_empty(0), uv, zu)
         ctx.has_bias = bmu is not None
