@@ -49,7 +49,7 @@ class _LocalLinearT1(torch.autograd.Function):
         x, x2, wsig, bsig, v = ctx.saved_tensors
         ni = ctx.needs_input_grad
         gsum = g.sum(0)                                     # (B, J)
-        k = torch.einsum("mbj,mbj->bj", g, v)
+        k = (g * v).sum(0)                                  # Σ_m g·v, (B, J)
         g_wmu = gsum.t() @ x if ni[1] else None
         g_wsig = wsig * (k.t() @ x2) if ni[2] else None
         g_bmu = gsum.sum(0) if ctx.has_bias and ni[3] else None
