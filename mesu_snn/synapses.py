@@ -142,7 +142,10 @@ class BayesLinear(BayesianLayer):
     law given the input, jointly over the steps S, independently per (sample, batch element,
     neuron) (:func:`mesu_snn.kernels.local_linear`): the same law for every example, independent
     across the batch instead of correlated, unbiased gradients of μ and σ; the input must not
-    require grad. Every other call uses the weights.
+    require grad. Every other call uses the weights. Cost: "local" needs M·T normals and a T × T
+    factorisation per (example, neuron) and ~B·T²/2·in·out multiply-adds each way, "weights" M·in·out
+    normals and ~M·T·B·in·out: "local" is for small batches (batch 1, T = 10, M = 10: the SpikingMLP step
+    1.6-2.3× faster) and loses at large ones (batch 32, M = 4: 3× slower), see benchmarks/README.md.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
