@@ -10,7 +10,8 @@ One autograd node. Forward: the mean (one matmul), the T × T covariances (one m
 products Z with σ²), their factors, M·T normals per (b, j). Backward: ∂C/∂μ = Σ_m gᵀx, and the
 Rao-Blackwellised ∂C/∂σ (the conditional expectation of the weight-sampling estimator given the
 sampled pre-activations), one matmul with Z; no (M, out, in) tensor is ever made. The input is data:
-it must not require grad.
+it must not require grad. Host syncs (the silent-column check on CPU, the time-constant check, the
+choice of Cholesky or eigen path) make it not CUDA-graph capturable as written.
 """
 from __future__ import annotations
 
