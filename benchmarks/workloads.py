@@ -204,13 +204,15 @@ def bayes_batched(w: Workload, device, compile_=False, mode=None, bf16=False):
     return _steps(loss, lambda: _anchor_mesu(pairs))
 
 
-def mesu_snn_step(w: Workload, device, reset_delay=True, compile_=False, mode=None, fused=True):
+def mesu_snn_step(w: Workload, device, reset_delay=True, compile_=False, mode=None, fused=True,
+                  estimator="weights"):
     """mesu_snn: SpikingMLP(readout="count") + MESU (fused update), the public API only.
 
-    ``fused=False`` runs the reference LIF loop and per-pair update (the readable path)."""
+    ``fused=False`` runs the reference LIF loop and per-pair update (the readable path);
+    ``estimator``: the input layer's ("weights" or "local", see ``mesu_snn.BayesLinear``)."""
     import mesu_snn as ms
     net = ms.SpikingMLP([w.n_in, w.hidden, w.n_out], beta=BETA, threshold=THR, readout="count",
-                        bias=False, surrogate=("fast_sigmoid", SLOPE)).to(device)
+                        bias=False, surrogate=("fast_sigmoid", SLOPE), estimator=estimator).to(device)
     for lif in net.neurons:
         lif.reset_delay = reset_delay
     opt = ms.MESU(net, memory=N_MEM, sigma_prior=SP, clamp_grad=None)
@@ -251,3 +253,88 @@ def mesu_snn_graphed(w: Workload, device, compile_=False):
     def forward_backward():
         ms.nll_loss(net(x, samples=w.M), y).backward()
     return step, forward_backward
+
+
+# ------------------------------------------------------------------ Bayesian ANN (the paper's model)
+class BayesANN(nn.Module):
+    """Bayesian MLP n_in-hidden-n_out, ReLU, no biases, BayesLinear layers (MESU paper's ANN).
+    x (B, n_in) -> (M, B, n_out) logits."""
+
+    def __init__(self, w: Workload, estimator="weights"):
+        super().__init__()
+        import mesu_snn as ms
+        self.l1 = ms.BayesLinear(w.n_in, w.hidden, bias=False, estimator=estimator)
+        self.l2 = ms.BayesLinear(w.hidden, w.n_out, bias=False)
+
+    def forward(self, x, samples):
+        return self.l2(torch.relu(self.l1(x, samples=samples)), sampled_input=True)
+
+
+def ann_data(w: Workload, device, seed: int = 0):
+    """Static inputs for the ANN rows: the spike data's rates over the T steps, (B, n_in)."""
+    x, y = make_data(w, device, seed)
+    return x.mean(0), y
+
+
+def mesu_ann_step(w: Workload, device, estimator="weights"):
+    """mesu_snn Bayesian ANN (:class:`BayesANN`) + MESU, M = w.M samples."""
+    import mesu_snn as ms
+    net = BayesANN(w, estimator).to(device)
+    opt = ms.MESU(net, memory=N_MEM, sigma_prior=SP, clamp_grad=None)
+    x, y = ann_data(w, device)
+
+    def loss():
+        opt.zero_grad(set_to_none=True)
+        return ms.nll_loss(net(x, w.M), y)
+    return _steps(loss, opt.step)
+
+
+def det_ann_step(w: Workload, device):
+    """Deterministic ANN n_in-hidden-n_out (ReLU, no biases), Adam: the plain-network reference."""
+    net = nn.Sequential(nn.Linear(w.n_in, w.hidden, bias=False), nn.ReLU(),
+                        nn.Linear(w.hidden, w.n_out, bias=False)).to(device)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    x, y = ann_data(w, device)
+
+    def loss():
+        opt.zero_grad(set_to_none=True)
+        return F.cross_entropy(net(x), y)
+    return _steps(loss, opt.step)
+
+
+# ------------------------------------------------------------------ several streams at once
+def multistream_step(w: Workload, device, streams: int, stacked: bool, estimator="weights"):
+    """K = ``streams`` independent SpikingMLP + MESU (seeds 0..K-1, each its own data stream):
+    one step of all K, either one network after the other or as one
+    :class:`mesu_snn.multistream.StackedSpikingMLP` computation."""
+    import mesu_snn as ms
+    from mesu_snn.multistream import StackedSpikingMLP, nll_loss_streams
+    nets = []
+    for s in range(streams):
+        torch.manual_seed(s)
+        nets.append(ms.SpikingMLP([w.n_in, w.hidden, w.n_out], beta=BETA, threshold=THR, readout="count",
+                                  bias=False, surrogate=("fast_sigmoid", SLOPE), estimator=estimator).to(device))
+    data = [make_data(w, device, seed=s) for s in range(streams)]
+    kw = dict(memory=N_MEM, sigma_prior=SP, clamp_grad=None)
+    if not stacked:
+        opts = [ms.MESU(n, **kw) for n in nets]
+
+        def forward_backward():
+            for n, o, (x, y) in zip(nets, opts, data):
+                o.zero_grad(set_to_none=True)
+                ms.nll_loss(n(x, samples=w.M), y).backward()
+
+        def step():
+            for n, o, (x, y) in zip(nets, opts, data):
+                o.zero_grad(set_to_none=True)
+                ms.nll_loss(n(x, samples=w.M), y).backward()
+                o.step()
+        return step, forward_backward
+    net = StackedSpikingMLP(nets)
+    opt = ms.MESU(net.pairs(), **kw)
+    xs, ys = torch.stack([x for x, _ in data]), torch.stack([y for _, y in data])
+
+    def loss():
+        opt.zero_grad(set_to_none=True)
+        return nll_loss_streams(net(xs, samples=w.M), ys)
+    return _steps(loss, opt.step)

@@ -35,11 +35,14 @@ class SpikingMLP(nn.Module):
     one per weight sample (M = 1 in mean mode). readout ``"count"``: output spike counts over
     the T steps (as in snnTorch's tutorials); ``"membrane"``: time-averaged membrane of a
     non-resetting output layer. beta, threshold, reset, surrogate: see :class:`~mesu_snn.LIF`.
+    ``estimator``: the input layer's (see :class:`~mesu_snn.BayesLinear`): ``"weights"`` (default,
+    exact weight draws) or ``"local"`` (pre-activations sampled over the T steps; same output law
+    per example, unbiased gradients, fewer normals: M·T per (example, neuron) instead of M·in).
     """
 
     def __init__(self, sizes: Sequence[int], beta=0.9, threshold=1.0, reset: str = "subtract",
                  surrogate="fast_sigmoid", readout: str = "membrane", bias: bool = True,
-                 mu_init: float = 1.0, sigma_init: float = 0.5):
+                 mu_init: float = 1.0, sigma_init: float = 0.5, estimator: str = "weights"):
         super().__init__()
         sizes = list(sizes)
         if len(sizes) < 2 or any((not isinstance(s, int)) or s < 1 for s in sizes):
@@ -48,9 +51,10 @@ class SpikingMLP(nn.Module):
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.sizes, self.readout = sizes, readout
         self.spec = {"class": "SpikingMLP", "sizes": sizes, "readout": readout, "bias": bias, "mu_init": mu_init,
-                     "sigma_init": sigma_init, "neuron": _neuron_spec(beta, threshold, reset, surrogate)}
-        self.layers = nn.ModuleList(BayesLinear(a, b, bias=bias, mu_init=mu_init, sigma_init=sigma_init)
-                                    for a, b in zip(sizes[:-1], sizes[1:]))
+                     "sigma_init": sigma_init, "estimator": estimator, "neuron": _neuron_spec(beta, threshold, reset, surrogate)}
+        self.layers = nn.ModuleList(BayesLinear(a, b, bias=bias, mu_init=mu_init, sigma_init=sigma_init,
+                                                estimator=estimator if i == 0 else "weights")
+                                    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
         self.neurons = nn.ModuleList(LIF(beta, threshold, reset, surrogate) for _ in sizes[1:])
 
     def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -29,11 +29,14 @@ import torch.nn.functional as F
 from .kernels.gaussian_weight import gaussian_weight
 from .kernels.spike_linear import spike_linear
 from .kernels.switch import fast_paths_enabled
+from .kernels.local_linear import local_linear
 
 __all__ = ["BayesianLayer", "BayesLinear", "BayesConv2d", "sampled_weights", "bayesian_pairs",
            "set_mode", "mode_set", "fold_samples", "unfold_samples"]
 
 MODES = ("sample", "mean")
+#: BayesLinear's ways of sampling a shared-input layer: draw weights, or draw pre-activations
+ESTIMATORS = ("weights", "local")
 
 
 class BayesianLayer(nn.Module):
@@ -145,19 +148,41 @@ class BayesLinear(BayesianLayer):
     """Bayesian fully connected layer. x (*P, in) -> (M, *P, out) with ``samples=M``.
 
     Parameters ``weight_mu``/``weight_sigma`` (out, in) and ``bias_mu``/``bias_sigma`` (out,).
+
+    ``estimator``: ``"weights"`` (default) draws M weight tensors, each shared by every leading
+    index. ``"local"`` applies to calls with ``samples=M`` on a shared input (*S, B, in) in sample
+    mode, outside :func:`sampled_weights`: it samples the pre-activations from their exact Gaussian
+    law given the input, jointly over the steps S, independently per (sample, batch element,
+    neuron) (:func:`mesu_snn.kernels.local_linear`): the same law for every example, independent
+    across the batch instead of correlated, unbiased gradients of μ and σ; the input must not
+    require grad. Every other call uses the weights. Cost: "local" needs M·T normals and a T × T
+    factorisation per (example, neuron) and ~B·T²/2·in·out multiply-adds each way, "weights" M·in·out
+    normals and ~M·T·B·in·out: "local" is for small batches (batch 1, T = 10, M = 10: the SpikingMLP step
+    1.6-2.3× faster) and loses at large ones (batch 32, M = 4: 3× slower), see benchmarks/README.md.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 mu_init: float = 1.0, sigma_init: float = 0.5):
+                 mu_init: float = 1.0, sigma_init: float = 0.5, estimator: str = "weights"):
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, {out_features}")
-        self.in_features, self.out_features = in_features, out_features
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        self.in_features, self.out_features, self.estimator = in_features, out_features, estimator
         self._init_bayes((out_features, in_features), out_features, in_features, bias, mu_init, sigma_init)
 
     def extra_repr(self) -> str:
+        est = "" if self.estimator == "weights" else f", estimator={self.estimator!r}"
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
-               f"bias={self.bias_mu is not None}, mode={self.mode!r}"
+               f"bias={self.bias_mu is not None}, mode={self.mode!r}{est}"
+
+    def forward(self, x: torch.Tensor, samples: int | None = None, sampled_input: bool = False,
+                generator: torch.Generator | None = None, spikes: bool = False) -> torch.Tensor:
+        if (self.estimator == "local" and samples is not None and not sampled_input and self.mode == "sample"
+                and self._frozen is None):
+            return local_linear(x, self.weight_mu, self.weight_sigma, self.bias_mu, self.bias_sigma,
+                                samples=samples, generator=generator)
+        return super().forward(x, samples=samples, sampled_input=sampled_input, generator=generator, spikes=spikes)
 
     def _check_input(self, x, sampled_input):
         need = 2 if sampled_input else 1

@@ -28,3 +28,17 @@ def test_bench_tiny_writes_json_and_markdown(tmp_path):
     assert "stream1_mesu_snn" in js.with_suffix(".md").read_text()
     with pytest.raises(FileExistsError, match="--force"):
         bench.main(args)
+
+
+def test_streaming_runs_every_row(tmp_path):
+    """benchmarks/streaming.py: every row builds and runs (one round of one step); ratios are derived."""
+    import streaming
+    args = ["--rounds", "1", "--iters", "1", "--warmup", "1", "--out-dir", str(tmp_path)]
+    assert streaming.main(args) == 0
+    data = json.loads(next(tmp_path.glob("cpu_streaming_*.json")).read_text())
+    rows = {r["name"]: r for r in data["results"]}
+    assert len(rows) == 17 and not [r for r in rows.values() if "error" in r]
+    r = rows["stream-50/mesu_snn_local"]
+    assert r["x_weights"] == pytest.approx(rows["stream-50/mesu_snn_weights"]["ms_per_step"] / r["ms_per_step"],
+                                           rel=0.01)
+    assert "x_one_by_one" in rows["stream-50/multistream5_stacked_local"]

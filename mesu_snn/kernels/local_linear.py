@@ -1,0 +1,192 @@
+"""Bayesian linear layer by local reparameterisation across time (the ``estimator="local"`` path).
+
+``local_linear(x, μ, σ, μ_b, σ_b, samples=M)``: x (*S, B, in) shared by all M samples -> pre-activations
+(M, *S, B, out), each (sample, batch element, neuron) drawn from the exact Gaussian law of
+``x @ wᵀ + b`` over the steps S (flattened to T) for w ~ N(μ, σ²) (maths and the gradient
+estimator: :mod:`mesu_snn.functional.local_reparam`). x of shape (B, in) is T = 1: one normal per
+(m, b, j). A time-constant x (every step equal) is detected and run as T = 1 (rank-1 covariance).
+
+One autograd node. Forward: the mean (one matmul), the T × T covariances (one matmul of the pair
+products Z with σ²), their factors, M·T normals per (b, j). Backward: ∂C/∂μ = Σ_m gᵀx, and the
+Rao-Blackwellised ∂C/∂σ (the conditional expectation of the weight-sampling estimator given the
+sampled pre-activations), one matmul with Z; no (M, out, in) tensor is ever made. The input is data:
+it must not require grad. Host syncs (the silent-column check on CPU, the time-constant check, the
+choice of Cholesky or eigen path) make it not CUDA-graph capturable as written.
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ..functional.local_reparam import factor_covariance, pair_products
+
+__all__ = ["local_linear"]
+
+#: on CPU, columns of the input that are zero throughout are dropped when fewer than this fraction are active
+_SPARSE_FRACTION = 0.75
+
+
+class _LocalLinearT1(torch.autograd.Function):
+    """T = 1: x (B, in), z (M, B, J) -> a (M, B, J)."""
+
+    @staticmethod
+    def forward(ctx, x, wmu, wsig, bmu, bsig, z):
+        mean = x @ wmu.t()
+        x2 = x.square()
+        var = x2 @ wsig.square().t()
+        if bmu is not None:
+            mean = mean + bmu
+            var = var + bsig.square()
+        sd = var.sqrt_()
+        a = torch.addcmul(mean, z, sd)                     # (M, B, J)
+        v = z * torch.where(sd > 0, sd.reciprocal(), 0.0)  # Cov⁺u = z/sd
+        ctx.save_for_backward(x, x2, wsig, bsig if bsig is not None else wsig.new_empty(0), v)
+        ctx.has_bias = bmu is not None
+        return a
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        x, x2, wsig, bsig, v = ctx.saved_tensors
+        ni = ctx.needs_input_grad
+        gsum = g.sum(0)                                     # (B, J)
+        k = (g * v).sum(0)                                  # Σ_m g·v, (B, J)
+        g_wmu = gsum.t() @ x if ni[1] else None
+        g_wsig = wsig * (k.t() @ x2) if ni[2] else None
+        g_bmu = gsum.sum(0) if ctx.has_bias and ni[3] else None
+        g_bsig = bsig * k.sum(0) if ctx.has_bias and ni[4] else None
+        return None, g_wmu, g_wsig, g_bmu, g_bsig, None
+
+
+class _LocalLinearT(torch.autograd.Function):
+    """T > 1: x (T, B, in), z (M, T, B·J) -> a (M, T, B, J).
+
+    Layout: every per-(b, j) quantity keeps n = b·J + j last, so the small T × T products are
+    broadcast multiplies over n (no batched matmul of 10 × 10 matrices)."""
+
+    @staticmethod
+    def forward(ctx, x, wmu, wsig, bmu, bsig, z):
+        t, b, n_in = x.shape
+        m, j = z.shape[0], wmu.shape[0]
+        n = b * j
+        iu, flat_u, flat_l, half = _triangle(t, x.device, x.dtype)
+        mean = (x.reshape(t * b, n_in) @ wmu.t()).reshape(t, b, j)
+        if bmu is not None:
+            mean = mean + bmu
+        zu = x.index_select(0, iu[0]) * x.index_select(0, iu[1])       # (P, B, in), pairs t <= s
+        cu = (zu.reshape(-1, n_in) @ wsig.square().t()).reshape(-1, n)  # (P, B·J)
+        if bsig is not None:
+            cu = (cu.reshape(-1, b, j) + bsig.square()).reshape(-1, n)
+        cut = cu.t()
+        cov = cu.new_empty((n, t * t))
+        cov.index_copy_(1, flat_u, cut).index_copy_(1, flat_l, cut)
+        cov = cov.view(n, t, t)
+
+        def exact_cov(mask):   # the covariances cov[mask] recomputed in float64
+            idx = mask.nonzero().squeeze(1)
+            bi, ji = idx // j, idx % j
+            zz = pair_products(x.double())[bi]                          # (k, T, T, in)
+            c = torch.einsum("ktsi,ki->kts", zz, wsig.double()[ji].square())
+            return c if bsig is None else c + bsig.double()[ji].square()[:, None, None]
+        lf, wf = factor_covariance(cov, exact_cov)                      # (N, T, T) each
+        lw = torch.cat([lf, wf], 1).permute(2, 1, 0).contiguous()     # (T, 2T, N): [L; W][row, k, n] at [k, row, n]
+        uv = lw[0].unsqueeze(0) * z[:, 0].unsqueeze(1)                  # (M, 2T, N): u = L z, v = W z,
+        for kk in range(1, t):                                          # accumulated over k (measured faster
+            uv.addcmul_(lw[kk].unsqueeze(0), z[:, kk].unsqueeze(1))     # than a broadcast sum or 10×10 bmm)
+        a = torch.add(uv[:, :t].reshape(m, t, b, j), mean)
+        ctx.save_for_backward(x, wsig, bsig if bsig is not None else wsig.new_empty(0), uv, zu)
+        ctx.has_bias = bmu is not None
+        return a
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        x, wsig, bsig, uv, zu = ctx.saved_tensors
+        ni = ctx.needs_input_grad
+        t, b, n_in = x.shape
+        m, j = g.shape[0], g.shape[-1]
+        gsum = g.sum(0)                                     # (T, B, J)
+        g_wmu = gsum.reshape(t * b, j).t() @ x.reshape(t * b, n_in) if ni[1] else None
+        g_wsig = g_bsig = None
+        if ni[2] or (ctx.has_bias and ni[4]):
+            iu, flat_u, flat_l, half = _triangle(t, x.device, x.dtype)
+            v = uv[:, t:]                                   # (M, T, N)
+            k = (g.reshape(m, t, 1, b * j) * v.unsqueeze(1)).sum(0)      # K[t, s, n] = Σ_m g[m,t,n] v[m,s,n]
+            if ni[2]:
+                # Σ_{t,s} K[t,s] Z[t,s] over the upper triangle of the symmetric Z: (K + Kᵀ), diagonal once
+                ks = (k + k.transpose(0, 1)).reshape(t * t, -1).index_select(0, flat_u).mul_(half)   # (P, N)
+                g_wsig = wsig * (ks.reshape(-1, j).t() @ zu.reshape(-1, n_in))
+            if ctx.has_bias and ni[4]:
+                g_bsig = bsig * k.sum((0, 1)).reshape(b, j).sum(0)
+        g_bmu = gsum.sum((0, 1)) if ctx.has_bias and ni[3] else None
+        return None, g_wmu, g_wsig, g_bmu, g_bsig, None
+
+
+_TRIANGLES: dict = {}
+
+
+def _triangle(t: int, device, dtype):
+    """Pairs t <= s of T steps: iu (2, P), flat indices t·T+s and s·T+t (P,), and a (P, 1) factor
+    that is 1/2 on the diagonal (cached per T, device, dtype)."""
+    key = (t, str(device), dtype)
+    if key not in _TRIANGLES:
+        iu = torch.triu_indices(t, t, device=device)
+        half = torch.where(iu[0] == iu[1], 0.5, 1.0).to(dtype).unsqueeze(1)
+        _TRIANGLES[key] = (iu, iu[0] * t + iu[1], iu[1] * t + iu[0], half)
+    return _TRIANGLES[key]
+
+
+def local_linear(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma: torch.Tensor,
+                 bias_mu: torch.Tensor | None = None, bias_sigma: torch.Tensor | None = None,
+                 samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x (*S, B, in) or (in,) -> (M, *S, B, out) [(M, out) for (in,)]; weights (out, in), bias (out,).
+
+    Per (sample, batch element, neuron) an exact draw of the pre-activations over the steps S given x;
+    independent across batch elements (see :mod:`mesu_snn.functional.local_reparam`)."""
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    if weight_mu.dim() != 2 or weight_sigma.shape != weight_mu.shape:
+        raise ValueError(f"local_linear expects weight_mu and weight_sigma of one shape (out, in), got "
+                         f"{tuple(weight_mu.shape)}, {tuple(weight_sigma.shape)}")
+    if (bias_mu is None) != (bias_sigma is None):
+        raise ValueError("local_linear: give both bias_mu and bias_sigma, or neither")
+    if bias_mu is not None and (bias_mu.shape != (weight_mu.shape[0],) or bias_sigma.shape != bias_mu.shape):
+        raise ValueError(f"local_linear expects biases of shape ({weight_mu.shape[0]},), got "
+                         f"{tuple(bias_mu.shape)}, {tuple(bias_sigma.shape)}")
+    if x.dim() < 1 or x.shape[-1] != weight_mu.shape[1] or not torch.is_floating_point(x):
+        raise ValueError(f"local_linear expects a floating-point input (..., in={weight_mu.shape[1]}), got "
+                         f"{tuple(x.shape)} {x.dtype}")
+    if x.requires_grad:
+        raise ValueError("local_linear (estimator='local') samples pre-activations given the input; the input "
+                         "must not require grad (use it for a first layer fed with data, or estimator='weights')")
+    n_out, n_in = weight_mu.shape
+    lead = x.shape[:-1]
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+    b = x.shape[-2]
+    steps = x.shape[:-2]
+    t = 1
+    for s in steps:
+        t *= s
+    xt = x.reshape(t, b, n_in)
+    if not x.is_cuda:
+        # inputs that are zero at every step and batch element do not reach the output: drop their
+        # columns (exact; their gradients are zero, written by index_select's backward)
+        active = xt.ne(0).flatten(0, 1).any(0)
+        if int(active.sum()) < _SPARSE_FRACTION * n_in:
+            idx = active.nonzero().squeeze(1)
+            xt, weight_mu, weight_sigma = xt.index_select(2, idx), weight_mu.index_select(1, idx), \
+                weight_sigma.index_select(1, idx)
+    if t > 1 and torch.equal(xt, xt[:1].expand_as(xt)):
+        xt, t_run = xt[:1], 1           # time-constant input: rank-1 covariance
+    else:
+        t_run = t
+    if t_run == 1:
+        z = torch.randn((samples, b, n_out), generator=generator, dtype=x.dtype, device=x.device)
+        a = _LocalLinearT1.apply(xt[0], weight_mu, weight_sigma, bias_mu, bias_sigma, z).unsqueeze(1)
+        if t > 1:
+            a = a.expand(samples, t, b, n_out)
+    else:
+        z = torch.randn((samples, t, b * n_out), generator=generator, dtype=x.dtype, device=x.device)
+        a = _LocalLinearT.apply(xt, weight_mu, weight_sigma, bias_mu, bias_sigma, z)
+    return a.reshape(samples, *lead, n_out)
