@@ -25,10 +25,11 @@ from .rules.rule import Rule
 from .streams import (PermuteAddresses, PermutedInputs, TaskStream, class_incremental_tasks, permuted_tasks,
                       split_tasks)
 from .seeding import derive_seed
+from .evaluation import Evaluator
 from .trainer import Trainer
 
 __all__ = ["InputPipeline", "load_raw_data", "build_tasks", "build_pipeline", "build_model", "build_rule",
-           "build_ood", "build_trainer", "eval_mask_for", "resolve_device"]
+           "build_ood", "build_trainer", "build_evaluator", "eval_mask_for", "resolve_device"]
 
 _ALL = 10 ** 9   # "keep every sample" for TaskStream.subsample
 
@@ -217,3 +218,15 @@ def build_trainer(cfg: RunConfig, progress: bool = False, callbacks=(), tasks: T
                    seed=cfg.seed, last_k=sch.last_k, ood_inputs=build_ood(cfg, tasks),
                    callbacks=[*callbacks, *([Progress(desc)] if progress else [])], desc=desc,
                    device=device, config=cfg.to_dict())
+
+
+def build_evaluator(cfg: RunConfig, model: nn.Module, tasks: TaskStream | None = None,
+                    samples: int | None = None) -> Evaluator:
+    """An :class:`~mesu_snn.evaluation.Evaluator` of ``model`` on the test sets of ``cfg`` (the
+    same data, pipeline, masking and seed as its training run), without building a trainer.
+    samples: M (default: the config's ``eval_samples``; 1 when the model is in mean mode)."""
+    tasks = build_tasks(cfg) if tasks is None else tasks
+    device = resolve_device(cfg.schedule.device)
+    return Evaluator(model, tasks, build_pipeline(cfg, tasks), samples=samples or cfg.schedule.eval_samples,
+                     batch_size=cfg.schedule.eval_batch_size, mask=eval_mask_for(cfg), seed=cfg.seed, device=device,
+                     ood_inputs=build_ood(cfg, tasks))

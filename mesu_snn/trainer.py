@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from . import metrics as M
 from .callbacks import Callback
-from .datasets.events import EventDataset
+from .evaluation import EVAL_MASKS, Evaluation, Evaluator
 from .models import model_spec
 from .rules.rule import Rule
 from .seeding import capture_rng, derive_seed, generator, restore_rng
@@ -44,23 +44,8 @@ from .streams import TaskStream
 
 __all__ = ["Trainer", "EVAL_MASKS"]
 
-EVAL_MASKS = (None, "task")
 
 
-
-
-def _take(x, idx: Sequence[int]):
-    """Rows ``idx`` of raw inputs: tensor-like (N, ...) -> (B, ...), EventDataset -> list of arrays."""
-    if isinstance(x, EventDataset):
-        return x.get_events(list(idx))
-    return x[torch.as_tensor(list(idx), dtype=torch.long)]
-
-
-@dataclass
-class _Eval:
-    """One evaluation: accuracy per task index (and outputs when collected)."""
-    accuracy: dict[int, float]
-    outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class Trainer:
@@ -121,7 +106,9 @@ class Trainer:
         self._schedule()
         self._noise = generator(derive_seed(self.seed, "noise"), self.device)
         self._enc = generator(derive_seed(self.seed, "encode"), torch.device("cpu"))
-        self._eval_cache: dict = {}
+        self.evaluator = Evaluator(model, tasks, encode, samples=eval_samples if rule.bayesian else 1,
+                                   batch_size=eval_batch_size, mask=eval_mask, seed=self.seed, device=self.device,
+                                   ood_inputs=ood_inputs)
         self._reset_state()
 
     # -- schedule (evaluation only; never shown to the learner) -----------------------
@@ -153,119 +140,24 @@ class Trainer:
         self.final_metrics: dict | None = None
         self._diverged = False
 
-    # -- encoding -------------------------------------------------------------------------
+    # -- encoding and evaluation ------------------------------------------------------------
     def _encoded(self, x_raw, generator) -> torch.Tensor:
         x = self.encode(x_raw, generator)
         return x.to(self.device, non_blocking=True)
 
-    def _test_batches(self, task_index: int, generator):
-        task = self.tasks[task_index]
-        n = len(task.test_y)
-        cache = bool(getattr(self.encode, "deterministic", False))
-        for s in range(0, n, self.eval_batch_size):
-            idx = range(s, min(s + self.eval_batch_size, n))
-            key = (task_index, s)
-            if cache and key in self._eval_cache:
-                x = self._eval_cache[key]
-            else:
-                x = self._encoded(_take(task.test_x, idx), generator)
-                if cache:
-                    self._eval_cache[key] = x
-            yield x, task.test_y[s:s + len(idx)].to(self.device)
-
-    def task_batches(self, task_index: int, n_samples: int | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        """Encoded training batches of task ``task_index`` (first ``n_samples``, in order), for
-        rules that use boundaries (EWC's Fisher). Deterministic in (seed, task)."""
-        task = self.tasks[task_index]
-        n = len(task.train_y) if n_samples is None else min(n_samples, len(task.train_y))
-        g = generator(derive_seed(self.seed, "task_batches", task_index), torch.device("cpu"))
-        for s in range(0, n, self.eval_batch_size):
-            idx = range(s, min(s + self.eval_batch_size, n))
-            yield self._encoded(_take(task.train_x, idx), g), task.train_y[s:s + len(idx)].to(self.device)
-
-    # -- evaluation -----------------------------------------------------------------------
     def _samples(self, training: bool) -> int:
         if not self.rule.bayesian:
             return 1
         return self.train_samples if training else self.eval_samples
 
-    @torch.no_grad()
-    def _forward_eval(self, x: torch.Tensor, generator) -> torch.Tensor:
-        return self.model(x, samples=self._samples(False), generator=generator)
+    def evaluate(self, task_indices: Sequence[int], update: int | None = None, collect: bool = False) -> Evaluation:
+        """Held-out accuracy of ``task_indices`` after ``update`` (default: now); see
+        :meth:`mesu_snn.evaluation.Evaluator.evaluate`."""
+        return self.evaluator.evaluate(task_indices, self.update if update is None else update, collect)
 
-    @torch.no_grad()
-    def evaluate(self, task_indices: Sequence[int], update: int | None = None, collect: bool = False) -> _Eval:
-        """Held-out accuracy of every task in ``task_indices``; ``collect`` keeps the (M, N, C)
-        outputs and labels of each task. Deterministic in (seed, update)."""
-        update = self.update if update is None else update
-        g_noise = generator(derive_seed(self.seed, "eval-noise", update), self.device)
-        g_enc = generator(derive_seed(self.seed, "eval-encode", update), torch.device("cpu"))
-        accs, outs = {}, ({} if collect else None)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for k in task_indices:
-                correct, total, chunks, labels = 0, 0, [], []
-                classes = torch.tensor(self.tasks[k].classes, device=self.device)
-                for x, y in self._test_batches(k, g_enc):
-                    out = self._forward_eval(x, g_noise)                  # (M, B, C)
-                    p = F.softmax(out.float(), -1).mean(0)                 # (B, C)
-                    if self.eval_mask == "task":
-                        pred = classes[p[:, classes].argmax(-1)]
-                    else:
-                        pred = p.argmax(-1)
-                    correct += int((pred == y).sum())
-                    total += y.shape[0]
-                    if collect:
-                        chunks.append(out.cpu())
-                        labels.append(y.cpu())
-                accs[k] = correct / max(total, 1)
-                if collect:
-                    outs[k] = (torch.cat(chunks, 1), torch.cat(labels))
-        finally:
-            self.model.train(was_training)
-        return _Eval(accs, outs)
-
-    @torch.no_grad()
-    def _ood_outputs(self, update: int) -> torch.Tensor | None:
-        if self.ood_inputs is None:
-            return None
-        g_noise = generator(derive_seed(self.seed, "ood-noise", update), self.device)
-        g_enc = generator(derive_seed(self.seed, "ood-encode", update), torch.device("cpu"))
-        n = len(self.ood_inputs)
-        chunks = []
-        for s in range(0, n, self.eval_batch_size):
-            x = self._encoded(_take(self.ood_inputs, range(s, min(s + self.eval_batch_size, n))), g_enc)
-            chunks.append(self._forward_eval(x, g_noise).cpu())
-        return torch.cat(chunks, 1)
-
-    def _uncertainty(self, outputs: dict[int, tuple[torch.Tensor, torch.Tensor]], update: int) -> dict:
-        per_task = []
-        all_out = torch.cat([outputs[k][0] for k in sorted(outputs)], 1)
-        all_y = torch.cat([outputs[k][1] for k in sorted(outputs)])
-        if not bool(torch.isfinite(all_out).all()):     # a diverged run: no meaningful uncertainty
-            return {"samples": self._samples(False), "diverged": True, "predictive_entropy": None,
-                    "aleatoric": None, "epistemic": None, "ece": None, "per_task": []}
-        for k in sorted(outputs):
-            out, y = outputs[k]
-            u = M.uncertainty_split(out)
-            per_task.append({"task": k, "predictive_entropy": float(u["total"].mean()),
-                             "aleatoric": float(u["aleatoric"].mean()), "epistemic": float(u["epistemic"].mean()),
-                             "ece": M.expected_calibration_error(out, y)})
-        u = M.uncertainty_split(all_out)
-        res = {"samples": self._samples(False), "predictive_entropy": float(u["total"].mean()),
-               "aleatoric": float(u["aleatoric"].mean()), "epistemic": float(u["epistemic"].mean()),
-               "ece": M.expected_calibration_error(all_out, all_y), "per_task": per_task}
-        ood = self._ood_outputs(update)
-        if ood is not None and not bool(torch.isfinite(ood).all()):
-            res["ood"] = {"diverged": True}
-        elif ood is not None:
-            uo = M.uncertainty_split(ood)
-            res["ood"] = {"n_in": int(all_out.shape[1]), "n_out": int(ood.shape[1]),
-                          "predictive_entropy": float(uo["total"].mean()), "epistemic": float(uo["epistemic"].mean()),
-                          "auroc_entropy": M.auroc(u["total"], uo["total"]),
-                          "auroc_mutual_information": M.auroc(u["epistemic"], uo["epistemic"])}
-        return res
+    def task_batches(self, task_index: int, n_samples: int | None = None):
+        """Encoded training batches of task ``task_index`` (see :meth:`Evaluator.task_batches`)."""
+        return self.evaluator.task_batches(task_index, n_samples)
 
     # -- state (for checkpoints) ----------------------------------------------------------
     def _generators(self) -> dict[str, torch.Generator]:
@@ -373,7 +265,7 @@ class Trainer:
             acc = float((out.detach().softmax(-1).mean(0).argmax(-1) == y).float().mean())
         return float(loss.detach()), acc
 
-    def _maybe_evaluate(self, u: int) -> _Eval | None:
+    def _maybe_evaluate(self, u: int) -> Evaluation | None:
         ended = self.ends_at.get(u, [])
         for k in ended:
             if self.rule.uses_task_boundaries:
@@ -401,7 +293,7 @@ class Trainer:
         accs = [a for a in self.history[-1]["accuracy"] if a is not None]
         return float(np.mean(accs)) if accs else None
 
-    def _finish(self, ev: _Eval | None) -> dict:
+    def _finish(self, ev: Evaluation | None) -> dict:
         assert ev is not None and ev.outputs is not None, "the last update always ends the last task"
         summary = M.summarize(self.R, self.last_k)
         return {
@@ -418,7 +310,7 @@ class Trainer:
             "eval_samples": self._samples(False),
             "eval_mask": self.eval_mask,
             "task_end_updates": self.task_end_update,
-            "uncertainty": self._uncertainty(ev.outputs, self.n_updates),
+            "uncertainty": self.evaluator.uncertainty(ev.outputs, self.n_updates),
             "accuracy_over_time": self.history,
             "skipped_steps": int(getattr(self.rule.optimizer, "skipped_steps", 0)),
             "diverged": bool(self._diverged),

@@ -15,7 +15,7 @@ LAYERS = {
     "kernels": 2,
     "synapses": 3, "neurons": 3, "models": 3, "losses": 3, "rules": 3, "multistream": 3,
     "datasets": 4, "encoders": 4, "streams": 4,
-    "seeding": 5, "metrics": 5, "callbacks": 5, "trainer": 5, "config": 5, "build": 5, "observe": 5,
+    "seeding": 5, "metrics": 5, "evaluation": 5, "callbacks": 5, "trainer": 5, "config": 5, "build": 5, "observe": 5,
     "distributed": 5,
     "runs": 6,
     "export": 7,

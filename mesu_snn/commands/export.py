@@ -30,19 +30,19 @@ def register(sub) -> None:
 def run_evaluator(run_dir: Path):
     """``evaluate(model) -> mean test accuracy over the run's tasks`` for the w = μ network,
     built with the trainer's data pipeline from RUN_DIR/config.toml."""
-    from ..build import build_trainer
+    from ..build import build_evaluator, build_tasks
     from ..config import load_config
-    from ..synapses import set_mode
+    from ..synapses import mode_set
     cfg_path = Path(run_dir) / "config.toml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"--evaluate needs {cfg_path} to rebuild the test sets")
-    trainer = build_trainer(load_config(cfg_path))
-    tasks = range(len(trainer.tasks))
+    cfg = load_config(cfg_path)
+    tasks = build_tasks(cfg)                       # the data once, for every model evaluated
 
     def evaluate(model) -> float:
-        trainer.model.load_state_dict(model.state_dict())
-        set_mode(trainer.model, "mean")
-        acc = trainer.evaluate(tasks).accuracy
+        ev = build_evaluator(cfg, model, tasks=tasks, samples=1)
+        with mode_set(model, "mean"):
+            acc = ev.evaluate(range(len(ev.tasks))).accuracy
         return sum(acc.values()) / len(acc)
     return evaluate
 

@@ -39,7 +39,7 @@ def compute_importance(run_dir: Path, n: int, force: bool = False) -> Path:
     """Write RUN_DIR/importance.npz from the run's checkpoint and training data (see --importance)."""
     import torch
 
-    from ..build import build_trainer
+    from ..build import build_evaluator
     from ..config import load_config
     from ..runs.atomic import check_writable
     from ..observe.compare import importance_report
@@ -53,12 +53,12 @@ def compute_importance(run_dir: Path, n: int, force: bool = False) -> Path:
     cfg = load_config(cfg_path)
     if cfg.rule.name not in ("mesu", "bgd"):
         raise ValueError(f"{cfg_path}: rule {cfg.rule.name!r} has no σ; --importance needs a MESU or BGD run")
-    trainer = build_trainer(cfg)
     model = load_run_model(run_dir)
-    per_task = -(-n // len(trainer.tasks))
+    ev = build_evaluator(cfg, model)
+    per_task = -(-n // len(ev.tasks))
     xs, ys = [], []
-    for k in range(len(trainer.tasks)):
-        for x, y in trainer.task_batches(k, per_task):
+    for k in range(len(ev.tasks)):
+        for x, y in ev.task_batches(k, per_task):
             xs.append(x.cpu())
             ys.append(y.cpu())
     x, y = torch.cat(xs, 1)[:, :n], torch.cat(ys)[:n]
