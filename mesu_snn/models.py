@@ -20,6 +20,16 @@ def _lif_over_time(lif: LIF, h: torch.Tensor) -> torch.Tensor:
     return lif(h, time_dim=1)
 
 
+def _record(lif: LIF, h: torch.Tensor, rec: dict | None) -> torch.Tensor:
+    """Spikes of ``lif`` over dim 1 of h (M, T, ...); with ``rec`` also store spikes and membrane."""
+    if rec is None:
+        return _lif_over_time(lif, h)
+    s, v = lif(h, return_membrane=True, time_dim=1)
+    rec["spikes"].append(s)
+    rec["membrane"].append(v)
+    return s
+
+
 def _readout(lif: LIF, h: torch.Tensor, readout: str) -> torch.Tensor:
     """h: (M, T, B, C) output-layer currents -> (M, B, C) logits."""
     if readout == "count":
@@ -57,13 +67,23 @@ class SpikingMLP(nn.Module):
                                     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
         self.neurons = nn.ModuleList(LIF(beta, threshold, reset, surrogate) for _ in sizes[1:])
 
-    def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None,
+                record: bool = False):
+        """x: (T, B, sizes[0]) input spikes or currents -> logits (M, B, sizes[-1]), one per weight
+        sample (M = ``samples``; 1 in mean mode). ``record=True`` returns ``(logits, rec)`` with
+        ``rec["spikes"]`` and ``rec["membrane"]``: one (M, T, B, width) tensor per LIF layer (the
+        output layer's spikes are those of its spiking LIF also for the membrane readout), for
+        plots and spike regularisers (gradients flow through them)."""
         if x.dim() != 3 or x.shape[-1] != self.sizes[0]:
             raise ValueError(f"SpikingMLP expects input of shape (T, B, {self.sizes[0]}), got {tuple(x.shape)}")
+        rec = {"spikes": [], "membrane": []} if record else None
         h = self.layers[0](x, samples=samples, generator=generator)         # (M, T, B, H)
         for i in range(1, len(self.layers)):
-            s = _lif_over_time(self.neurons[i - 1], h)
+            s = _record(self.neurons[i - 1], h, rec)
             h = self.layers[i](s, sampled_input=True, generator=generator, spikes=True)
+        if record:
+            _record(self.neurons[-1], h, rec)
+            return _readout(self.neurons[-1], h, self.readout), rec
         return _readout(self.neurons[-1], h, self.readout)
 
     def mean_mode(self) -> "SpikingMLP":

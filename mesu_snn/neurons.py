@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .functional.lif import RESETS, LIFParameters, lif_sequence, lif_step
+from .functional.lif import RESETS, LIFParameters, initial_membrane, lif_sequence, lif_step
 from .functional.surrogate import FastSigmoid, make_surrogate
 from .kernels.lif_fused import lif_sequence_fused, supports
 from .kernels.switch import fast_paths_enabled
@@ -88,17 +88,36 @@ class LIF(nn.Module):
         return f"beta={self.beta.tolist() if self.beta.dim() == 0 else tuple(self.beta.shape)}, " \
                f"reset={self.reset!r}, reset_delay={self.reset_delay}, surrogate={self.surrogate}"
 
-    def forward(self, x: torch.Tensor, v0: torch.Tensor | None = None, return_membrane: bool = False,
-                time_dim: int = 0):
-        """x: currents (T, B, ...) (time on ``time_dim``) -> spikes of x's shape [and membranes].
+    def forward(self, x: torch.Tensor, mem: torch.Tensor | None = None, *, v0: torch.Tensor | None = None,
+                return_membrane: bool = False, time_dim: int = 0):
+        """Two calls, with the same numerics (the sequence is the loop of the step):
 
-        Runs the fused kernel (:func:`mesu_snn.kernels.lif_sequence_fused`) when it supports the
-        parameters and :func:`mesu_snn.kernels.fast_paths` is on, else the reference loop."""
-        if x.dim() < 2:
-            raise ValueError(f"LIF expects input currents of shape (T, B, ...), got {tuple(x.shape)}")
+        * sequence: ``lif(x)`` with currents x (T, B, ...) (time on ``time_dim``) -> spikes of x's
+          shape [and membranes with ``return_membrane=True``]; ``v0`` (B, ...) is the initial
+          membrane (default: ``v_leak``).
+        * single step, as in snnTorch: ``spk, mem = lif(x_t, mem)`` with x_t (B, ...) and the
+          membrane ``mem`` of the same shape (start from :meth:`init_state`); returns the spikes
+          and the new membrane state (B, ...).
+
+        The sequence call runs the fused kernel (:func:`mesu_snn.kernels.lif_sequence_fused`)
+        when it supports the parameters and :func:`mesu_snn.kernels.fast_paths` is on, else the
+        reference loop."""
         if not torch.is_floating_point(x):
             raise ValueError(f"LIF expects floating-point currents, got dtype {x.dtype}")
+        if mem is not None:
+            if not isinstance(mem, torch.Tensor) or mem.shape != x.shape:
+                got = tuple(mem.shape) if isinstance(mem, torch.Tensor) else type(mem).__name__
+                raise ValueError(f"LIF single step lif(x_t, mem): mem must have x_t's shape {tuple(x.shape)}, got "
+                                 f"{got} (for a whole sequence call lif(x) with x of shape (T, B, ...))")
+            return lif_step(x, mem, self.params)
+        if x.dim() < 2:
+            raise ValueError(f"LIF expects input currents of shape (T, B, ...), got {tuple(x.shape)}; for one step "
+                             "call lif(x_t, mem) with mem = lif.init_state(x_t)")
         return self._run(x, self.params, v0, return_membrane, time_dim)
+
+    def init_state(self, x_t: torch.Tensor) -> torch.Tensor:
+        """The resting membrane (``v_leak``) for one step's input x_t (B, ...)."""
+        return initial_membrane(x_t, self.params)
 
     @staticmethod
     def _run(x, p, v0, return_membrane, time_dim):

@@ -141,3 +141,38 @@ def test_reloading_the_same_model_keeps_exact_scalar_parameters():
     lif = ms.LIF(beta=0.9, threshold=0.7)
     lif.load_state_dict(ms.LIF(beta=0.9, threshold=0.7).state_dict())
     assert lif.params.beta == 0.9 and lif.params.threshold == 0.7      # not their float32 roundings
+
+
+def test_single_step_call_equals_the_sequence_and_snntorch():
+    """``spk, mem = lif(x_t, mem)`` (snnTorch's habit) gives the sequence call's numerics."""
+    import snntorch as snn
+    torch.manual_seed(0)
+    x = torch.randn(12, 3, 5) + 0.8
+    for reset in ("subtract", "zero"):
+        lif = ms.LIF(beta=0.75, threshold=1.0, reset=reset)
+        ref = snn.Leaky(beta=0.75, threshold=1.0, reset_mechanism=reset)
+        s_seq, v_seq = lif(x, return_membrane=True)
+        mem, mem_ref = lif.init_state(x[0]), ref.init_leaky()
+        for t in range(x.shape[0]):
+            spk, mem = lif(x[t], mem)
+            spk_ref, mem_ref = ref(x[t], mem_ref)
+            assert torch.equal(spk, s_seq[t]) and torch.allclose(mem, v_seq[t], atol=1e-6)
+            assert torch.equal(spk, spk_ref) and torch.allclose(mem, mem_ref, atol=1e-6)
+    with pytest.raises(ValueError, match="mem must have x_t's shape"):
+        ms.LIF()(x[0], torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="init_state"):
+        ms.LIF()(torch.ones(5))
+
+
+def test_mlp_returns_recordings_on_request():
+    torch.manual_seed(0)
+    net = ms.SpikingMLP([6, 7, 3])
+    x = torch.rand(5, 2, 6) * 3
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    out, rec = net(x, samples=2, generator=g1, record=True)
+    assert torch.equal(out, net(x, samples=2, generator=g2))
+    assert [tuple(s.shape) for s in rec["spikes"]] == [(2, 5, 2, 7), (2, 5, 2, 3)]
+    assert [tuple(v.shape) for v in rec["membrane"]] == [(2, 5, 2, 7), (2, 5, 2, 3)]
+    assert set(rec["spikes"][0].unique().tolist()) <= {0.0, 1.0}
+    rec["spikes"][0].sum().backward()                     # a spike-count regulariser reaches μ
+    assert net.layers[0].weight_mu.grad is not None
