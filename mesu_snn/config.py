@@ -124,7 +124,8 @@ def _str(path, v, allow_none=False):
 
 def _int_list(path, v, lo=1, min_len=1):
     if not isinstance(v, (list, tuple)) or len(v) < min_len:
-        raise _err(path, f"must be a list of at least {min_len} integers, got {v!r}")
+        need = "a list of integers" if min_len == 0 else f"a list of at least {min_len} integer{'s' * (min_len > 1)}"
+        raise _err(path, f"must be {need}, got {v!r}")
     return [_int(f"{path}[{i}]", x, lo) for i, x in enumerate(v)]
 
 

@@ -206,3 +206,29 @@ def test_on_a_real_trainer_run(tmp_path, capsys):
     assert "before" in out and "realisation 0" in out and (run / "pruning_curve.png").exists()
     meta = nir.read(run / "model.nir", type_check=True).metadata
     assert meta["quant_bits"] == 8 and 0 <= float(meta["accuracy_exported"]) <= 1
+
+
+def test_small_things_users_meet(tmp_path, capsys):
+    """--help has no raw markup; plot/export files get the same mode as train's; the demo's
+    overwrite message does not offer a --resume it lacks; hints name commands, not internals."""
+    import os
+    import stat
+    for cmd in ("demo", "train", "plot", "inspect", "export"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        assert "``" not in capsys.readouterr().out
+    r = tmp_path / "run"
+    _make_run(r, importance=False)
+    assert main(["export", str(r)]) == 0
+    capsys.readouterr()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((r / "model.nir").stat().st_mode) == 0o666 & ~mask
+    assert main(["plot", str(r)]) == 0
+    out = capsys.readouterr().out
+    assert "--importance N" in out and "save_importance" not in out
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert "--force" in err and "--resume" not in err

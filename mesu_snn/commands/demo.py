@@ -42,7 +42,7 @@ def demo_config(rule: str, seed: int = 0, n_tasks: int = 5, epochs_per_task: int
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="MESU vs SGD vs BGD on a task-free permuted-digits stream (offline, ~1 min)",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     p.add_argument("--seed", type=int, default=0)
@@ -72,7 +72,7 @@ def run(args) -> int:
     if args.seed < 0:
         raise CLIError("--seed must be >= 0")
     import torch
-    out = create_run_dir(args.out, force=args.force)
+    out = create_run_dir(args.out, force=args.force, resumable=False)
     torch.set_num_threads(1)     # these small networks run fastest single-threaded on CPU
     t0 = time.time()
     print(f"Task-free permuted-digits stream: {args.tasks} tasks x {args.epochs} epochs, "

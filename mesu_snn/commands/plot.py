@@ -155,8 +155,8 @@ def plan(run_dirs: list[Path]) -> tuple[dict[str, Callable[[Path], None]], list[
             jobs["importance_vs_hessian.png"] = _fig_job(lambda: plots.importance_scatter(imp["hessian"],
                                                                                           imp["measures"]))
     else:
-        skipped.append("precision_vs_hessian.png, importance_vs_hessian.png (no importance.npz; write one with "
-                       "mesu_snn.runs.layout.save_importance)")
+        skipped.append("precision_vs_hessian.png, importance_vs_hessian.png (no importance.npz; compute it with "
+                       "mesu-snn plot RUN_DIR --importance N)")
     return jobs, skipped
 
 

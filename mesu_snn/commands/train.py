@@ -13,7 +13,7 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train one rule on a task stream described by a TOML config",
-                       description=__doc__.split("\n\n")[0])
+                       description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("config", help="TOML run configuration (see mesu_snn/config.py or experiments/configs/)")
     p.add_argument("--out", help="run directory (default: runs/<config file name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -17,7 +17,7 @@ def check_writable(path, force: bool = False) -> Path:
     its folder does not exist."""
     path = Path(path)
     if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists; pass --force (force=True) to overwrite it")
+        raise FileExistsError(f"{path} already exists; overwrite it with --force")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {path.parent} for output {path.name} does not exist")
     return path
@@ -35,7 +35,8 @@ def atomic_path(path, force: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         if path.exists() and not force:  # appeared meanwhile
-            raise FileExistsError(f"{path} already exists; pass --force (force=True) to overwrite it")
+            raise FileExistsError(f"{path} already exists; overwrite it with --force")
+        os.chmod(tmp, 0o666 & ~_umask())          # like any new file (mkstemp makes it 0600)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -47,7 +47,7 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
-def create_run_dir(path: str | Path, force: bool = False, resume: bool = False) -> Path:
+def create_run_dir(path: str | Path, force: bool = False, resume: bool = False, resumable: bool = True) -> Path:
     """Make ``path`` ready for a run and return it.
 
     * missing or empty folder: created;
@@ -65,8 +65,9 @@ def create_run_dir(path: str | Path, force: bool = False, resume: bool = False) 
         return path
     if path.is_dir() and any(path.iterdir()):
         if not force:
+            also = ", --resume to continue it," if resumable else ""
             raise FileExistsError(f"run directory {path} already exists and is not empty; pass --force to "
-                                  "overwrite it, --resume to continue it, or choose another --out")
+                                  f"overwrite it{also} or choose another --out")
         if not is_run_dir(path):
             raise FileExistsError(f"refusing to --force {path}: it is not a mesu-snn run directory (no {MARKER} "
                                   "marker); delete it yourself or choose another --out")
