@@ -8,10 +8,12 @@ sequence) and returns ``(M, *P, out)``. Its input is either shared by all sample
 samples run in one batched matmul / grouped convolution.
 
 Modes: ``"sample"`` (w = μ + σε) and ``"mean"`` (w = μ; with ``samples`` given the
-output's sample dim has size 1). Without ``samples`` a layer in sample mode draws one
-weight per call, like a plain layer; inside :func:`sampled_weights` it uses frozen noise and
-the *folded* layout ``(M·B, ...)`` (sample-major), so any torch model, e.g. an snnTorch
-network that calls its layers once per time step, keeps one draw per sample over a sequence.
+output's sample dim has size 1). Without ``samples``, inside :func:`sampled_weights` a layer
+uses frozen noise and the *folded* layout ``(M·B, ...)`` (sample-major), so any torch model,
+e.g. an snnTorch network that calls its layers once per time step, keeps one draw per sample
+over a sequence. Outside that context a layer never silently redraws its weights between
+calls: in mean mode or after ``eval()`` it computes with w = μ; in training and sample mode
+it raises an error saying what to do.
 
 Initialisation (as in the MESU authors' code): μ ~ U(−c/√fan_in, c/√fan_in) with
 c = ``mu_init``; σ = s/√fan_in with s = ``sigma_init``.
@@ -140,8 +142,19 @@ class BayesianLayer(nn.Module):
             w, b = self.sample_weights(m, None, self._frozen[1])
             y = self._apply_sampled(x.reshape(m, x.shape[0] // m, *x.shape[1:]), w, b)
             return y.reshape(x.shape[0], *y.shape[2:])
-        w, b = self.sample_weights(1, generator)
-        return self._apply_shared(x, w, b)[0]
+        if not self.training:       # eval(), no sampling asked for: the mean network, deterministic
+            w, b = self.sample_weights(1) if self.mode == "mean" else self._mean_weights()
+            return self._apply_shared(x, w, b)[0]
+        raise RuntimeError(
+            f"{type(self).__name__} called without samples= outside mesu_snn.sampled_weights(): it would draw "
+            "new weights at every call, i.e. at every time step of a loop over time, which is not the model MESU "
+            "trains (one draw per sequence). Wrap the whole sequence in `with ms.sampled_weights(model, samples=M):` "
+            "(batch folded as (M·B, ...)), call the layer with samples=M, or use the mean network "
+            "(ms.set_mode(model, 'mean'), or model.eval())")
+
+    def _mean_weights(self):
+        b = None if self.bias_mu is None else self.bias_mu.unsqueeze(0)
+        return self.weight_mu.unsqueeze(0), b
 
 
 class BayesLinear(BayesianLayer):

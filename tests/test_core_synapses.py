@@ -185,3 +185,23 @@ def test_bayesianize_a_norse_network():
     out, _ = model(x)
     torch.testing.assert_close(out, ref)
     assert len(ms.bayesian_pairs(model)) == 4
+
+
+def test_no_silent_redraw_between_calls_outside_a_sampling_context():
+    """A tutorial-style snnTorch loop calls its layers once per step: outside sampled_weights()
+    a Bayesian layer must not draw new weights at every call."""
+    torch.manual_seed(0)
+    layer = ms.BayesLinear(4, 3)
+    x = torch.randn(2, 4)
+    with pytest.raises(RuntimeError, match="sampled_weights"):
+        layer(x)
+    layer.eval()                                   # eval(): the mean network, the same at every call
+    torch.testing.assert_close(layer(x), x @ layer.weight_mu.t() + layer.bias_mu)
+    assert torch.equal(layer(x), layer(x))
+    layer.train()
+    ms.set_mode(layer, "mean")
+    assert torch.equal(layer(x), layer(x))
+    ms.set_mode(layer, "sample")
+    with ms.sampled_weights(layer, samples=2):     # one draw per sample, held for every call
+        a, b = layer(ms.fold_samples(x, 2)), layer(ms.fold_samples(x, 2))
+    assert torch.equal(a, b)

@@ -208,7 +208,9 @@ def test_bayeslinear_option_and_errors():
         w = layer.weight_mu + layer.weight_sigma * ew
         torch.testing.assert_close(layer(x, samples=2), torch.einsum("tbi,mji->mtbj", x, w)
                                    + (layer.bias_mu + layer.bias_sigma * eb)[:, None, None, :])
-    assert layer(x).shape == (5, 2, 3)
+    layer.eval()
+    assert layer(x).shape == (5, 2, 3)             # no samples, eval(): the mean network
+    layer.train()
     with pytest.raises(ValueError, match="samples"):
         local_linear(x, layer.weight_mu, layer.weight_sigma, samples=0)
 
