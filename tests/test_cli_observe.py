@@ -80,7 +80,7 @@ def test_plot_writes_every_figure_and_refuses_to_overwrite(tmp_path, capsys):
     out = capsys.readouterr().out
     names = ["accuracy_matrix.png", "task_accuracy.png", "learning_accuracy.png", "sigma_histograms.png",
              "sigma_vs_absmu.png", "precision_vs_hessian.png", "importance_vs_hessian.png",
-             "learning_accuracy_comparison.png"]
+             "learning_accuracy_comparison.png", "sigma_over_updates.png", "plasticity_and_sigma.png"]
     for n in names:
         p = tmp_path / "mesu" / n
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000, n
@@ -232,3 +232,25 @@ def test_small_things_users_meet(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
     assert "--force" in err and "--resume" not in err
+
+
+def test_sigma_figures_per_layer_on_fitting_bins():
+    """σ histograms: one panel per weight layer, bins spanning that layer's own range (not a fixed
+    1e-6…10 grid); σ over updates: one panel per layer with the median and the task ends."""
+    from mesu_snn.runs import plots
+    rng = np.random.default_rng(0)
+    snaps = {t: {"layers.0.weight": {"mu": rng.normal(size=500), "sigma": rng.uniform(0.03, 0.07, 500) / (t + 1)},
+                 "layers.1.weight": {"mu": rng.normal(size=50), "sigma": rng.uniform(1e-3, 2e-3, 50)},
+                 "layers.1.bias": {"mu": rng.normal(size=5), "sigma": rng.uniform(1e-3, 2e-3, 5)}} for t in range(3)}
+    fig = plots.sigma_histograms(snaps)
+    axes = [a for a in fig.axes if a.get_visible()]
+    assert [a.get_title().split(" ")[0] for a in axes] == ["layers.0.weight", "layers.1.weight"]
+    lo, hi = axes[1].get_xlim()
+    assert 5e-4 < lo and hi < 5e-3                      # the second layer's own range
+    trace = {"attrs": {"quantiles": [0, .05, .25, .5, .75, .95, 1]}, "summary_updates": np.arange(0, 40, 10),
+             "tracked_updates": np.arange(40), "layers": {
+                 n: {"sigma_quantiles": np.sort(rng.uniform(0.01, 0.1, (4, 7)), 1), "sigma_mean": np.full(4, 0.05),
+                     "tracked_sigma": rng.uniform(0.01, 0.1, (40, 3))} for n in ("layers.0.weight", "layers.1.weight")}}
+    fig = plots.sigma_over_updates(trace, [20, 39])
+    assert len([a for a in fig.axes if a.get_visible()]) == 2
+    assert sum(1 for ln in fig.axes[0].lines if ln.get_linestyle() == ":") == 2     # task ends

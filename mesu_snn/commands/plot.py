@@ -129,8 +129,18 @@ def plan(run_dirs: list[Path]) -> tuple[dict[str, Callable[[Path], None]], list[
             jobs["average_accuracy_comparison.png"] = lambda p: plots.plot_comparison(
                 {k: m for k, (m, _) in metrics.items()}, p)
     trace = read_trace(first["trace"]) if first["trace"] is not None else None
+    label = plots.run_label(trace["config"] if trace is not None else None) or str(run_dirs[0].name)
+    if trace is not None and len(trace["summary_updates"]):
+        ends = read_metrics(first["metrics"]).get("task_end_updates") if first["metrics"] is not None else None
+        jobs["sigma_over_updates.png"] = _fig_job(lambda: plots.sigma_over_updates(
+            trace, ends, title=f"σ over training ({label})"))
+    if len(metrics) > 1:
+        traces = [read_trace(f["trace"], snapshots=False) if f["trace"] is not None else None for f in files]
+        runs = {k: (R, traces[i] if i < len(traces) else None) for i, (k, (_, R)) in enumerate(metrics.items())}
+        jobs["plasticity_and_sigma.png"] = _fig_job(lambda: plots.plasticity_and_sigma(runs))
     if trace is not None and trace["snapshots"]:
-        jobs["sigma_histograms.png"] = _fig_job(lambda: plots.sigma_histograms(trace["snapshots"]))
+        jobs["sigma_histograms.png"] = _fig_job(lambda: plots.sigma_histograms(
+            trace["snapshots"], title=f"σ at each task end ({label})"))
         last = trace["snapshots"][max(trace["snapshots"])]
         names = [n for n in last if not n.endswith("bias")]
         mu = np.concatenate([np.ravel(last[n]["mu"]) for n in names])

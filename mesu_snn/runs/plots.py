@@ -27,15 +27,23 @@ from ..metrics import accuracy_array
 from ..observe.importance import correlations
 from .atomic import atomic_path, atomic_write_bytes
 
-__all__ = ["plot_accuracy_matrix", "plot_task_accuracy_over_time", "plot_learning_accuracy", "plot_comparison",
+__all__ = ["sigma_over_updates", "plasticity_and_sigma", "run_label", "plot_accuracy_matrix", "plot_task_accuracy_over_time", "plot_learning_accuracy", "plot_comparison",
            "write_run_plots", "PLOT_FILES", "save_figure", "sigma_histograms", "sigma_vs_absmu", "precision_vs_hessian", "importance_scatter",
            "task_accuracy_over_time", "learning_accuracy", "pruning_curve_plot"]
 
 
 def _subplots(nrows: int = 1, ncols: int = 1, figsize=None, **kw):
     """``plt.subplots`` without pyplot's global figure manager."""
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def _log_axis(axis) -> None:
+    """Readable log-scale ticks: 1-2-5 steps written as plain numbers, no crowded minor labels."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 PLOT_FILES = ("accuracy_matrix.png", "task_accuracy.png", "learning_accuracy.png")
@@ -149,26 +157,125 @@ def _weights(pairs: dict) -> list[str]:
     return [n for n in pairs if not n.endswith("bias")] or list(pairs)
 
 
-def sigma_histograms(snapshots: dict, bins: int = 60, title: str = "σ of the weights at each task end"):
-    """snapshots: {task: {pair: {"mu", "sigma"}}} (from :func:`read_trace`). One curve per task."""
+def _grid(n: int, width: float = 4.6, height: float = 3.4, **kw):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = _subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, **kw)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def run_label(config: dict | None) -> str:
+    """'rule on dataset' from a run configuration (for titles), or '' if unknown."""
+    c = config or {}
+    rule = (c.get("rule") or {}).get("name") if isinstance(c.get("rule"), dict) else c.get("rule")
+    data = (c.get("data") or {}).get("dataset") if isinstance(c.get("data"), dict) else None
+    return " on ".join(str(v) for v in (rule, data) if v)
+
+
+def sigma_histograms(snapshots: dict, bins: int = 50, title: str = "σ at each task end"):
+    """snapshots: {task: {pair: {"mu", "sigma"}}} (from :func:`read_trace`). One panel per weight
+    layer, one curve per task end, on log-spaced bins that span that layer's own σ range."""
     if not snapshots:
         raise ValueError("no task-end snapshots to plot (the σ trace has none)")
-    fig, ax = _subplots(figsize=(6.4, 4.2))
-    allv = np.concatenate([np.concatenate([np.ravel(s[n]["sigma"]) for n in _weights(s)]) for s in snapshots.values()])
-    lo, hi = np.log10(max(allv.min(), 1e-12)), np.log10(allv.max())
-    edges = np.logspace(lo, hi if hi > lo else lo + 1e-3, bins + 1)
-    cmap = colormaps.get_cmap("viridis")
     tasks = sorted(snapshots)
-    for i, t in enumerate(tasks):
-        s = np.concatenate([np.ravel(snapshots[t][n]["sigma"]) for n in _weights(snapshots[t])])
-        h, _ = np.histogram(s, edges)
-        ax.step(edges[:-1], h / max(h.sum(), 1), where="post", color=cmap(i / max(len(tasks) - 1, 1)),
-                label=f"after task {t + 1}")
-    ax.set_xscale("log")
-    ax.set_xlabel("σ (synaptic standard deviation)")
-    ax.set_ylabel("fraction of weights")
-    ax.set_title(title)
-    ax.legend(fontsize=8, ncol=2)
+    names = _weights(snapshots[tasks[0]])
+    fig, axes = _grid(len(names))
+    cmap = colormaps.get_cmap("viridis")
+    for ax, n in zip(axes, names):
+        vals = np.concatenate([np.ravel(snapshots[t][n]["sigma"]) for t in tasks])
+        vals = vals[np.isfinite(vals) & (vals > 0)]
+        if vals.size == 0:
+            ax.set_title(f"{n}: no positive σ")
+            continue
+        lo, hi = np.log10(vals.min()), np.log10(vals.max())
+        if hi - lo < 1e-3:
+            lo, hi = lo - 0.05, hi + 0.05
+        edges = np.logspace(lo, hi, bins + 1)
+        for i, t in enumerate(tasks):
+            h, _ = np.histogram(np.ravel(snapshots[t][n]["sigma"]), edges)
+            ax.step(edges[:-1], h / max(h.sum(), 1), where="post", color=cmap(i / max(len(tasks) - 1, 1)),
+                    label=f"after task {t + 1}")
+        ax.set_xscale("log")
+        _log_axis(ax.xaxis)
+        ax.set_xlabel("σ")
+        ax.set_ylabel("fraction of the layer's weights")
+        ax.set_title(f"{n} ({np.ravel(snapshots[tasks[0]][n]['sigma']).size:,} weights)", fontsize=9)
+    axes[0].legend(fontsize=7, ncol=1 + len(tasks) // 6, loc="best")
+    fig.suptitle(title)
+    return fig
+
+
+def sigma_over_updates(trace: dict, task_end_updates=None, title: str = "σ over training"):
+    """One panel per weight layer: the median σ and its 5–95 % and 25–75 % bands over updates
+    (from the trace's summaries), the tracked synapses as thin lines, task ends dotted."""
+    layers = trace["layers"]
+    names = _weights(layers)
+    if not names or len(trace["summary_updates"]) == 0:
+        raise ValueError("the σ trace has no summary rows to plot")
+    qs = list(np.asarray(trace["attrs"].get("quantiles", [0, .05, .25, .5, .75, .95, 1]), dtype=float))
+    col = {q: qs.index(q) for q in (0.05, 0.25, 0.5, 0.75, 0.95) if q in qs}
+    u = np.asarray(trace["summary_updates"])
+    fig, axes = _grid(len(names))
+    for ax, n in zip(axes, names):
+        d = layers[n]
+        q = np.asarray(d["sigma_quantiles"])
+        tu, ts = np.asarray(trace["tracked_updates"]), np.asarray(d.get("tracked_sigma", np.zeros((0, 0))))
+        if ts.size and len(tu) == ts.shape[0]:
+            ax.plot(tu, ts, color="0.6", lw=0.4, alpha=0.5)
+        if 0.05 in col and 0.95 in col:
+            ax.fill_between(u, q[:, col[0.05]], q[:, col[0.95]], color="C0", alpha=0.15, lw=0, label="5–95 %")
+        if 0.25 in col and 0.75 in col:
+            ax.fill_between(u, q[:, col[0.25]], q[:, col[0.75]], color="C0", alpha=0.3, lw=0, label="25–75 %")
+        med = q[:, col[0.5]] if 0.5 in col else np.asarray(d["sigma_mean"])
+        ax.plot(u, med, color="C0", lw=1.6, label="median" if 0.5 in col else "mean")
+        for e in (task_end_updates or []):
+            ax.axvline(e, color="k", ls=":", lw=0.7)
+        ax.set_yscale("log")
+        _log_axis(ax.yaxis)
+        ax.set_xlabel("update")
+        ax.set_ylabel("σ")
+        ax.set_title(f"{n}", fontsize=9)
+        _integer_ticks(ax.xaxis)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(title + ("; dotted: task ends" if task_end_updates else ""))
+    return fig
+
+
+def plasticity_and_sigma(runs: dict[str, tuple[np.ndarray, dict | None]],
+                         title: str = "plasticity and σ: learning accuracy per task, median σ of the first layer"):
+    """runs: {label: (R, trace or None)}. Left: accuracy right after learning each task (R[j, j]);
+    right: the first weight layer's median σ over updates. BGD's vanishing plasticity (σ only
+    shrinks, learning accuracy falls) against MESU's steady σ, at a glance."""
+    fig, (a1, a2) = _subplots(1, 2, figsize=(11, 4.0))
+    for i, (label, (R, trace)) in enumerate(runs.items()):
+        d = np.diag(np.asarray(R, dtype=np.float64))
+        a1.plot(np.arange(1, d.size + 1), d, marker="o", ms=3, color=f"C{i}", label=label)
+        if trace is not None and trace["layers"]:
+            n = _weights(trace["layers"])[0]
+            qs = list(np.asarray(trace["attrs"].get("quantiles", []), dtype=float))
+            q = np.asarray(trace["layers"][n]["sigma_quantiles"])
+            med = q[:, qs.index(0.5)] if 0.5 in qs else np.asarray(trace["layers"][n]["sigma_mean"])
+            a2.plot(trace["summary_updates"], med, color=f"C{i}", label=f"{label} ({n})")
+    a1.set_xlabel("task")
+    a1.set_ylabel("accuracy right after learning it")
+    a1.set_ylim(0, 1.02)
+    _integer_ticks(a1.xaxis)
+    a1.legend(fontsize=8)
+    a2.set_yscale("log")
+    _log_axis(a2.yaxis)
+    a2.set_xlabel("update")
+    a2.set_ylabel("median σ")
+    if a2.lines:
+        a2.legend(fontsize=8)
+    fig.suptitle(title)
     return fig
 
 
@@ -225,7 +332,6 @@ def importance_scatter(hessian: np.ndarray, measures: dict[str, np.ndarray], max
                      f"vs |H|: Spearman {ca['spearman']:.2f}", fontsize=9)
         ax.legend(fontsize=7, markerscale=3, loc="lower right")
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -243,6 +349,7 @@ def task_accuracy_over_time(R, title: str = "accuracy of each task over time"):
     for j in range(R.shape[1]):
         ax.plot(x[j:], R[j:, j], marker="o", ms=3, label=f"task {j + 1}")
     ax.set_xlabel("after training task")
+    _integer_ticks(ax.xaxis)
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
@@ -258,6 +365,7 @@ def learning_accuracy(runs: dict[str, np.ndarray], title: str = "learning accura
         d = np.diag(np.asarray(R, dtype=np.float64))
         ax.plot(np.arange(1, d.size + 1), d, marker="o", ms=3, label=label)
     ax.set_xlabel("task")
+    _integer_ticks(ax.xaxis)
     ax.set_ylabel("accuracy right after learning it")
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
