@@ -254,3 +254,37 @@ def test_sigma_figures_per_layer_on_fitting_bins():
     fig = plots.sigma_over_updates(trace, [20, 39])
     assert len([a for a in fig.axes if a.get_visible()]) == 2
     assert sum(1 for ln in fig.axes[0].lines if ln.get_linestyle() == ":") == 2     # task ends
+
+
+def test_export_scores_the_graph_as_nir_runs_it(tmp_path, capsys):
+    """`export --evaluate` reports the exported graph's accuracy under NIR's semantics next to
+    mesu_snn's own; a network NIR cannot express gets a one-line warning per problem."""
+    from mesu_snn.config import dump_toml, parse_config
+    from mesu_snn.export.nir_export import SpikeCountReadout, from_nir, nir_incompatibilities
+    from mesu_snn.runs import build_run, create_run_dir
+    cfg = parse_config({"seed": 0, "data": {"dataset": "digits", "train_per_task": 64, "test_per_task": 40},
+                        "stream": {"kind": "permuted", "n_tasks": 2, "batch_size": 16},
+                        "encoder": {"kind": "current", "num_steps": 4}, "model": {"hidden": [8]},
+                        "rule": {"name": "mesu", "memory": 500}, "schedule": {"train_samples": 2, "eval_samples": 2}})
+    run = create_run_dir(tmp_path / "run")
+    (run / "config.toml").write_text(dump_toml(cfg))
+    build_run(cfg, run).fit()
+    assert main(["export", str(run), "--evaluate"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err.count("warning: NIR cannot express") == 2          # subtract/delayed reset; membrane readout
+    assert "reset='zero', reset_delay=False" in cap.err and "readout='count'" in cap.err
+    assert "run as NIR defines it" in cap.out and "differs from mesu_snn's model" in cap.out
+    # an exportable network: nothing to warn about, and NIR semantics reproduce its outputs exactly
+    torch.manual_seed(0)
+    net = ms.SpikingMLP([20, 16, 5], beta=0.85, reset="zero", readout="count")
+    for lif in net.neurons:
+        lif.reset_delay = False
+    assert nir_incompatibilities(net) == []
+    ms.set_mode(net, "mean")
+    ms.to_nir(net, tmp_path / "ok.nir")
+    g = SpikeCountReadout(from_nir(tmp_path / "ok.nir", semantics="nir"))
+    ms.set_mode(g, "mean")
+    x = torch.rand(30, 4, 20) * 1.5
+    assert torch.equal(net(x), g(x))
+    with pytest.raises(ValueError, match="semantics"):
+        from_nir(tmp_path / "ok.nir", semantics="bogus")

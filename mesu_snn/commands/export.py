@@ -6,6 +6,7 @@ sampled weight realisations (``model_sample<i>.nir``) for stochastic synapses.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -94,7 +95,7 @@ def run(args) -> int:
     if evaluate is not None:
         before, after = evaluate(original), evaluate(model)
         meta.update(accuracy_float=before, accuracy_exported=after)
-        print(f"mean-network test accuracy (average over tasks): {before:.4f} before, {after:.4f} exported "
+        print(f"mean-network test accuracy (average over tasks, mesu_snn's model): {before:.4f} before, {after:.4f} exported "
               f"({100 * (after - before):+.2f} points)")
         if args.prune_snr is not None:
             from ..export.prune import pruning_curve
@@ -103,10 +104,21 @@ def run(args) -> int:
             for r in rows:
                 print(f"  pruned {100 * r['fraction']:5.1f}% (|μ|/σ < {r['threshold']:.3g}): accuracy {r['accuracy']:.4f}")
             print(f"wrote {save_figure(pruning_curve_plot(rows), curve_png, force=args.force)}")
+    from ..export.nir_export import SpikeCountReadout, from_nir, nir_incompatibilities
+    issues = nir_incompatibilities(model)
+    for msg in issues:
+        print(f"warning: NIR cannot express {msg}; third-party importers will not reproduce this network",
+              file=sys.stderr)
     import warnings
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", UserWarning)      # said above, in one line per problem
         print(f"wrote {to_nir(model, out, dt=dt, force=args.force, layer_metadata=layer_meta, metadata=meta)}")
+        if evaluate is not None:
+            graph_net = SpikeCountReadout(from_nir(out, semantics="nir"))
+            as_loaded = evaluate(graph_net)
+            print(f"the exported graph run as NIR defines it (reset to v_reset at the spike step, output spike "
+                  f"counts; what snnTorch/Norse importers run): test accuracy {as_loaded:.4f}"
+                  + (" (differs from mesu_snn's model: see the warning)" if issues else ""))
         if args.samples:
             for i, m in enumerate(sample_realisations(base, args.samples, seed=args.seed)):
                 if args.bits is not None:

@@ -54,7 +54,7 @@ from ..models import model_from_spec, model_spec
 from .stages import AvgPool, Flatten, SpikingSequential, model_stages, stage_shapes
 
 __all__ = ["DEFAULT_DT", "to_nir", "from_nir", "model_to_graph", "graph_to_model", "read_graph",
-           "lif_to_nir_params", "nir_to_lif_params"]
+           "lif_to_nir_params", "nir_to_lif_params", "nir_incompatibilities", "SpikeCountReadout", "SEMANTICS"]
 
 DEFAULT_DT = 1e-4  #: seconds; the step snntorch.import_from_nir assumes
 
@@ -317,9 +317,9 @@ def _exact(v):
     return torch.from_numpy(np.asarray(v, dtype=np.float32).copy())
 
 
-def _lif_from(node, dt, source, name) -> LIF:
+def _lif_from(node, dt, source, name, exact: bool = True) -> LIF:
     kind = type(node).__name__
-    if kind == "LIF" and _meta(node, "beta") is not None:  # our own file: exact parameters
+    if exact and kind == "LIF" and _meta(node, "beta") is not None:  # our own file: exact parameters
         return LIF(beta=_exact(_meta(node, "beta")), threshold=_exact(_meta(node, "threshold")),
                    reset=str(_meta(node, "reset")), reset_delay=bool(_meta(node, "reset_delay")),
                    detach_reset=bool(_meta(node, "detach_reset")),
@@ -346,9 +346,15 @@ def _surrogate_from(name, param):
     return make_surrogate("heaviside") if name == "heaviside" else make_surrogate((name, float(param)))
 
 
+SEMANTICS = ("mesu_snn", "nir")
+
+
 def graph_to_model(graph, sigma: float | None = None, dt: float | None = None, source: str = "NIR graph",
-                   as_sequential: bool = False) -> nn.Module:
+                   as_sequential: bool = False, semantics: str = "mesu_snn") -> nn.Module:
     """A Bayesian model from a NIR graph (see :func:`from_nir`)."""
+    if semantics not in SEMANTICS:
+        raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
+    exact = semantics == "mesu_snn"
     order = _chain(graph, source)
     gmeta = graph.metadata if isinstance(graph.metadata, dict) else {}
     step = float(dt if dt is not None else gmeta.get("dt", DEFAULT_DT))
@@ -361,7 +367,7 @@ def graph_to_model(graph, sigma: float | None = None, dt: float | None = None, s
         if kind in ("Affine", "Linear", "Conv2d"):
             stages.append(_bayes_from(node, sigma, source, name))
         elif kind in ("LIF", "IF"):
-            stages.append(_lif_from(node, step, source, name))
+            stages.append(_lif_from(node, step, source, name, exact))
         elif kind == "AvgPool2d":
             k, s, p = (np.broadcast_to(np.asarray(v), (2,)) for v in (node.kernel_size, node.stride, node.padding))
             if k[0] != k[1] or np.any(s != k) or np.any(p != 0):
@@ -379,6 +385,8 @@ def graph_to_model(graph, sigma: float | None = None, dt: float | None = None, s
                              f"{', '.join(SUPPORTED)})")
     seq = SpikingSequential(stages, input_shape)
     spec = json.loads(gmeta["model"]) if isinstance(gmeta.get("model"), str) else {}
+    if not exact:
+        return seq          # what the graph says, run as NIR defines it: the last LIF's spikes are the output
     if as_sequential or spec.get("class") not in ("SpikingMLP", "SpikingConvNet"):
         return seq
     return _rebuild(spec, stages, source)
@@ -400,7 +408,8 @@ def _rebuild(spec: dict, stages, source) -> nn.Module:
     return model
 
 
-def from_nir(path, sigma: float | None = None, dt: float | None = None, as_sequential: bool = False) -> nn.Module:
+def from_nir(path, sigma: float | None = None, dt: float | None = None, as_sequential: bool = False,
+             semantics: str = "mesu_snn") -> nn.Module:
     """Read a NIR file into a Bayesian model.
 
     Our own files give back the original class (SpikingMLP / SpikingConvNet) with identical μ,
@@ -408,6 +417,40 @@ def from_nir(path, sigma: float | None = None, dt: float | None = None, as_seque
     σ comes from node metadata, else every σ = ``sigma`` (the prior). ``dt`` (s) converts
     tau to beta for graphs without our metadata (default: the graph's ``dt`` metadata, else
     1e-4 s as snnTorch). Supported nodes: Input, Output, Affine, Linear, Conv2d, LIF, IF,
-    AvgPool2d, Flatten, in one feed-forward chain."""
+    AvgPool2d, Flatten, in one feed-forward chain.
+
+    ``semantics="nir"`` ignores our exact-reproduction metadata and runs the graph as NIR
+    defines it, as a third-party importer would: forward-Euler LIF ``v ← v_leak + (1 − dt/τ)(v −
+    v_leak) + (r·dt/τ)·I``, reset to ``v_reset`` at the spike's step, the output the last LIF's
+    spikes (a :class:`SpikingSequential`, (M, T, B, C)): a reference NIR simulator for checking
+    what an export means where it is loaded."""
     graph = read_graph(path)
-    return graph_to_model(graph, sigma=sigma, dt=dt, source=str(path), as_sequential=as_sequential)
+    return graph_to_model(graph, sigma=sigma, dt=dt, source=str(path), as_sequential=as_sequential,
+                          semantics=semantics)
+
+
+class SpikeCountReadout(nn.Module):
+    """(M, T, B, C) output spikes of a NIR-semantics network -> (M, B, C) spike counts (the
+    prediction a chip reads: the class that fires most)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.net(x, samples=samples, generator=generator).sum(1)
+
+
+def nir_incompatibilities(model: nn.Module) -> list[str]:
+    """What of ``model`` NIR (and so every third-party importer) cannot express; empty when the
+    export runs exactly as trained. Each entry says what to train with instead."""
+    stages, _ = model_stages(model)
+    out = []
+    bad = sorted({(s.reset, bool(s.reset_delay)) for s in stages if isinstance(s, LIF)
+                  and (s.reset != "zero" or s.reset_delay)})
+    if bad:
+        out.append("LIF reset " + ", ".join(f"reset={r!r} with reset_delay={d}" for r, d in bad) +
+                   " (NIR resets to v_reset at the spike's step: train with reset='zero', reset_delay=False)")
+    if getattr(model, "readout", "count") != "count":
+        out.append(f"readout={model.readout!r} (NIR's output is the last layer's spikes: train with readout='count')")
+    return out
