@@ -184,6 +184,10 @@ def build_rule(cfg: RunConfig, model: nn.Module) -> Rule:
         raise ValueError(f"config table [rule]: {e}") from None
 
 
+OOD_DESCRIPTION = ("the first task's test inputs under a fresh random permutation of the pixels (event "
+                   "addresses), a permutation no task uses")
+
+
 def build_ood(cfg: RunConfig, tasks: TaskStream):
     """Inputs no task ever shows: the first task's test inputs under a fresh random pixel
     (address) permutation, drawn from derive_seed(seed, "ood"). None if ``schedule.ood`` is off."""
@@ -216,6 +220,7 @@ def build_trainer(cfg: RunConfig, progress: bool = False, callbacks=(), tasks: T
                    stream_seed=stream_seed(cfg), train_samples=sch.train_samples, eval_samples=sch.eval_samples,
                    eval_every=sch.eval_every, eval_batch_size=sch.eval_batch_size, eval_mask=eval_mask_for(cfg),
                    seed=cfg.seed, last_k=sch.last_k, ood_inputs=build_ood(cfg, tasks),
+                   ood_description=OOD_DESCRIPTION,
                    callbacks=[*callbacks, *([Progress(desc)] if progress else [])], desc=desc,
                    device=device, config=cfg.to_dict())
 
@@ -229,4 +234,4 @@ def build_evaluator(cfg: RunConfig, model: nn.Module, tasks: TaskStream | None =
     device = resolve_device(cfg.schedule.device)
     return Evaluator(model, tasks, build_pipeline(cfg, tasks), samples=samples or cfg.schedule.eval_samples,
                      batch_size=cfg.schedule.eval_batch_size, mask=eval_mask_for(cfg), seed=cfg.seed, device=device,
-                     ood_inputs=build_ood(cfg, tasks))
+                     ood_inputs=build_ood(cfg, tasks), ood_description=OOD_DESCRIPTION)

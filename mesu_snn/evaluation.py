@@ -50,12 +50,14 @@ class Evaluator:
     """
 
     def __init__(self, model: nn.Module, tasks: TaskStream, encode, *, samples: int = 8, batch_size: int = 256,
-                 mask: str | None = None, seed: int = 0, device: str | torch.device = "cpu", ood_inputs=None):
+                 mask: str | None = None, seed: int = 0, device: str | torch.device = "cpu", ood_inputs=None,
+                 ood_description: str = "inputs never trained on"):
         if mask not in EVAL_MASKS:
             raise ValueError(f"eval_mask must be None or 'task', got {mask!r}")
         self.model, self.tasks, self.encode = model, tasks, encode
         self.samples, self.eval_batch_size, self.eval_mask = samples, batch_size, mask
         self.seed, self.device, self.ood_inputs = int(seed), torch.device(device), ood_inputs
+        self.ood_description = ood_description
         self._eval_cache: dict = {}
 
     def _encoded(self, x_raw, generator) -> torch.Tensor:
@@ -153,13 +155,20 @@ class Evaluator:
         u = M.uncertainty_split(all_out)
         res = {"samples": self.samples, "predictive_entropy": float(u["total"].mean()),
                "aleatoric": float(u["aleatoric"].mean()), "epistemic": float(u["epistemic"].mean()),
-               "ece": M.expected_calibration_error(all_out, all_y), "per_task": per_task}
+               "ece": M.expected_calibration_error(all_out, all_y), "per_task": per_task,
+               "n_examples": int(all_out.shape[1]),
+               "scoring": "single head over all classes: argmax / confidence of the sample-mean softmax "
+                          "(no task mask, even where accuracy is scored task-incrementally); ECE with 15 "
+                          "equal-width confidence bins"}
         ood = self._ood_outputs(update)
         if ood is not None and not bool(torch.isfinite(ood).all()):
             res["ood"] = {"diverged": True}
         elif ood is not None:
             uo = M.uncertainty_split(ood)
-            res["ood"] = {"n_in": int(all_out.shape[1]), "n_out": int(ood.shape[1]),
+            res["ood"] = {"set": self.ood_description, "n_in": int(all_out.shape[1]), "n_out": int(ood.shape[1]),
+                          "orientation": "OOD is the positive class, scored by higher entropy / mutual "
+                                         "information; 0.5 is chance, below 0.5 means OOD inputs look *more* "
+                                         "certain than the test sets",
                           "predictive_entropy": float(uo["total"].mean()), "epistemic": float(uo["epistemic"].mean()),
                           "auroc_entropy": M.auroc(u["total"], uo["total"]),
                           "auroc_mutual_information": M.auroc(u["epistemic"], uo["epistemic"])}

@@ -76,7 +76,8 @@ class Trainer:
                  batch_size: int = 16, epochs_per_task: int = 1, boundary: str = "sharp", transition: float = 0.2,
                  stream_seed: int = 0, train_samples: int = 4, eval_samples: int = 8, eval_every: int = 0,
                  eval_batch_size: int = 256, eval_mask: str | None = None, seed: int = 0, last_k: int = 3,
-                 ood_inputs=None, callbacks: Iterable[Callback] = (), desc: str | None = None,
+                 ood_inputs=None, ood_description: str = "inputs never trained on",
+                 callbacks: Iterable[Callback] = (), desc: str | None = None,
                  device: str | torch.device = "cpu", config: dict | None = None):
         for name, v, lo in (("train_samples", train_samples, 1), ("eval_samples", eval_samples, 1),
                             ("eval_every", eval_every, 0), ("eval_batch_size", eval_batch_size, 1),
@@ -108,7 +109,7 @@ class Trainer:
         self._enc = generator(derive_seed(self.seed, "encode"), torch.device("cpu"))
         self.evaluator = Evaluator(model, tasks, encode, samples=eval_samples if rule.bayesian else 1,
                                    batch_size=eval_batch_size, mask=eval_mask, seed=self.seed, device=self.device,
-                                   ood_inputs=ood_inputs)
+                                   ood_inputs=ood_inputs, ood_description=ood_description)
         self._reset_state()
 
     # -- schedule (evaluation only; never shown to the learner) -----------------------

@@ -22,7 +22,8 @@ def test_evaluator_without_trainer_equals_trainer_evaluation():
     final = tr.final_metrics["accuracy_matrix"][-1]
     assert [ev.evaluate(range(len(tasks)), tr.n_updates).accuracy[k] for k in range(len(tasks))] == final
     u = ev.uncertainty(ev.evaluate(range(len(tasks)), tr.n_updates, collect=True).outputs, tr.n_updates)
-    assert 0 <= u["ece"] <= 1 and "ood" in u
+    assert 0 <= u["ece"] <= 1 and "permutation" in u["ood"]["set"] and u["n_examples"] == 270
+    assert u["ood"]["n_out"] == 90 and "positive" in u["ood"]["orientation"]
 
 
 def test_evaluator_rejects_a_bad_mask():

@@ -105,3 +105,18 @@ def test_auroc_matches_pairwise_definition_with_ties():
         M.auroc([], [1.0])
     with pytest.raises(ValueError):
         M.auroc([float("nan")], [1.0])
+
+
+def test_auroc_and_ece_on_known_cases():
+    """AUROC orientation: OOD (positive) scored higher -> 1, lower -> 0, identical -> 0.5; ECE
+    of a hand-computed case."""
+    from mesu_snn import metrics as Mx
+    assert Mx.auroc([0.1, 0.2], [0.8, 0.9]) == 1.0
+    assert Mx.auroc([0.8, 0.9], [0.1, 0.2]) == 0.0
+    assert Mx.auroc([0.5, 0.5], [0.5]) == 0.5
+    # two examples, one sample: confidences 0.9 (correct) and 0.6 (wrong) -> bins of width 1/15:
+    # ECE = 1/2·|1 − 0.9| + 1/2·|0 − 0.6| = 0.35
+    p = torch.tensor([[[0.9, 0.1], [0.4, 0.6]]])
+    out = p.log()
+    ece = Mx.expected_calibration_error(out, torch.tensor([0, 0]))
+    assert abs(ece - 0.35) < 1e-6
