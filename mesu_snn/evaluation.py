@@ -15,20 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import metrics as M
-from .datasets.events import EventDataset
 from .seeding import derive_seed, generator
-from .streams import TaskStream
+from .streams import TaskStream, take
 
 __all__ = ["Evaluator", "Evaluation", "EVAL_MASKS"]
 
 EVAL_MASKS = (None, "task")
-
-
-def _take(x, idx: Sequence[int]):
-    """Rows ``idx`` of raw inputs: tensor-like (N, ...) -> (B, ...), EventDataset -> list of arrays."""
-    if isinstance(x, EventDataset):
-        return x.get_events(list(idx))
-    return x[torch.as_tensor(list(idx), dtype=torch.long)]
 
 
 @dataclass
@@ -73,7 +65,7 @@ class Evaluator:
             if cache and key in self._eval_cache:
                 x = self._eval_cache[key]
             else:
-                x = self._encoded(_take(task.test_x, idx), generator)
+                x = self._encoded(take(task.test_x, idx), generator)
                 if cache:
                     self._eval_cache[key] = x
             yield x, task.test_y[s:s + len(idx)].to(self.device)
@@ -86,7 +78,7 @@ class Evaluator:
         g = generator(derive_seed(self.seed, "task_batches", task_index), torch.device("cpu"))
         for s in range(0, n, self.eval_batch_size):
             idx = range(s, min(s + self.eval_batch_size, n))
-            yield self._encoded(_take(task.train_x, idx), g), task.train_y[s:s + len(idx)].to(self.device)
+            yield self._encoded(take(task.train_x, idx), g), task.train_y[s:s + len(idx)].to(self.device)
 
     # -- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
@@ -135,7 +127,7 @@ class Evaluator:
         n = len(self.ood_inputs)
         chunks = []
         for s in range(0, n, self.eval_batch_size):
-            x = self._encoded(_take(self.ood_inputs, range(s, min(s + self.eval_batch_size, n))), g_enc)
+            x = self._encoded(take(self.ood_inputs, range(s, min(s + self.eval_batch_size, n))), g_enc)
             chunks.append(self._forward_eval(x, g_noise).cpu())
         return torch.cat(chunks, 1)
 

@@ -127,8 +127,10 @@ def _labels(x, y, what: str) -> torch.Tensor:
     return y.long()
 
 
-def _take(x, idx: torch.Tensor):
-    """Rows ``idx`` of inputs: tensor (B, ...) or, for an EventDataset, a list of arrays."""
+def take(x, idx):
+    """Rows ``idx`` (a sequence or int64 tensor) of raw inputs: a tensor-like (N, ...) -> (B, ...),
+    an EventDataset -> list of B event arrays."""
+    idx = torch.as_tensor(list(idx) if not isinstance(idx, torch.Tensor) else idx, dtype=torch.long)
     if isinstance(x, EventDataset):
         return x.get_events(idx.tolist())
     return x[idx]
@@ -307,36 +309,6 @@ class TaskStream:
         """Sorted union of the tasks' global classes."""
         return tuple(sorted({c for t in self.tasks for c in t.classes}))
 
-    def train_batches(
-        self, batch_size: int, epochs_per_task: int = 1, seed: int = 0, drop_last: bool = False
-    ) -> Iterator[tuple[object, torch.Tensor, int]]:
-        """Yield ``(x, y, task_index)`` task after task, reshuffled every epoch.
-
-        x: tensor (B, ...) or list of B event arrays; y: int64 (B,).
-        """
-        _check_batch(batch_size, epochs_per_task)
-        g = _gen(seed)
-        for k, task in enumerate(self.tasks):
-            n = len(task.train_y)
-            for _ in range(epochs_per_task):
-                order = torch.randperm(n, generator=g)
-                for s in range(0, n, batch_size):
-                    idx = order[s : s + batch_size]
-                    if drop_last and len(idx) < batch_size:
-                        break
-                    yield _take(task.train_x, idx), task.train_y[idx], k
-
-    def test_batches(self, batch_size: int, task_index: int | None = None) -> Iterator[tuple[object, torch.Tensor, int]]:
-        """Yield ``(x, y, task_index)`` over the test sets in order (all tasks, or one)."""
-        _check_batch(batch_size, 1)
-        ks = range(len(self.tasks)) if task_index is None else [int(task_index)]
-        for k in ks:
-            task = self.tasks[k]
-            n = len(task.test_y)
-            for s in range(0, n, batch_size):
-                idx = torch.arange(s, min(s + batch_size, n))
-                yield _take(task.test_x, idx), task.test_y[idx], k
-
     def subsample(self, n_train_per_task: int, n_test_per_task: int | None = None, seed: int = 0) -> TaskStream:
         """Class-balanced random subset of every task (keeps CI fast); None keeps all test samples."""
         for name, v in (("n_train_per_task", n_train_per_task), ("n_test_per_task", n_test_per_task)):
@@ -447,7 +419,7 @@ class TaskFreeStream:
             for k in torch.unique(tid).tolist():
                 m = torch.nonzero(tid == k).flatten()
                 y[m] = tasks[k].train_y[sid[m]]
-                parts.append((m, _take(tasks[k].train_x, sid[m])))
+                parts.append((m, take(tasks[k].train_x, sid[m])))
             if events:
                 for m, evs in parts:
                     for j, ev in zip(m.tolist(), evs):

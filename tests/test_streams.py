@@ -173,38 +173,11 @@ def test_class_incremental_tasks():
 
 
 # ---------------------------------------------------------------- batching
-def test_train_batches_order_coverage_determinism():
-    xtr, ytr, xte, yte = toy()
-    s = split_tasks(xtr, ytr, xte, yte)
-    batches = list(s.train_batches(batch_size=16, epochs_per_task=2, seed=1))
-    ks = [k for _, _, k in batches]
-    assert ks == sorted(ks) and set(ks) == {0, 1, 2}
-    for k, task in enumerate(s):
-        ids = torch.cat([x.reshape(len(x), -1)[:, 0] for x, _, kk in batches if kk == k]).long()
-        assert torch.equal(torch.bincount(ids, minlength=120)[ids.unique()], torch.full((len(ids.unique()),), 2))
-        assert len(ids.unique()) == len(task.train_y)
-        ys = torch.cat([y for _, y, kk in batches if kk == k])
-        assert torch.equal(ys, ytr[ids])
-    assert all(len(y) <= 16 for _, y, _ in batches)
-    again = list(s.train_batches(16, 2, seed=1))
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
-    assert not torch.equal(batches[0][0], next(iter(s.train_batches(16, 2, seed=2)))[0])
-    dropped = list(s.train_batches(16, seed=1, drop_last=True))
-    assert all(len(y) == 16 for _, y, _ in dropped)
-    with pytest.raises(ValueError, match="batch_size"):
-        next(s.train_batches(0))
-
-
-def test_test_batches_and_event_batches():
-    xtr, ytr, xte, yte = toy()
-    s = split_tasks(xtr, ytr, xte, yte)
-    got = list(s.test_batches(5, task_index=1))
-    assert {k for _, _, k in got} == {1} and sum(len(y) for _, y, _ in got) == len(s[1].test_y)
-    assert sum(len(y) for _, y, _ in s.test_batches(7)) == 40
+def test_event_batches_of_the_task_free_stream():
     ds = toy_events()
     es = permuted_tasks(ds, None, ds, None, 2, seed=0)
-    x, y, k = next(es.train_batches(5))
-    assert isinstance(x, list) and len(x) == 5 and x[0].dtype == EV_DTYPE and k == 0
+    x, y = next(iter(es.task_free(5)))
+    assert isinstance(x, list) and len(x) == 5 and x[0].dtype == EV_DTYPE and y.shape == (5,)
     assert EventFrameEncoder(ds.sensor_size, 3)(x).shape == (3, 5, 2, 5, 6)
 
 
@@ -300,7 +273,7 @@ def test_digits_permuted_stream_end_to_end():
     xte, yte = load_digits("test")
     s = permuted_tasks(xtr, ytr, xte, yte, n_tasks=3, seed=0).subsample(100, 50, seed=0)
     n = 0
-    for x, y, k in s.train_batches(32):
-        assert x.shape[1:] == (8, 8) and x.dtype == torch.float32 and 0 <= k < 3
+    for x, y in s.task_free(32):
+        assert x.shape[1:] == (8, 8) and x.dtype == torch.float32
         n += len(y)
     assert n == 300
