@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import torch
+    threads = torch.get_num_threads()       # commands may set it (schedule.threads, the demo): restored after
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, ValueError, FileNotFoundError, FileExistsError, PermissionError, OSError) as e:
         print(f"mesu-snn: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":  # pragma: no cover
