@@ -12,9 +12,11 @@ from .kernels.lif_fused import fast_paths_enabled, lif_sequence_fused, supports
 from .kernels.gaussian_weight import gaussian_weight
 from .kernels.spike_linear import spike_linear
 from .neurons import LIF
-from .synapses import BayesConv2d, BayesianLayer, BayesLinear, set_mode
+from .synapses import BayesConv2d, BayesianLayer, BayesLinear, resolve_init, set_mode
 
-__all__ = ["SpikingMLP", "SpikingConvNet", "bayesianize", "READOUTS"]
+__all__ = ["SpikingMLP", "SpikingConvNet", "BayesMLP", "bayesianize", "READOUTS", "ACTIVATIONS"]
+
+ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
 READOUTS = ("count", "membrane")
 
@@ -114,6 +116,54 @@ class SpikingMLP(nn.Module):
         return set_mode(self, "mean")
 
     def sample_mode(self) -> "SpikingMLP":
+        return set_mode(self, "sample")
+
+
+class BayesMLP(nn.Module):
+    """Non-spiking Bayesian MLP: BayesLinear → activation for every layer but the last.
+
+    ``net(x, samples=M)``: x (B, sizes[0]) real-valued inputs (e.g. standardised pixels) ->
+    (M, B, sizes[-1]) logits, one per weight sample, every sample shared by the whole batch
+    (M = 1 in mean mode). Works with every rule of :func:`mesu_snn.make_rule` and with the
+    trainer (config ``model.kind = "ann"``).
+
+    init: ``"authors"`` (default: μ ~ U(±4/√fan_in), σ₀ = 2/√fan_in, the MESU authors' code and
+    the paper's permuted-MNIST protocol, reproduced in experiments/paper_pmnist.py), ``"library"``
+    (1, 0.5), or None to use ``mu_init``/``sigma_init``. bias: False by default (the authors' MLP).
+    """
+
+    def __init__(self, sizes: Sequence[int], activation: str = "relu", bias: bool = False,
+                 init: str | None = "authors", mu_init: float = 4.0, sigma_init: float = 2.0):
+        super().__init__()
+        sizes = list(sizes)
+        if len(sizes) < 2 or any((not isinstance(s, int)) or isinstance(s, bool) or s < 1 for s in sizes):
+            raise ValueError(f"sizes must list >= 2 positive layer widths, got {sizes!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
+        mu_init, sigma_init = resolve_init(init, mu_init, sigma_init)
+        self.sizes, self.activation = sizes, activation
+        self.layers = nn.ModuleList(BayesLinear(a, b, bias=bias, mu_init=mu_init, sigma_init=sigma_init)
+                                    for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[-1] != self.sizes[0]:
+            raise ValueError(f"BayesMLP expects input of shape (B, {self.sizes[0]}), got {tuple(x.shape)}")
+        act = ACTIVATIONS[self.activation]
+        h = _input_layer(self.layers[0], x, samples, generator)             # (M, B, H)
+        for layer in self.layers[1:]:
+            h = act(h)
+            if fast_paths_enabled() and type(layer) is BayesLinear and layer.mode == "sample" \
+                    and not torch.compiler.is_compiling():
+                w, b = _fast_sample_weights(layer, h.shape[0], generator)
+                h = layer._apply_sampled(h, w, b)
+            else:
+                h = layer(h, sampled_input=True, generator=generator)
+        return h
+
+    def mean_mode(self) -> "BayesMLP":
+        return set_mode(self, "mean")
+
+    def sample_mode(self) -> "BayesMLP":
         return set_mode(self, "sample")
 
 

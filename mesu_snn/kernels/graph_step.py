@@ -53,7 +53,8 @@ def guarded_update(optimizer) -> torch.Tensor:
                 raise ValueError("guarded_update needs scalar MESU hyperparameters")
             dmu, dsig = mesu_deltas(mus, sigmas, gr[0::2], gr[1::2], memory=g["memory"],
                                     sigma_prior=g["sigma_prior"], mu_prior=g["mu_prior"], lr_mu=g["lr_mu"],
-                                    lr_sigma=g["lr_sigma"], clamp_grad=g["clamp_grad"])
+                                    lr_sigma=g["lr_sigma"], clamp_grad=g["clamp_grad"],
+                                    batch_size=g["batch_size"])
             torch._foreach_add_(mus, [torch.where(ok, d, 0.0) for d in dmu])
             torch._foreach_add_(sigmas, [torch.where(ok, d, 0.0) for d in dsig])
         else:
