@@ -87,12 +87,16 @@ class SpikingMLP(nn.Module):
     one per weight sample (M = 1 in mean mode). readout ``"count"``: output spike counts over
     the T steps (as in snnTorch's tutorials); ``"membrane"``: time-averaged membrane of a
     non-resetting output layer. beta, threshold, reset, surrogate: see :class:`~mesu_snn.LIF`.
+    init: a named initialisation of :data:`mesu_snn.INITS` (``"authors"``: μ ~ U(±4/√fan_in),
+    σ₀ = 2/√fan_in) overriding ``mu_init``/``sigma_init``; the default is the library's
+    (1, 0.5), kept for spiking networks until a spiking run shows the authors' init is better.
     """
 
     def __init__(self, sizes: Sequence[int], beta=0.9, threshold=1.0, reset: str = "subtract",
                  surrogate="fast_sigmoid", readout: str = "membrane", bias: bool = True,
-                 mu_init: float = 1.0, sigma_init: float = 0.5):
+                 mu_init: float = 1.0, sigma_init: float = 0.5, init: str | None = None):
         super().__init__()
+        mu_init, sigma_init = resolve_init(init, mu_init, sigma_init)
         sizes = list(sizes)
         if len(sizes) < 2 or any((not isinstance(s, int)) or s < 1 for s in sizes):
             raise ValueError(f"sizes must list >= 2 positive layer widths, got {sizes!r}")
@@ -131,6 +135,9 @@ class BayesMLP(nn.Module):
     the paper's permuted-MNIST protocol, reproduced in experiments/paper_pmnist.py), ``"library"``
     (1, 0.5), or None to use ``mu_init``/``sigma_init``. bias: False by default (the authors' MLP).
     """
+
+    #: the batch dimension of the input (spiking models take (T, B, ...): 1)
+    batch_dim = 0
 
     def __init__(self, sizes: Sequence[int], activation: str = "relu", bias: bool = False,
                  init: str | None = "authors", mu_init: float = 4.0, sigma_init: float = 2.0):
@@ -176,8 +183,10 @@ class SpikingConvNet(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], channels: Sequence[int], n_classes: int,
                  kernel_size: int = 3, beta=0.9, threshold=1.0, reset: str = "subtract",
-                 surrogate="fast_sigmoid", readout: str = "membrane", mu_init: float = 1.0, sigma_init: float = 0.5):
+                 surrogate="fast_sigmoid", readout: str = "membrane", mu_init: float = 1.0, sigma_init: float = 0.5,
+                 init: str | None = None):
         super().__init__()
+        mu_init, sigma_init = resolve_init(init, mu_init, sigma_init)
         c, h, w = input_shape
         channels = list(channels)
         if channels[0] != c:

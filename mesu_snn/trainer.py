@@ -91,6 +91,9 @@ class Trainer:
     train_samples: M per update for Bayesian rules (mean-mode rules use 1).
     eval_samples: M at evaluation (Bayesian model average) for Bayesian rules.
     eval_every: also evaluate every K updates (0: only after each task).
+    eval_average: how the M samples are combined for the accuracy: ``"probs"`` (default, the
+        Bayesian model average: argmax of the mean softmax) or ``"log_probs"`` (argmax of the
+        mean log-softmax, the MESU authors' evaluation).
     eval_mask: None (single head over all classes) or ``"task"``: at evaluation only, the
         prediction on task j is the argmax over task j's classes (task-incremental scoring).
         The uncertainty metrics (entropies, ECE, OOD AUROC) always use the single-head
@@ -103,7 +106,8 @@ class Trainer:
     def __init__(self, model: nn.Module, rule: Rule, tasks: TaskStream, encode: Callable, *,
                  batch_size: int = 16, epochs_per_task: int = 1, boundary: str = "sharp", transition: float = 0.2,
                  stream_seed: int = 0, train_samples: int = 4, eval_samples: int = 8, eval_every: int = 0,
-                 eval_batch_size: int = 256, eval_mask: str | None = None, checkpoint_every: int = 0,
+                 eval_batch_size: int = 256, eval_mask: str | None = None, eval_average: str = "probs",
+                 checkpoint_every: int = 0,
                  run_dir: str | Path | None = None, seed: int = 0, last_k: int = 3, ood_inputs=None,
                  callbacks: Iterable[Callback] = (), progress: bool = False, desc: str | None = None,
                  device: str | torch.device = "cpu", config: dict | None = None):
@@ -123,6 +127,9 @@ class Trainer:
         self.batch_size = int(batch_size)
         self.train_samples, self.eval_samples = train_samples, eval_samples
         self.eval_every, self.eval_batch_size, self.eval_mask = eval_every, eval_batch_size, eval_mask
+        if eval_average not in ("probs", "log_probs"):
+            raise ValueError(f"eval_average must be 'probs' or 'log_probs', got {eval_average!r}")
+        self.eval_average = eval_average
         self.checkpoint_every, self.seed, self.last_k = checkpoint_every, int(seed), last_k
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.ood_inputs = ood_inputs
@@ -225,7 +232,8 @@ class Trainer:
                 classes = torch.tensor(self.tasks[k].classes, device=self.device)
                 for x, y in self._test_batches(k, g_enc):
                     out = self._forward_eval(x, g_noise)                  # (M, B, C)
-                    p = F.softmax(out.float(), -1).mean(0)                 # (B, C)
+                    # (B, C): mean softmax (default) or mean log-softmax (the MESU authors')
+                    p = (F.softmax if self.eval_average == "probs" else F.log_softmax)(out.float(), -1).mean(0)
                     if self.eval_mask == "task":
                         pred = classes[p[:, classes].argmax(-1)]
                     else:

@@ -61,11 +61,12 @@ class OnlineEWC(Rule):
         """Empirical diagonal Fisher over at most ``fisher_samples`` samples of ``batches``."""
         acc = [torch.zeros_like(p) for p in self.params]
         n = 0
+        bdim = getattr(self.model, "batch_dim", 1)      # (T, B, ...) spiking inputs; BayesMLP: (B, F)
         for x, y in batches:
             for i in range(y.shape[0]):
                 if n >= self.fisher_samples:
                     break
-                out = self.model(x[:, i:i + 1], samples=1)            # (1, 1, C)
+                out = self.model(x.narrow(bdim, i, 1), samples=1)    # (1, 1, C)
                 loss = nll_loss(out, y[i:i + 1])                     # −log p(y_i | x_i)
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)
                 for a, g in zip(acc, grads):
