@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mesu_snn as ms  # noqa: E402
 from mesu_snn.datasets import load_mnist  # noqa: E402
-from mesu_snn.encoders import standardization_stats, standardize  # noqa: E402
+from mesu_snn.encoders import current_encode, standardization_stats, standardize  # noqa: E402
 from mesu_snn.metrics import accuracy  # noqa: E402
 from mesu_snn.trainer import derive_seed  # noqa: E402
 
@@ -77,16 +77,27 @@ def permutations(n_tasks: int, seed: int) -> list[torch.Tensor]:
     return [torch.randperm(784, generator=g) for _ in range(n_tasks)]
 
 
+class Inputs:
+    """(B, 784) standardised images -> the model's input: as is (ANN) or a constant current
+    for T steps, (T, B, 784) (spiking)."""
+
+    def __init__(self, T: int | None, gain: float = 1.0):
+        self.T, self.gain = T, gain
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.T is None else current_encode(x * self.gain, self.T)
+
+
 @torch.no_grad()
 def evaluate(net: torch.nn.Module, xte: torch.Tensor, yte: torch.Tensor, perms, samples: int,
-             average: str, chunk: int = 2000) -> list[float]:
+             average: str, chunk: int = 2000, encode=lambda x: x) -> list[float]:
     """Test accuracy (0..1) of every task in ``perms``: M weight draws per chunk of images."""
     accs = []
     for p in perms:
         correct = 0.0
         for i in range(0, len(yte), chunk):
             xb, yb = xte[i:i + chunk][:, p], yte[i:i + chunk]
-            correct += accuracy(net(xb, samples=samples), yb, average=average) * len(yb)
+            correct += accuracy(net(encode(xb), samples=samples), yb, average=average) * len(yb)
         accs.append(correct / len(yte))
     return accs
 
@@ -119,8 +130,14 @@ def run(args) -> dict:
         xte, yte = xte[:args.test_per_task], yte[:args.test_per_task]
     perms = permutations(args.tasks, args.seed)
     torch.manual_seed(derive_seed(args.seed, "model") % 2**63)
-    net = ms.BayesMLP([784, *args.hidden, 10], activation="relu", bias=False, init=args.init)
+    if args.model == "ann":
+        net = ms.BayesMLP([784, *args.hidden, 10], activation="relu", bias=False, init=args.init)
+    else:
+        net = ms.SpikingMLP([784, *args.hidden, 10], bias=False, init=args.init, readout=args.readout)
+    encode = Inputs(None if args.model == "ann" else args.T, args.gain)
     hp = dict(RULE_HP[args.rule])
+    if args.rule in ("sgd", "bgd") and args.lr is not None:
+        hp["lr"] = args.lr
     if args.rule == "mesu" and args.memory is not None:
         hp["memory"] = args.memory
     if args.rule == "mesu" and args.clamp is not None:
@@ -130,6 +147,8 @@ def run(args) -> dict:
     order_g = torch.Generator().manual_seed(derive_seed(args.seed, "order") % 2**63)
     res = {"protocol": "paper_pmnist (ANN, batch 1, one epoch per task, task-free)", "rule": args.rule,
            "hyperparameters": hp, "seed": args.seed, "hidden": args.hidden, "init": args.init,
+           "model": args.model, "T": args.T if args.model == "snn" else None, "gain": args.gain,
+           "readout": args.readout if args.model == "snn" else None,
            "train_samples": m_train, "test_samples": args.samples, "eval_average": args.average,
            "standardization": {"mean": stats[0], "std": stats[1]}, "train_per_task": len(ytr),
            "test_per_task": len(yte), "n_tasks_planned": args.tasks, "threads": args.threads,
@@ -145,7 +164,7 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         run_correct = 0
         for n, i in enumerate(order.tolist()):
-            x, y = xk[i:i + 1], ytr[i:i + 1]
+            x, y = encode(xk[i:i + 1]), ytr[i:i + 1]
             out_ = net(x, samples=m_train)
             loss = rule.loss(out_, y)
             rule.zero_grad()
@@ -156,7 +175,8 @@ def run(args) -> dict:
                 print(f"task {k} step {n + 1}: running train acc {run_correct / (n + 1):.4f} "
                       f"{(time.perf_counter() - t0) / (n + 1) * 1e3:.2f} ms/update", flush=True)
         train_s = time.perf_counter() - t0
-        accs = evaluate(net, xte, yte, perms[:k + 1], args.samples, args.average)
+        accs = evaluate(net, xte, yte, perms[:k + 1], args.samples, args.average,
+                        chunk=2000 if args.model == "ann" else 500, encode=encode)
         res["acc"].append(accs)
         res["sigma"].append(sigma_stats(net))
         res["task_seconds"].append(time.perf_counter() - t0)
@@ -181,6 +201,12 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tasks", type=int, default=200)
     ap.add_argument("--hidden", type=int, nargs="*", default=[50])
+    ap.add_argument("--model", choices=["ann", "snn"], default="ann",
+                    help="ann: BayesMLP ReLU (the paper); snn: SpikingMLP (LIF), T steps of the image as current")
+    ap.add_argument("--T", type=int, default=10, help="snn: time steps")
+    ap.add_argument("--gain", type=float, default=1.0, help="snn: input current = gain x standardised image")
+    ap.add_argument("--readout", default="membrane", choices=["membrane", "count"])
+    ap.add_argument("--lr", type=float, default=None, help="sgd/bgd learning rate")
     ap.add_argument("--samples", type=int, default=10, help="M for training (Bayesian rules) and test")
     ap.add_argument("--memory", type=float, default=None, help="MESU N in samples (default 300000)")
     ap.add_argument("--clamp", type=float, default=None, help="MESU gradient clamp (default: none)")
