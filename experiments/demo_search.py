@@ -18,7 +18,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 GRID = {
-    "mesu": ({"sigma_prior": 0.1}, "memory", [1e4, 3e4, 1e5, 3e5]),
+    # memory in samples (batch 16): the searched 1e4..3e5 updates of the committed results x 16
+    "mesu": ({"sigma_prior": 0.1}, "memory", [1.6e5, 4.8e5, 1.6e6, 4.8e6]),
     "sgd": ({}, "lr", [0.003, 0.01, 0.03, 0.1]),
     "bgd": ({}, "lr", [3.0, 10.0, 30.0, 100.0]),
 }

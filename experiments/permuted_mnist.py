@@ -37,7 +37,8 @@ class Chosen(str):
 #: rule's chosen value: EWC regularises SGD (as in Kirkpatrick et al.) and SI Adam (as in
 #: Zenke et al.), each at its base optimizer's chosen learning rate, so both are searched after it.
 GRID = {
-    "mesu": ({"sigma_prior": 0.05}, "memory", [3e4, 1e5, 3e5, 1e6]),
+    # memory in samples (batch 16): the searched 3e4..1e6 updates of the committed results x 16
+    "mesu": ({"sigma_prior": 0.05}, "memory", [4.8e5, 1.6e6, 4.8e6, 1.6e7]),
     "bgd": ({}, "lr", [1.0, 3.0, 10.0, 30.0]),
     "sgd": ({}, "lr", [0.001, 0.003, 0.01, 0.03]),
     "adam": ({}, "lr", [3e-5, 1e-4, 3e-4, 1e-3]),

@@ -18,7 +18,8 @@ import torch.nn as nn
 from .callbacks import Progress
 from .config import RunConfig
 from .datasets import EventDataset, load_digits, load_mnist, load_nmnist
-from .encoders import (EventFrameEncoder, current_encode, latency_encode, rate_encode, to_unit_interval)
+from .encoders import (EventFrameEncoder, current_encode, latency_encode, rate_encode, standardization_stats,
+                       standardize, to_unit_interval)
 from .models import model_from_spec
 from .rules import make_rule
 from .rules.rule import Rule
@@ -39,10 +40,12 @@ class InputPipeline:
     """Raw batch -> model input (T, B, ...): float tensor (B, ...) or uint8 images, or a list
     of event arrays (``frames``).
 
-    current: constant current ``gain·x``; rate: Bernoulli with p = ``gain·x``; latency: one
-    spike per pixel, brighter earlier; frames: event counts per time bin, times ``gain``.
+    current: constant current ``gain·x``; standardized: constant signed current
+    ``gain·(x − mean)/std``; rate: Bernoulli with p = ``gain·x``; latency: one spike per pixel,
+    brighter earlier; frames: event counts per time bin, times ``gain``.
     ``flatten``: (T, B, ...) -> (T, B, features) for an MLP; otherwise static images get a
-    channel dim, (T, B, 1, H, W), for a conv net.
+    channel dim, (T, B, 1, H, W), for a conv net. ``static``: no time dim, (B, features), for a
+    non-spiking ``ann`` (current/standardized only).
     """
     kind: str
     num_steps: int
@@ -53,6 +56,9 @@ class InputPipeline:
     linear: bool = False
     sensor_size: tuple[int, int, int] | None = None
     duration_us: float | None = None
+    mean: float = 0.0
+    std: float = 1.0
+    static: bool = False
 
     @property
     def deterministic(self) -> bool:
@@ -65,9 +71,16 @@ class InputPipeline:
             x = EventFrameEncoder(self.sensor_size, self.num_steps, self.duration_us)(x_raw)   # (T, B, P, H, W)
             if self.gain != 1.0:
                 x = x * self.gain
+        elif self.static:
+            if self.kind not in ("current", "standardized"):
+                raise ValueError(f"a static (ann) pipeline takes 'current' or 'standardized', got {self.kind!r}")
+            x = standardize(x_raw, self.mean, self.std) if self.kind == "standardized" else to_unit_interval(x_raw)
+            return (x * self.gain).flatten(1)
         else:
             x = to_unit_interval(x_raw)
-            if self.kind == "current":
+            if self.kind == "standardized":
+                x = current_encode(standardize(x, self.mean, self.std) * self.gain, self.num_steps)
+            elif self.kind == "current":
                 x = current_encode(x * self.gain, self.num_steps)
             elif self.kind == "rate":
                 x = rate_encode(x, self.num_steps, self.gain, generator=generator)
@@ -151,9 +164,14 @@ def _sample_shape(tasks: TaskStream) -> tuple[int, ...]:
 def build_pipeline(cfg: RunConfig, tasks: TaskStream) -> InputPipeline:
     e = cfg.encoder
     sensor = tasks[0].train_x.sensor_size if isinstance(tasks[0].train_x, EventDataset) else None
-    return InputPipeline(kind=e.kind, num_steps=e.num_steps, gain=e.gain, flatten=cfg.model.kind == "mlp",
+    mean, std = 0.0, 1.0
+    if e.kind == "standardized":
+        # scalar pixel stats of the training images (permutation-invariant, so task 0's will do)
+        x = tasks[0].train_x
+        mean, std = standardization_stats(x.base if isinstance(x, PermutedInputs) else torch.as_tensor(x))
+    return InputPipeline(kind=e.kind, num_steps=e.num_steps, gain=e.gain, flatten=cfg.model.kind in ("mlp", "ann"),
                          tau=e.tau, threshold=e.threshold, linear=e.linear, sensor_size=sensor,
-                         duration_us=e.duration_us)
+                         duration_us=e.duration_us, mean=mean, std=std, static=cfg.model.kind == "ann")
 
 
 def build_model(cfg: RunConfig, tasks: TaskStream) -> nn.Module:
@@ -161,10 +179,15 @@ def build_model(cfg: RunConfig, tasks: TaskStream) -> nn.Module:
     m = cfg.model
     shape = _sample_shape(tasks)
     n_classes = max(tasks.classes) + 1
-    common = dict(readout=m.readout, mu_init=m.mu_init, sigma_init=m.sigma_init,
+    if m.kind == "ann":
+        spec = {"class": "BayesMLP", "sizes": [int(np.prod(shape)), *m.hidden, n_classes], "activation": m.activation,
+                "bias": bool(m.bias), "init": m.init, "mu_init": m.mu_init, "sigma_init": m.sigma_init}
+        return model_from_spec(spec, seed=derive_seed(cfg.seed, "model") % 2**63)
+    common = dict(readout=m.readout, init=m.init, mu_init=m.mu_init, sigma_init=m.sigma_init,
                   neuron=dict(beta=m.beta, threshold=m.threshold, reset=m.reset, surrogate=m.surrogate))
     if m.kind == "mlp":
-        spec = dict(common, **{"class": "SpikingMLP", "sizes": [int(np.prod(shape)), *m.hidden, n_classes]})
+        spec = dict(common, **{"class": "SpikingMLP", "sizes": [int(np.prod(shape)), *m.hidden, n_classes],
+                               "bias": True if m.bias is None else bool(m.bias)})
     else:
         if len(shape) == 2:
             shape = (1, *shape)
@@ -178,8 +201,11 @@ def build_model(cfg: RunConfig, tasks: TaskStream) -> nn.Module:
 
 
 def build_rule(cfg: RunConfig, model: nn.Module) -> Rule:
+    params = dict(cfg.rule.params)
+    if cfg.rule.name == "mesu" and params.get("clamp_grad") == 0:
+        params["clamp_grad"] = None          # a config's 0 means no clamp (TOML has no None)
     try:
-        return make_rule(cfg.rule.name, model, **cfg.rule.params)
+        return make_rule(cfg.rule.name, model, **params)
     except ValueError as e:
         raise ValueError(f"config table [rule]: {e}") from None
 
@@ -219,6 +245,7 @@ def build_trainer(cfg: RunConfig, progress: bool = False, callbacks=(), tasks: T
                    epochs_per_task=s.epochs_per_task, boundary=s.boundary, transition=s.transition,
                    stream_seed=stream_seed(cfg), train_samples=sch.train_samples, eval_samples=sch.eval_samples,
                    eval_every=sch.eval_every, eval_batch_size=sch.eval_batch_size, eval_mask=eval_mask_for(cfg),
+                   eval_average=sch.eval_average,
                    seed=cfg.seed, last_k=sch.last_k, ood_inputs=build_ood(cfg, tasks),
                    ood_description=OOD_DESCRIPTION,
                    callbacks=[*callbacks, *([Progress(desc)] if progress else [])], desc=desc,
@@ -233,5 +260,6 @@ def build_evaluator(cfg: RunConfig, model: nn.Module, tasks: TaskStream | None =
     tasks = build_tasks(cfg) if tasks is None else tasks
     device = resolve_device(cfg.schedule.device)
     return Evaluator(model, tasks, build_pipeline(cfg, tasks), samples=samples or cfg.schedule.eval_samples,
-                     batch_size=cfg.schedule.eval_batch_size, mask=eval_mask_for(cfg), seed=cfg.seed, device=device,
+                     batch_size=cfg.schedule.eval_batch_size, mask=eval_mask_for(cfg),
+                     average=cfg.schedule.eval_average, seed=cfg.seed, device=device,
                      ood_inputs=build_ood(cfg, tasks), ood_description=OOD_DESCRIPTION)

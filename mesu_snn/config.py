@@ -19,12 +19,12 @@ Unknown fields are errors too (a typo never silently falls back to a default). E
     batch_size = 16
 
     [encoder]
-    kind = "current"           # current | rate | latency | frames
+    kind = "current"           # current | standardized | rate | latency | frames
     num_steps = 10
     gain = 2.0
 
     [model]
-    kind = "mlp"               # mlp | conv
+    kind = "mlp"               # mlp | conv | ann (non-spiking BayesMLP)
     hidden = [64]
 
     [rule]
@@ -50,7 +50,9 @@ from typing import Any
 
 from .functional.lif import RESETS
 from .functional.surrogate import SURROGATES
+from .models import ACTIVATIONS as _MODEL_ACTIVATIONS
 from .models import READOUTS
+from .synapses import INITS as _SYN_INITS
 from .rules.registry import RULES, hyperparameters
 
 if sys.version_info >= (3, 11):
@@ -64,8 +66,11 @@ __all__ = ["ConfigError", "RunConfig", "DataConfig", "StreamConfig", "EncoderCon
 DATASETS = ("digits", "mnist", "fashion_mnist", "nmnist")
 STREAM_KINDS = ("permuted", "split", "class_incremental")
 BOUNDARIES = ("sharp", "blurred")
-ENCODERS = ("current", "rate", "latency", "frames")
-MODEL_KINDS = ("mlp", "conv")
+ENCODERS = ("current", "standardized", "rate", "latency", "frames")
+MODEL_KINDS = ("mlp", "conv", "ann")
+INITS = tuple(_SYN_INITS)
+ACTIVATIONS = tuple(_MODEL_ACTIVATIONS)
+EVAL_AVERAGES = ("probs", "log_probs")
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -175,7 +180,9 @@ class StreamConfig:
 
 @dataclass
 class EncoderConfig:
-    """``[encoder]``: static inputs -> spikes/currents (T, B, ...), or events -> frames."""
+    """``[encoder]``: static inputs -> spikes/currents (T, B, ...), or events -> frames.
+    ``standardized``: signed currents gain·(x − mean)/std with the training set's pixel mean/std
+    (the MESU authors' input), for T steps; for ``model.kind = "ann"`` the (B, features) inputs."""
     kind: str = "current"
     num_steps: int = 10                  # T (for frames: the number of time bins)
     gain: float = 2.0                    # current: input scale; rate: spike-probability gain
@@ -196,7 +203,9 @@ class EncoderConfig:
 
 @dataclass
 class ModelConfig:
-    """``[model]``: a Bayesian spiking MLP or conv net (input and output sizes come from the data)."""
+    """``[model]``: a Bayesian spiking MLP or conv net, or a non-spiking ``ann`` (BayesMLP with
+    ``activation``, ``bias``); input and output sizes come from the data. ``init``: a named
+    initialisation (``"authors"``: μ ~ U(±4/√fan_in), σ₀ = 2/√fan_in) overriding mu_init/sigma_init."""
     kind: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [64])       # mlp
     channels: list[int] = field(default_factory=lambda: [8, 16])  # conv (input channels prepended)
@@ -208,6 +217,9 @@ class ModelConfig:
     readout: str = "membrane"
     mu_init: float = 1.0
     sigma_init: float = 0.5
+    init: str | None = None              # None: mu_init/sigma_init; "authors" | "library"
+    activation: str = "relu"             # ann
+    bias: bool | None = None             # None: the model's default (ann: False, spiking: True)
 
     def validate(self, p="model"):
         _choice(f"{p}.kind", self.kind, MODEL_KINDS)
@@ -221,6 +233,11 @@ class ModelConfig:
         _choice(f"{p}.readout", self.readout, READOUTS)
         self.mu_init = _float(f"{p}.mu_init", self.mu_init, 0.0)
         self.sigma_init = _float(f"{p}.sigma_init", self.sigma_init, 0.0, True)
+        if self.init is not None:
+            _choice(f"{p}.init", self.init, INITS)
+        _choice(f"{p}.activation", self.activation, ACTIVATIONS)
+        if self.bias is not None:
+            _bool(f"{p}.bias", self.bias)
 
 
 _BOUNDS = {">0": dict(lo=0.0, lo_open=True), ">=0": dict(lo=0.0), "[0,1]": dict(lo=0.0, hi=1.0),
@@ -257,6 +274,7 @@ class ScheduleConfig:
     eval_every: int = 0                  # updates; 0 = only after each task
     checkpoint_every: int = 100          # updates; 0 = only at the end
     eval_batch_size: int = 256
+    eval_average: str = "probs"          # probs: argmax mean softmax; log_probs: mean log-softmax (authors)
     last_k: int = 3
     ood: bool = True                     # OOD AUROC on a never-seen pixel/address permutation
     device: str = "cpu"
@@ -268,6 +286,7 @@ class ScheduleConfig:
         _int(f"{p}.eval_every", self.eval_every, 0)
         _int(f"{p}.checkpoint_every", self.checkpoint_every, 0)
         _int(f"{p}.eval_batch_size", self.eval_batch_size, 1)
+        _choice(f"{p}.eval_average", self.eval_average, EVAL_AVERAGES)
         _int(f"{p}.last_k", self.last_k, 1)
         _bool(f"{p}.ood", self.ood)
         _choice(f"{p}.device", self.device, DEVICES)
@@ -299,6 +318,9 @@ class RunConfig:
                        f"{self.data.dataset!r}")
         if self.data.dataset == "nmnist" and self.encoder.kind != "frames":
             raise _err("encoder.kind", f"N-MNIST holds events: use 'frames', got {self.encoder.kind!r}")
+        if self.model.kind == "ann" and self.encoder.kind not in ("standardized", "current"):
+            raise _err("encoder.kind", f"model.kind 'ann' takes static inputs: use 'standardized' or 'current', "
+                       f"got {self.encoder.kind!r}")
         if self.encoder.kind == "rate" and self.encoder.gain > 1.0:
             raise _err("encoder.gain", f"a rate code's gain scales a probability: must be <= 1, got {self.encoder.gain}")
         return self

@@ -21,7 +21,9 @@ Usage (``torchrun --nproc_per_node=K script.py``)::
     for x, y in batches:                          # global batch
         xs, ys = shard(x, 1, rank, world), shard(y, 0, rank, world)
         loss = ms.nll_loss(net(xs, samples=8, generator=gen), ys)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad(); loss.backward(); opt.step(batch_size=len(y))   # B = the *global* batch
+
+``memory`` is in samples; tell MESU the global batch size (every rank the same B), as above.
 """
 from __future__ import annotations
 

@@ -37,17 +37,20 @@ class Evaluator:
         ``encode.deterministic``). samples: M Monte-Carlo samples (1 for mean-mode models).
     mask: None (single head over all classes) or ``"task"`` (argmax over task j's classes when
         scoring task j; the uncertainty metrics always use all classes). The prediction is the
-        argmax of the sample-mean softmax (Bayesian model average).
+        argmax of the sample-mean softmax (``average="probs"``, the Bayesian model average) or of the
+    sample-mean log-softmax (``"log_probs"``, the MESU authors' evaluation).
     ood_inputs: raw inputs never trained on, for OOD AUROC in :meth:`uncertainty`.
     """
 
     def __init__(self, model: nn.Module, tasks: TaskStream, encode, *, samples: int = 8, batch_size: int = 256,
-                 mask: str | None = None, seed: int = 0, device: str | torch.device = "cpu", ood_inputs=None,
+                 mask: str | None = None, average: str = "probs", seed: int = 0, device: str | torch.device = "cpu", ood_inputs=None,
                  ood_description: str = "inputs never trained on"):
         if mask not in EVAL_MASKS:
             raise ValueError(f"eval_mask must be None or 'task', got {mask!r}")
         self.model, self.tasks, self.encode = model, tasks, encode
-        self.samples, self.eval_batch_size, self.eval_mask = samples, batch_size, mask
+        if average not in ("probs", "log_probs"):
+            raise ValueError(f"eval_average must be 'probs' or 'log_probs', got {average!r}")
+        self.samples, self.eval_batch_size, self.eval_mask, self.average = samples, batch_size, mask, average
         self.seed, self.device, self.ood_inputs = int(seed), torch.device(device), ood_inputs
         self.ood_description = ood_description
         self._eval_cache: dict = {}
@@ -101,7 +104,8 @@ class Evaluator:
                 classes = torch.tensor(self.tasks[k].classes, device=self.device)
                 for x, y in self._test_batches(k, g_enc):
                     out = self._forward_eval(x, g_noise)                  # (M, B, C)
-                    p = F.softmax(out.float(), -1).mean(0)                 # (B, C)
+                    # (B, C): mean softmax (default) or mean log-softmax (the MESU authors')
+                    p = (F.softmax if self.average == "probs" else F.log_softmax)(out.float(), -1).mean(0)
                     if self.eval_mask == "task":
                         pred = classes[p[:, classes].argmax(-1)]
                     else:

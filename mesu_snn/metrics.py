@@ -153,11 +153,21 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
 
 
-def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
-    """Accuracy of the MC-averaged prediction argmax_c p̄_c; out (M, B, C), y (B,)."""
-    p = _probs(out)
-    _check_y(p, y)
-    return float((p.mean(0).argmax(-1) == y.to(p.device)).double().mean())
+#: How the M samples are combined before the argmax: "probs" (default: the Bayesian model
+#: average p̄ = mean softmax, the predictive distribution the uncertainty metrics use) or
+#: "log_probs" (mean log-softmax, the MESU authors' evaluation, utils/testFunctions.py).
+AVERAGES = ("probs", "log_probs")
+
+
+def accuracy(out: torch.Tensor, y: torch.Tensor, average: str = "probs") -> float:
+    """Accuracy of the MC-averaged prediction; out (M, B, C), y (B,). average: ``"probs"``
+    (argmax of the mean softmax) or ``"log_probs"`` (argmax of the mean log-softmax)."""
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+    o = _check_out(out)
+    _check_y(o, y)
+    z = F.softmax(o, -1) if average == "probs" else F.log_softmax(o, -1)
+    return float((z.mean(0).argmax(-1) == y.to(z.device)).double().mean())
 
 
 def predictive_entropy(out: torch.Tensor) -> torch.Tensor:

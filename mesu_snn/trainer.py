@@ -62,6 +62,9 @@ class Trainer:
     train_samples: M per update for Bayesian rules (mean-mode rules use 1).
     eval_samples: M at evaluation (Bayesian model average) for Bayesian rules.
     eval_every: also evaluate every K updates (0: only after each task).
+    eval_average: how the M samples are combined for the accuracy: ``"probs"`` (default, the
+        Bayesian model average: argmax of the mean softmax) or ``"log_probs"`` (argmax of the
+        mean log-softmax, the MESU authors' evaluation).
     eval_mask: None (single head over all classes) or ``"task"``: at evaluation only, the
         prediction on task j is the argmax over task j's classes (task-incremental scoring).
         The uncertainty metrics (entropies, ECE, OOD AUROC) always use the single-head
@@ -75,7 +78,8 @@ class Trainer:
     def __init__(self, model: nn.Module, rule: Rule, tasks: TaskStream, encode: Callable, *,
                  batch_size: int = 16, epochs_per_task: int = 1, boundary: str = "sharp", transition: float = 0.2,
                  stream_seed: int = 0, train_samples: int = 4, eval_samples: int = 8, eval_every: int = 0,
-                 eval_batch_size: int = 256, eval_mask: str | None = None, seed: int = 0, last_k: int = 3,
+                 eval_batch_size: int = 256, eval_mask: str | None = None, eval_average: str = "probs",
+                 seed: int = 0, last_k: int = 3,
                  ood_inputs=None, ood_description: str = "inputs never trained on",
                  callbacks: Iterable[Callback] = (), desc: str | None = None,
                  device: str | torch.device = "cpu", config: dict | None = None):
@@ -108,7 +112,8 @@ class Trainer:
         self._noise = generator(derive_seed(self.seed, "noise"), self.device)
         self._enc = generator(derive_seed(self.seed, "encode"), torch.device("cpu"))
         self.evaluator = Evaluator(model, tasks, encode, samples=eval_samples if rule.bayesian else 1,
-                                   batch_size=eval_batch_size, mask=eval_mask, seed=self.seed, device=self.device,
+                                   batch_size=eval_batch_size, mask=eval_mask, average=eval_average,
+                                   seed=self.seed, device=self.device,
                                    ood_inputs=ood_inputs, ood_description=ood_description)
         self._reset_state()
 

@@ -166,6 +166,7 @@ def test_export_quantised_pruned_sampled(tmp_path, capsys):
     assert "model.nir already exists" in _err(capsys)
     assert (r / "model.nir").read_bytes() == before
     assert main(["export", str(r), "--bits", "4", "--force"]) == 0
+    capsys.readouterr()
     assert main(["export", str(tmp_path / "nope")]) == 1
     assert "nope" in _err(capsys)
     (r / "checkpoints" / "last.pt").write_bytes(b"truncated")

@@ -174,7 +174,8 @@ def test_non_bayesian_parameters_are_refused_or_trained_by_sgd():
         ms.MESU(net)
     opt = ms.MESU(net, other_lr=0.1)
     w0 = net[1].weight.detach().clone()
-    net(torch.randn(4, 3)).sum().backward()
+    with ms.sampled_weights(net, samples=1):           # one draw, batch folded as (1·B, ...)
+        net(torch.randn(4, 3)).sum().backward()
     g = net[1].weight.grad.clone()
     opt.step()
     torch.testing.assert_close(net[1].weight.detach(), w0 - 0.1 * g)
@@ -221,3 +222,126 @@ def test_construction_errors():
         ms.BayesLinear(3, 2, sigma_init=0.0)
     with pytest.raises(ValueError, match="sigma_init"):
         ms.SpikingMLP([3, 2], sigma_init=-1)
+
+
+# -- memory in samples for any batch size ------------------------------------------------
+
+def _batched_quadratic_run(B, h, steps, N, sp, samples=64, seed=0, via="step"):
+    """C = Σ_b mean_M ½ h (w − w*_b)²: B samples per update, each of curvature h (its own target)."""
+    g = torch.Generator().manual_seed(seed)
+    n = h.numel()
+    w_star = torch.randn(n, dtype=torch.float64, generator=g)
+    mu = torch.nn.Parameter(w_star.clone())       # start at the minimum: only σ's dynamics are tested
+    sigma = torch.nn.Parameter(torch.full((n,), 0.05, dtype=torch.float64))   # σ²·B·h < 2 at the start
+    opt = ms.MESU([(mu, sigma)], memory=N, sigma_prior=sp, clamp_grad=None,
+                  batch_size=B if via == "constructor" else 1)
+    hist = []
+    for _ in range(steps):
+        targets = w_star + 0.1 * torch.randn(B, n, dtype=torch.float64, generator=g)
+        eps = torch.randn(samples, 1, n, dtype=torch.float64, generator=g)
+        w = mu + sigma * eps                                                  # (M, 1, n), shared by the batch
+        loss = (0.5 * h * (w - targets) ** 2).sum((1, 2)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step(batch_size=B) if via == "step" else opt.step()
+        hist.append(sigma.detach().clone())
+    return torch.stack(hist)
+
+
+@pytest.mark.parametrize("B,via", [(1, "step"), (8, "step"), (32, "step"), (8, "constructor")])
+def test_mesu_fixed_point_is_N_samples_for_any_batch_size(B, via):
+    # N in samples: 1/σ² = N·h + 1/σ_prior² whatever B (σ relaxes within about N/B updates)
+    h = torch.linspace(0.5, 5.0, 40, dtype=torch.float64)
+    N, sp = 1600.0, 0.1
+    steps = int(12 * N / B) + 200
+    hist = _batched_quadratic_run(B, h, steps, N, sp, via=via)
+    prec = (1 / hist[-steps // 2:] ** 2).mean(0)
+    expected = N * h + 1 / sp**2
+    rel = (prec - expected).abs() / expected
+    assert rel.max() < 0.06, f"B={B}: worst synapse off by {rel.max():.3%}"
+
+
+def test_mesu_without_batch_size_at_B_gt_1_has_a_window_of_N_times_B_samples():
+    # the old meaning (N in updates) is what one gets by not telling the rule B: a B-fold window
+    h = torch.linspace(0.5, 5.0, 40, dtype=torch.float64)
+    N, sp, B = 200.0, 0.1, 8
+    g = torch.Generator().manual_seed(0)
+    mu = torch.nn.Parameter(torch.zeros(40, dtype=torch.float64))
+    sigma = torch.nn.Parameter(torch.full((40,), 0.05, dtype=torch.float64))
+    opt = ms.MESU([(mu, sigma)], memory=N, sigma_prior=sp, clamp_grad=None)     # batch_size defaults to 1
+    for _ in range(2500):
+        eps = torch.randn(16, 1, 40, dtype=torch.float64, generator=g)
+        loss = (0.5 * h * (mu + sigma * eps) ** 2).sum(-1).mean() * B
+        opt.zero_grad(); loss.backward(); opt.step()
+    prec = 1 / sigma.detach() ** 2
+    rel = (prec - (N * B * h + 1 / sp**2)).abs() / (N * B * h + 1 / sp**2)
+    assert rel.max() < 0.1
+
+
+def test_mesu_update_batch_size_scales_only_the_prior_terms():
+    mu, sigma, gm, gs = _rand(7)
+    N, sp, mp, B = 1000.0, 0.2, 0.1, 16
+    new_mu, new_sigma = mesu_update(mu, sigma, gm, gs, memory=N, sigma_prior=sp, mu_prior=mp, clamp_grad=None,
+                                    batch_size=B)
+    exp_mu = mu - sigma**2 * gm + B * sigma**2 * (mp - mu) / (N * sp**2)
+    exp_sigma = sigma - sigma**2 / 2 * gs + B * sigma * (sp**2 - sigma**2) / (2 * N * sp**2)
+    torch.testing.assert_close(new_mu, exp_mu, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(new_sigma, exp_sigma, rtol=1e-12, atol=1e-15)
+    # same as the B = 1 rule with memory N/B (the authors' "number of batches")
+    ref = mesu_update(mu, sigma, gm, gs, memory=N / B, sigma_prior=sp, mu_prior=mp, clamp_grad=None)
+    torch.testing.assert_close(new_sigma, ref[1], rtol=1e-12, atol=1e-15)
+    # the fused (foreach) path of the optimizer agrees
+    m, s = _pair_from(mu, sigma, gm, gs)
+    ms.MESU([(m, s)], memory=N, sigma_prior=sp, mu_prior=mp, clamp_grad=None).step(batch_size=B)
+    torch.testing.assert_close(m.data, exp_mu, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(s.data, exp_sigma, rtol=1e-10, atol=1e-14)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            mesu_update(mu, sigma, gm, gs, memory=N, sigma_prior=sp, batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size"):
+            ms.MESU([(torch.nn.Parameter(mu.clone()), torch.nn.Parameter(sigma.clone()))], batch_size=bad)
+
+
+def test_mesu_rule_passes_the_batch_size_of_each_loss():
+    from mesu_snn.rules import make_rule
+    net = _tiny_model()
+    rule = make_rule("mesu", net, memory=500.0, sigma_prior=0.1, clamp_grad=None)
+    ref = _tiny_model()
+    opt = ms.MESU(ref, memory=500.0, sigma_prior=0.1, clamp_grad=None)
+    g = torch.Generator().manual_seed(3)
+    for B in (8, 3):     # a short last batch too
+        x = (torch.rand(4, B, 6, generator=g) < 0.5).float()
+        y = torch.randint(0, 3, (B,), generator=g)
+        gen_state = torch.Generator().manual_seed(11)
+        loss = rule.loss(net(x, samples=2, generator=gen_state), y)
+        rule.zero_grad(); loss.backward(); rule.step()
+        gen_state = torch.Generator().manual_seed(11)
+        loss = ms.nll_loss(ref(x, samples=2, generator=gen_state), y)
+        opt.zero_grad(); loss.backward(); opt.step(batch_size=B)
+    for (_, a, b), (_, c, d) in zip(rule.optimizer.pairs(), opt.pairs()):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+        torch.testing.assert_close(b, d, rtol=0, atol=0)
+
+
+def test_legacy_mesu_state_dict_is_refused_and_converted_on_request():
+    from mesu_snn.rules.mesu import upgrade_legacy_state_dict
+    net = _tiny_model()
+    opt = ms.MESU(net, memory=1e5, sigma_prior=0.1)
+    sd = opt.state_dict()
+    legacy = {**sd, "param_groups": [{k: v for k, v in g.items() if k not in ("memory_unit", "batch_size")}
+                                     for g in sd["param_groups"]]}
+    opt2 = ms.MESU(_tiny_model(), memory=1.0)
+    with pytest.raises(ValueError, match="memory counted updates.*upgrade_legacy_state_dict"):
+        opt2.load_state_dict(legacy)
+    opt2.load_state_dict(upgrade_legacy_state_dict(legacy, batch_size=16))
+    g = opt2.param_groups[0]
+    assert g["memory"] == 1.6e6 and g["batch_size"] == 16 and g["memory_unit"] == "samples"
+
+
+def test_bgd_rule_sums_the_loss_over_the_batch_as_zeno_et_al():
+    from mesu_snn.rules import make_rule
+    rule = make_rule("bgd", _tiny_model())
+    out = torch.randn(3, 8, 3)
+    y = torch.randint(0, 3, (8,))
+    assert rule.reduction == "sum"
+    torch.testing.assert_close(rule.data_loss(out, y), ms.nll_loss(out, y))

@@ -19,7 +19,8 @@ from pathlib import Path
 
 #: rule -> hyperparameters used by the demo
 DEMO_RULES = {
-    "mesu": {"memory": 300_000.0, "sigma_prior": 0.1},
+    # memory in samples: 4.8e6 = the searched 3e5 updates x batch 16 (N counted updates before issue 10)
+    "mesu": {"memory": 4_800_000.0, "sigma_prior": 0.1},
     "sgd": {"lr": 0.03},
     "bgd": {"lr": 3.0},
 }

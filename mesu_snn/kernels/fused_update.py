@@ -6,7 +6,7 @@ fewer elementwise passes and no temporaries per pair, over lists of tensors (one
 op for all pairs on CUDA). Results equal the pure functions to floating-point rounding.
 
 MESU rearranged (σ > 0, so σ²·clip(g, ±c/σ) = σ·clip(σ·g, ±c)), with a = clip(σ·∂C/∂μ, ±c),
-b = clip(σ·∂C/∂σ, ±c), k = 1/(N·σ_prior²)::
+b = clip(σ·∂C/∂σ, ±c), k = B/(N·σ_prior²) (N in samples, B the batch size)::
 
     Δμ = σ · (σ·k·(μ_prior − μ) − lr_μ·a)
     Δσ = σ · (k/2·(σ_prior² − σ²) − lr_σ·b/2)
@@ -49,11 +49,11 @@ def _scaled_clipped(sigmas: list, grads: list, c: float | None) -> list:
 
 
 def _mesu_over_sigma(mus: list, sigmas: list, gmus: list, gsigmas: list, *, memory, sigma_prior, mu_prior,
-                     lr_mu, lr_sigma, clamp_grad) -> tuple[list, list]:
+                     lr_mu, lr_sigma, clamp_grad, batch_size=1) -> tuple[list, list]:
     """(Δμ/σ, Δσ/σ) for every pair: Δμ/σ = σ·k·(μ_prior − μ) − lr_μ·a and
     Δσ/σ = k/2·(σ_prior² − σ²) − lr_σ·b/2. Without a clamp, a = σ·∂C/∂μ and b = σ·∂C/∂σ are
     folded into one addcmul each (no temporaries for them)."""
-    k = 1.0 / (float(memory) * float(sigma_prior) ** 2)
+    k = float(batch_size) / (float(memory) * float(sigma_prior) ** 2)
     pmu = torch._foreach_mul(mus, -k)
     if mu_prior != 0.0:
         torch._foreach_add_(pmu, k * float(mu_prior))
@@ -72,13 +72,14 @@ def _mesu_over_sigma(mus: list, sigmas: list, gmus: list, gsigmas: list, *, memo
 
 def mesu_deltas(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
                 memory: float, sigma_prior: float, mu_prior: float = 0.0, lr_mu: float = 1.0,
-                lr_sigma: float = 1.0, clamp_grad: float | None = 0.5) -> tuple[list, list]:
+                lr_sigma: float = 1.0, clamp_grad: float | None = 0.5, batch_size: int = 1) -> tuple[list, list]:
     """The MESU increments (Δμ list, Δσ list) for every pair; nothing is modified."""
     mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
     if not mus:
         return [], []
     dmu, dsig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
-                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad)
+                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad,
+                                 batch_size=batch_size)
     torch._foreach_mul_(dmu, sigmas)
     torch._foreach_mul_(dsig, sigmas)
     return dmu, dsig
@@ -87,14 +88,15 @@ def mesu_deltas(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: T
 @torch.no_grad()
 def fused_mesu_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
                     memory: float, sigma_prior: float, mu_prior: float = 0.0, lr_mu: float = 1.0,
-                    lr_sigma: float = 1.0, clamp_grad: float | None = 0.5) -> None:
+                    lr_sigma: float = 1.0, clamp_grad: float | None = 0.5, batch_size: int = 1) -> None:
     """One MESU step on every pair, in place. Same arguments as
     :func:`mesu_snn.functional.mesu.mesu_update` (scalars only), lists instead of tensors."""
     mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
     if not mus:
         return
     pmu, psig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
-                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad)
+                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad,
+                                 batch_size=batch_size)
     torch._foreach_addcmul_(mus, pmu, sigmas)      # μ += σ·(Δμ/σ), with the old σ
     torch._foreach_addcmul_(sigmas, psig, sigmas)  # σ += σ·(Δσ/σ), elementwise in place
 

@@ -35,10 +35,11 @@ class BGD(BayesianOptimizer):
 
 
 class BGDRule(Rule):
-    """BGD (Zeno et al. 2018): Bayesian, task-free, loss averaged over the batch (their code)."""
+    """BGD (Zeno et al. 2018): Bayesian, task-free, loss summed over the batch (their code takes the
+    gradient of the mean loss times the batch size)."""
     name, bayesian = "bgd", True
     bounds = {"lr": ">=0"}
 
     def __init__(self, model: nn.Module, lr: float = 1.0):
         set_mode(model, "sample")
-        super().__init__(model, BGD(model, lr=lr), "mean", dict(lr=lr))
+        super().__init__(model, BGD(model, lr=lr), "sum", dict(lr=lr))

@@ -34,11 +34,12 @@ def fisher_diagonal(model: nn.Module, params: list[torch.Tensor], batches, max_s
     estimate (EWC's penalty and the observatory's importance comparison use it)."""
     acc = [torch.zeros_like(p, dtype=dtype or p.dtype) for p in params]
     n = 0
+    bdim = getattr(model, "batch_dim", 1)      # (T, B, ...) spiking inputs; BayesMLP: (B, F)
     for x, y in batches:
         for i in range(y.shape[0]):
             if max_samples is not None and n >= max_samples:
                 break
-            loss = nll_loss(model(x[:, i:i + 1], samples=1), y[i:i + 1])   # −log p(y_i | x_i)
+            loss = nll_loss(model(x.narrow(bdim, i, 1), samples=1), y[i:i + 1])   # −log p(y_i | x_i)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for a, g in zip(acc, grads):
                 if g is not None:

@@ -29,9 +29,10 @@ def _grads(ps: list) -> list:
 
 
 @torch.no_grad()
-def guarded_update(optimizer) -> torch.Tensor:
+def guarded_update(optimizer, batch_size: int | None = None) -> torch.Tensor:
     """One step of a :class:`~mesu_snn.MESU` / :class:`~mesu_snn.BGD` optimizer, in place,
     skipped on the device if any gradient is NaN/Inf. Returns ``ok`` (0-dim bool tensor).
+    batch_size: MESU's B (samples in the summed loss; default: each group's ``batch_size``).
 
     Does not advance ``group["step"]`` nor ``optimizer.skipped_steps`` (the caller counts)."""
     from .bgd import BGD
@@ -53,7 +54,8 @@ def guarded_update(optimizer) -> torch.Tensor:
                 raise ValueError("guarded_update needs scalar MESU hyperparameters")
             dmu, dsig = mesu_deltas(mus, sigmas, gr[0::2], gr[1::2], memory=g["memory"],
                                     sigma_prior=g["sigma_prior"], mu_prior=g["mu_prior"], lr_mu=g["lr_mu"],
-                                    lr_sigma=g["lr_sigma"], clamp_grad=g["clamp_grad"])
+                                    lr_sigma=g["lr_sigma"], clamp_grad=g["clamp_grad"],
+                                    batch_size=g["batch_size"] if batch_size is None else batch_size)
             torch._foreach_add_(mus, [torch.where(ok, d, 0.0) for d in dmu])
             torch._foreach_add_(sigmas, [torch.where(ok, d, 0.0) for d in dsig])
         else:
@@ -109,7 +111,7 @@ class GraphedTrainStep:
             p.grad = None
         loss = self._forward_loss(self.x, self.y)
         loss.backward()
-        ok = guarded_update(self.optimizer)
+        ok = guarded_update(self.optimizer, batch_size=int(self.y.shape[0]))
         self._skipped.add_((~ok).to(torch.int64))
         return loss.detach()
 

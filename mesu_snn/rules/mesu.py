@@ -3,6 +3,13 @@
 The equations are in :func:`mesu_snn.functional.mesu.mesu_update`; this class finds the
 (μ, σ) pairs and applies them. Use with a loss summed over the mini-batch and averaged over
 Monte-Carlo samples (:func:`mesu_snn.nll_loss`).
+
+Units. ``memory`` N is in **samples**: the rule settles at 1/σ² = N·h + 1/σ_prior² (h the
+curvature per sample) whatever the batch size, provided it knows the batch size B, the
+number of samples each step's summed loss covers: ``opt.step(batch_size=B)`` (the trainer's
+rules pass it), or ``MESU(..., batch_size=B)`` for a fixed B. The default B = 1 is the
+paper's streaming setting. State dicts carry ``memory_unit = "samples"``; one without it
+was written when N counted updates and is refused (see :func:`upgrade_legacy_state_dict`).
 """
 from __future__ import annotations
 
@@ -14,12 +21,39 @@ from ..synapses import set_mode
 from .bayes_optimizer import BayesianOptimizer
 from .rule import Rule
 
-__all__ = ["MESU", "MESURule"]
+__all__ = ["MESU", "MESURule", "upgrade_legacy_state_dict", "MEMORY_UNIT"]
 
-#: Default gradient clamp c (gradients clipped to ±c/σ). With lr_sigma·c < 2 a step can at
-#: most shrink σ by the factor (1 − c/2); 0.5 is the value that let MESU learn permuted MNIST
-#: with batch 16 where the unclamped rule collapsed.
+#: Default gradient clamp c (gradients clipped to ±c/σ); with lr_sigma·c < 2 a step can shrink σ
+#: at most by the factor (1 − c/2), so σ stays positive. Evidence (experiments/snn_clamp_check.py,
+#: results/snn_clamp_check.json): a LIF 784-50-10 with the authors' init (σ₀ = 2/√784) on
+#: standardised MNIST currents, N = 3e5 samples, σ_prior = 1: at batch 16 without the clamp σ < 0
+#: after the first update; with c = 0.5 it trains (running accuracy 0.79 over 300 updates). At
+#: batch 1 no collapse was seen in 1500 updates either way (0.71 vs 0.70), so the clamp costs
+#: nothing there. The authors' ANN permuted-MNIST run uses no clamp (clamp_grad=None), as
+#: experiments/paper_pmnist.py does.
 DEFAULT_CLAMP_GRAD = 0.5
+
+#: The unit of ``memory`` written into every parameter group (and so into state dicts).
+MEMORY_UNIT = "samples"
+
+
+def upgrade_legacy_state_dict(state_dict: dict, batch_size: int) -> dict:
+    """Convert a MESU state dict saved before ``memory`` was in samples (then N counted updates,
+    so a run at batch B had a window of N·B samples) into the current unit: memory ← memory·B,
+    batch_size ← B. Returns a new dict; the caller states B, the batch size the old run used."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    sd = dict(state_dict)
+    groups = []
+    for g in sd["param_groups"]:
+        g = dict(g)
+        if g.get("kind", "bayes") == "bayes" and "memory_unit" not in g:
+            g["memory"] = g["memory"] * batch_size
+            g["batch_size"] = batch_size
+            g["memory_unit"] = MEMORY_UNIT
+        groups.append(g)
+    sd["param_groups"] = groups
+    return sd
 
 
 class MESU(BayesianOptimizer):
@@ -28,6 +62,8 @@ class MESU(BayesianOptimizer):
     params: a model with Bayesian layers (pairs found by structure), a list of (μ, σ) pairs,
         or a list of dicts ``{"pairs": [...], **hyperparameters}``.
     memory: N, the memory window in samples (> 0). sigma_prior (> 0), mu_prior: the prior.
+    batch_size: B, samples per step's summed loss when ``step`` is not told (default 1);
+        ``step(batch_size=B)`` overrides it for that step.
     lr_mu, lr_sigma: the learning rates of the two equations (1.0 in the paper).
     clamp_grad: c, each gradient clipped to ±c/σ before the step (None disables it).
     other_lr: SGD rate for non-Bayesian trainable parameters (else they are an error).
@@ -37,9 +73,9 @@ class MESU(BayesianOptimizer):
 
     def __init__(self, params, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = DEFAULT_CLAMP_GRAD,
-                 other_lr: float | None = None, on_nonfinite: str = "raise"):
+                 other_lr: float | None = None, on_nonfinite: str = "raise", batch_size: int = 1):
         defaults = dict(memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
-                        lr_sigma=lr_sigma, clamp_grad=clamp_grad)
+                        lr_sigma=lr_sigma, clamp_grad=clamp_grad, batch_size=batch_size, memory_unit=MEMORY_UNIT)
         super().__init__(params, defaults, other_lr=other_lr, on_nonfinite=on_nonfinite)
 
     def _check_group(self, g):
@@ -53,11 +89,28 @@ class MESU(BayesianOptimizer):
             raise ValueError(f"lr_mu and lr_sigma must be >= 0, got {g['lr_mu']!r}, {g['lr_sigma']!r}")
         if g["clamp_grad"] is not None and not g["clamp_grad"] > 0:
             raise ValueError(f"clamp_grad must be > 0 or None, got {g['clamp_grad']!r}")
+        _check_batch(g["batch_size"])
+
+    @torch.no_grad()
+    def step(self, closure=None, batch_size: int | None = None):
+        """One update. batch_size: B, the number of samples the summed loss covers (default:
+        each group's ``batch_size``)."""
+        if batch_size is not None:
+            _check_batch(batch_size)
+        self._step_batch = batch_size
+        try:
+            return super().step(closure)
+        finally:
+            self._step_batch = None
+
+    def _batch(self, g) -> int:
+        b = getattr(self, "_step_batch", None)
+        return g["batch_size"] if b is None else b
 
     def _update(self, mu, sigma, gmu, gsigma, g):
         return mesu_update(mu, sigma, gmu, gsigma, memory=g["memory"], sigma_prior=g["sigma_prior"],
                            mu_prior=g["mu_prior"], lr_mu=g["lr_mu"], lr_sigma=g["lr_sigma"],
-                           clamp_grad=g["clamp_grad"])
+                           clamp_grad=g["clamp_grad"], batch_size=self._batch(g))
 
     def _fused_update(self, mus, sigmas, gmus, gsigmas, g):
         if type(self)._update is not MESU._update:
@@ -66,16 +119,31 @@ class MESU(BayesianOptimizer):
             return False   # per-synapse priors: the per-pair path handles tensors
         fused_mesu_step(mus, sigmas, gmus, gsigmas, memory=g["memory"], sigma_prior=g["sigma_prior"],
                         mu_prior=g["mu_prior"], lr_mu=g["lr_mu"], lr_sigma=g["lr_sigma"],
-                        clamp_grad=g["clamp_grad"])
+                        clamp_grad=g["clamp_grad"], batch_size=self._batch(g))
         return True
+
+    def load_state_dict(self, state_dict):
+        for i, g in enumerate(state_dict.get("param_groups", [])):
+            if g.get("kind", "bayes") == "bayes" and g.get("memory_unit") != MEMORY_UNIT:
+                raise ValueError(
+                    f"MESU state dict group {i} has no memory_unit={MEMORY_UNIT!r}: it was saved when memory "
+                    f"counted updates (memory={g.get('memory')!r} meant memory×batch_size samples). Convert it "
+                    "with mesu_snn.rules.mesu.upgrade_legacy_state_dict(state_dict, batch_size=B_of_that_run)")
+        super().load_state_dict(state_dict)
+
+
+def _check_batch(b) -> None:
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        raise ValueError(f"batch_size must be a positive int (samples in the step's summed loss), got {b!r}")
 
 
 class MESURule(Rule):
     """MESU (Bonnet et al.): Bayesian, task-free, loss summed over the batch."""
     name, bayesian = "mesu", True
     #: config bounds per hyperparameter (the names and defaults come from __init__'s signature)
+    #: memory: N in samples; clamp_grad: a config's 0 disables the clamp (TOML has no None; build_rule)
     bounds = {"memory": ">0", "sigma_prior": ">0", "mu_prior": "real", "lr_mu": ">=0", "lr_sigma": ">=0",
-              "clamp_grad": ">0"}
+              "clamp_grad": ">=0"}
 
     def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5):
@@ -84,3 +152,7 @@ class MESURule(Rule):
                    lr_sigma=lr_sigma, clamp_grad=clamp_grad)
         super().__init__(model, opt, "sum", dict(memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior,
                                                  lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad))
+
+    def step(self) -> None:
+        # the batch size of the last loss: N stays in samples for any B (and a short last batch)
+        self.optimizer.step(batch_size=getattr(self, "last_batch_size", None))

@@ -9,7 +9,7 @@ name       weights     batch loss  boundaries  hyperparameters (default)
 =========  ==========  ==========  ==========  ============================================
 ``mesu``   μ + σε, M   sum         never       memory (300000), sigma_prior (0.1), mu_prior (0),
                                                lr_mu (1), lr_sigma (1), clamp_grad (0.5)
-``bgd``    μ + σε, M   mean        never       lr (1.0, Zeno et al. 2018)
+``bgd``    μ + σε, M   sum         never       lr (1.0, Zeno et al. 2018)
 ``sgd``    μ (mean)    mean        never       lr (0.01), momentum (0)
 ``adam``   μ (mean)    mean        never       lr (1e-3, Kingma & Ba 2015)
 ``ewc``    μ (mean)    mean        **given**   lr, base ("sgd"), momentum, ewc_lambda (100),
@@ -20,9 +20,10 @@ name       weights     batch loss  boundaries  hyperparameters (default)
 Non-Bayesian rules train the *same* Bayesian model in mean mode: every layer computes with
 w = μ, σ is frozen (``requires_grad=False``) and never used, and the optimizer updates the μ
 tensors (plus any other trainable parameter of the model). So network, initial μ and data are
-identical across rules. MESU's loss is summed over the batch because its memory N counts
-samples; BGD uses the mean, as Zeno et al.'s code does; the baselines use the mean so that
-their papers' learning rates apply.
+identical across rules. MESU's loss is summed over the batch (its memory N is in samples and
+the rule is told the batch size B at every step); BGD's is summed too, as in Zeno et al.'s code
+(which multiplies the mean-loss gradient by the batch size, and in the authors' FOO-VB); the
+baselines use the mean so that their papers' learning rates apply.
 """
 from __future__ import annotations
 

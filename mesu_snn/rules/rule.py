@@ -31,7 +31,8 @@ class Rule:
     bayesian: True: the model runs in sample mode, w = μ + σε, with M Monte-Carlo samples per
         update (MESU, BGD); False: mean mode, w = μ, σ frozen and unused (SGD, Adam, EWC, SI).
     reduction: how the negative log-likelihood is reduced over the batch: ``"sum"`` (MESU,
-        whose memory N counts samples) or ``"mean"`` (BGD as in Zeno et al.'s code; the
+        told the batch size so that its memory N is in samples; BGD, as Zeno et al.'s code,
+        which scales the mean-loss gradient by the batch size) or ``"mean"`` (the
         baselines, so that their papers' learning rates apply). Always averaged over samples.
     """
 
@@ -51,6 +52,7 @@ class Rule:
     def data_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """NLL of the (M, B, C) outputs, averaged over samples, summed or averaged over the batch."""
         loss = nll_loss(out, y)
+        self.last_batch_size = int(y.shape[0])   # B of the batch this loss covers (MESU's prior uses B/N)
         return loss / y.shape[0] if self.reduction == "mean" else loss
 
     def penalty(self) -> torch.Tensor | None:
