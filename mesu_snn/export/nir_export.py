@@ -19,7 +19,7 @@ spike's step": our ``reset="zero", reset_delay=False``. Each LIF node's metadata
 surrogate, so our own files round-trip exactly whatever the reset; third-party importers run
 NIR semantics.
 
-Third-party importers (tested in ``tests/test_nir.py``):
+Third-party importers (tested in ``tests/test_export_nir.py``):
 
 * ``snntorch.import_nir.import_from_nir`` (snnTorch 1.0.0) builds ``Leaky(beta=1 − 1e-4/tau,
   reset_mechanism="zero", reset_delay=False)``; it needs ``v_leak = 0`` and one threshold per

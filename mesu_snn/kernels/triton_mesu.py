@@ -9,7 +9,7 @@ with a = clip(σ·∂C/∂μ, ±c), b = clip(σ·∂C/∂σ, ±c), k = 1/(N·σ_
 
 The foreach version needs 9 elementwise passes over the pairs; this kernel needs one (4 reads,
 2 writes per synapse). Status: checked on CPU with Triton's interpreter (``TRITON_INTERPRET=1``,
-``tests/test_triton_mesu.py``, against :func:`~mesu_snn.kernels.fused_update.fused_mesu_step`);
+``tests/test_kernels_triton_mesu.py``, against :func:`~mesu_snn.kernels.fused_update.fused_mesu_step`);
 not wired into :class:`~mesu_snn.MESU` and not measured on a GPU (none was available to this work).
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ import mesu_snn as ms
 from mesu_snn.runs.checkpoint import CHECKPOINT_VERSION, FORMAT, load_checkpoint, save_checkpoint
 from mesu_snn.cli import main
 
-from test_cli_observe import _make_run
+from test_commands_plot_inspect_export import _make_run
 
 
 class _Evil:
@@ -86,7 +86,7 @@ def test_malicious_pickle_never_runs_through_any_reader(tmp_path, capsys, maker)
 
 
 def test_resume_refuses_a_malicious_checkpoint(tmp_path, capsys):
-    from test_cli_train import CONFIG
+    from test_commands_train import CONFIG
     cfg = tmp_path / "c.toml"
     cfg.write_text(CONFIG.replace("n_tasks = 3", "n_tasks = 1").replace("train_per_task = 300", "train_per_task = 40"))
     out = tmp_path / "run"
