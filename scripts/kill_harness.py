@@ -85,6 +85,7 @@ def _env(**extra):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for k in ("MESU_SNN_DATA", "MESU_SNN_CRASH_AT", "MESU_SNN_CRASH_LOG"):
         env.pop(k, None)
+    env.setdefault("MESU_SNN_TRACE_MERGE_EVERY", "4")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -300,10 +301,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/mesu_kill_harness")
     ap.add_argument("--json", help="append one JSON line per kill point to this file")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--merge-every", type=int, default=4, help="$MESU_SNN_TRACE_MERGE_EVERY for every run")
     ap.add_argument("--kinds", help="comma-separated label prefixes: kill at the first crash point of each "
                                     "(e.g. mid_write:last.pt,h5_open:part) instead of --points")
     ap.add_argument("--subprocess-resume", action="store_true", help="resume in a separate process (slower)")
     a = ap.parse_args(argv)
+    # merge σ-trace parts every 4 (not 64) so that kills also land inside merges
+    os.environ["MESU_SNN_TRACE_MERGE_EVERY"] = str(a.merge_every)
     work = Path(a.out)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -68,9 +68,11 @@ def disk_full_error(path, e: BaseException | None = None, need: int | None = Non
     except OSError:
         free = "free space unknown"
     want = f", about {need} bytes needed" if need else ""
-    return DiskFullError(errno.ENOSPC, f"disk full: no space left on device to write {path} ({free}{want}); "
-                                       "the previous version of the file is intact; free some space and run "
-                                       "again (mesu-snn train --resume continues a run)", str(path))
+    err = DiskFullError(errno.ENOSPC, f"disk full: no space left on device to write {path} ({free}{want}); the previous "
+                        "version of the file is intact; free some space and run again (mesu-snn train --resume "
+                        "continues a run)")
+    err.path = path
+    return err
 
 
 def check_free_space(path, need: int) -> None:

@@ -38,7 +38,7 @@ from ..callbacks import Callback
 from ..synapses import bayesian_pairs
 from .atomic import atomic_write_with, check_free_space, check_writable, crash_point
 from .schema import FORMAT, QUANTILES, SCHEMA_VERSION, SIGMA_RANGE, SUMMARY_SCALARS
-from .trace import ROW_KEYS, SUMMARY_KEYS, TRACKED_KEYS, merge_traces, read_trace, trace_parts
+from .trace import MERGE_EVERY, ROW_KEYS, SUMMARY_KEYS, TRACKED_KEYS, merge_traces, read_trace, trace_parts
 
 __all__ = ["SigmaRecorder", "layer_summary", "tracked_indices", "run_versions", "git_revision", "write_trace_file"]
 
@@ -100,22 +100,26 @@ def _np(t: torch.Tensor, dtype=np.float64) -> np.ndarray:
 
 
 def _nbytes(trace: dict) -> int:
-    n = trace["summary_updates"].nbytes + trace["tracked_updates"].nbytes
+    """Upper bound of the file size: the uncompressed arrays plus ~1 KiB of HDF5 headers each."""
+    n = trace["summary_updates"].nbytes + trace["tracked_updates"].nbytes + 8192
     for d in trace["layers"].values():
-        n += sum(np.asarray(v).nbytes for k, v in d.items() if k != "attrs")
+        n += sum(np.asarray(v).nbytes + 1024 for k, v in d.items() if k != "attrs")
     for s in trace["snapshots"].values():
-        n += sum(v["mu"].nbytes + v["sigma"].nbytes for v in s.values())
+        n += sum(v["mu"].nbytes + v["sigma"].nbytes + 2048 for v in s.values())
     return n
 
 
-def write_trace_file(path, trace: dict) -> Path:
+def write_trace_file(path, trace: dict, appendable: bool = True) -> Path:
     """Write ``trace`` (the dict :func:`~mesu_snn.runs.trace.read_trace` returns) as one σ-trace
-    HDF5 file of the schema, atomically (temporary file, fsync, rename). The file is read back
+    HDF5 file of the schema, atomically (temporary file, fsync, rename). ``appendable``: chunked,
+    gzip-compressed, resizable datasets as the schema documents (the finished trace); False:
+    plain contiguous datasets (the small parts of a running trace: about 30 KB less per part
+    and layer pair than chunked ones). The file is read back
     before the rename; a lack of space is a :class:`~mesu_snn.errors.DiskFullError` naming
     ``path`` and leaves the previous file at ``path`` untouched. Nothing is left open."""
     import h5py
     path = Path(path)
-    check_free_space(path, _nbytes(trace) + (1 << 16))   # uncompressed size: an upper bound
+    check_free_space(path, _nbytes(trace))
 
     def write(tmp: Path) -> None:
         f = h5py.File(tmp, "w")
@@ -125,6 +129,8 @@ def write_trace_file(path, trace: dict) -> Path:
 
             def put(group, key, data, chunk_rows):
                 data = np.asarray(data)
+                if not appendable:
+                    return group.create_dataset(key, data=data)
                 chunks = (max(1, min(chunk_rows, max(len(data), 1))),) + tuple(max(1, s) for s in data.shape[1:])
                 return group.create_dataset(key, data=data, maxshape=(None,) + data.shape[1:], chunks=chunks, **kw)
             put(f, "summary_updates", trace["summary_updates"].astype(np.int64), 256)
@@ -142,8 +148,8 @@ def write_trace_file(path, trace: dict) -> Path:
                 g = f.create_group(f"snapshots/task_{int(task)}")
                 g.attrs.update(task=int(task), update=int(trace["snapshot_updates"][task]))
                 for name, v in snap.items():
-                    g.create_dataset(f"{name}/mu", data=v["mu"], compression="gzip")
-                    g.create_dataset(f"{name}/sigma", data=v["sigma"], compression="gzip")
+                    g.create_dataset(f"{name}/mu", data=v["mu"], **(kw if appendable else {}))
+                    g.create_dataset(f"{name}/sigma", data=v["sigma"], **(kw if appendable else {}))
             crash_point(f"h5_open:{path.name}")
         finally:
             f.close()
@@ -184,6 +190,7 @@ class SigmaRecorder(Callback):
         self._tracked: list[tuple[int, dict]] = []   # (update, {pair: (mu, sigma)})
         self._snaps: dict = {}                       # task -> (update, {pair: {"mu", "sigma"}})
         self._done_tasks: set[int] = set()           # tasks whose snapshot is on disk
+        self._small: list[int] = []                  # parts written since the last merge
         self._seq = 0
         self.last_update = 0
         self._last_summary = -1
@@ -238,7 +245,7 @@ class SigmaRecorder(Callback):
         self._index = {n: torch.from_numpy(d["tracked_index"]) for n, d in self._layers.items()}
         self.partial.mkdir()
         self._open, self._seq, self.last_update, self._last_summary = True, 0, 0, -1
-        self._done_tasks = set()
+        self._done_tasks, self._small = set(), []
         self._record(0, model, summary=True)
         self.flush()
 
@@ -290,12 +297,27 @@ class SigmaRecorder(Callback):
         if not self._open or not (self._rows or self._tracked or self._snaps):
             return
         part = self._part()
-        write_trace_file(self.partial / f"part_{self._seq:08d}.h5", part)
+        write_trace_file(self.partial / f"part_{self._seq:08d}.h5", part, appendable=False)
+        self._small.append(self._seq)
         self._seq += 1
+        if len(self._small) >= MERGE_EVERY:
+            self._merge_small()
         self._done_tasks.update(self._snaps)
         self._rows, self._tracked, self._snaps = [], [], {}
 
     # -- internals ---------------------------------------------------------------------
+    def _merge_small(self) -> None:
+        """Merge the parts written since the last merge into one (bounds the number of parts and
+        their per-file overhead): it replaces the newest of them, then the others are deleted."""
+        first, last = self._small[0], self._small[-1]
+        paths = [self.partial / f"part_{s:08d}.h5" for s in self._small]
+        merged = merge_traces([read_trace(p) for p in paths], str(self.partial))
+        merged["attrs"]["part_first"] = first
+        write_trace_file(paths[-1], merged, appendable=False)
+        crash_point(f"parts_merged:{paths[-1].name}")
+        for p in paths[:-1]:
+            p.unlink()
+        self._small = []
     def _part(self) -> dict:
         su = np.array([u for u, _ in self._rows], dtype=np.int64)
         tu = np.array([u for u, _ in self._tracked], dtype=np.int64)
@@ -331,6 +353,10 @@ class SigmaRecorder(Callback):
             raise ValueError(f"{self.partial}: cannot resume this σ trace: it is not a folder of parts (written by "
                              "an older mesu_snn); start the run again with --force")
         parts = trace_parts(self.partial)
+        live = {p for _, p in parts}
+        for p in self.partial.glob("part_*.h5"):           # covered by a merged part (killed mid-merge)
+            if p not in live:
+                p.unlink()
         kept = []
         for seq, p in reversed(parts):                    # newest first: a kill here is redone next time
             t = read_trace(p)
@@ -350,7 +376,7 @@ class SigmaRecorder(Callback):
                     d[key] = d[key][tu]
             t["snapshots"] = {k: v for k, v in t["snapshots"].items() if k in snaps}
             t["snapshot_updates"] = snaps
-            write_trace_file(p, t)
+            write_trace_file(p, t, appendable=False)
             kept.append((seq, t))
         if not kept:
             raise ValueError(f"{self.partial}: no σ-trace rows up to update {start} survive; cannot resume the trace")
@@ -360,7 +386,7 @@ class SigmaRecorder(Callback):
             raise ValueError(f"{self.partial}: the σ trace ends at update {int(merged['tracked_updates'][-1])}, "
                              f"not at the checkpoint's update {start}; cannot resume it exactly")
         a = kept[0][1]["attrs"]
-        self._attrs = {k: v for k, v in kept[-1][1]["attrs"].items()}
+        self._attrs = {k: v for k, v in kept[-1][1]["attrs"].items() if k != "part_first"}
         self._attrs["created"] = a["created"]
         self._attrs["resumed_at"] = np.append(np.asarray(self._attrs.get("resumed_at", np.zeros(0, np.int64))),
                                               start).astype(np.int64)
@@ -371,6 +397,7 @@ class SigmaRecorder(Callback):
         self._open = True
         self._done_tasks = set(merged["snapshot_updates"])
         self._seq = kept[-1][0] + 1
+        self._small = []
         self.last_update = start
         self._last_summary = int(merged["summary_updates"][-1]) if merged["summary_updates"].size else -1
         self._rows, self._tracked, self._snaps = [], [], {}

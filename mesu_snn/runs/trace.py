@@ -3,11 +3,16 @@
 A finished trace is one HDF5 file. While a run lasts (and after a crash) it is a folder
 ``<name>.partial/`` of append-only parts ``part_<seq>.h5``, each a complete trace file of
 this schema holding the rows of one flush interval; :func:`read_trace` reads such a folder as
-the concatenation of its parts (the attributes are those of the newest part).
+the concatenation of its parts (the attributes are those of the newest part). Every
+:data:`MERGE_EVERY` parts the recorder merges the newest ones into one: the merged file
+replaces the last of them and carries the attribute ``part_first`` (the first sequence
+number it covers); parts it covers are then deleted, and a reader skips any it finds (a kill
+between the two steps).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -37,10 +42,29 @@ def open_h5(path):
         raise ValueError(f"{path}: not a readable HDF5 file (corrupt, truncated or another format): {e}") from None
 
 
+#: parts merged into one by the recorder (``$MESU_SNN_TRACE_MERGE_EVERY`` overrides it, for tests)
+MERGE_EVERY = max(2, int(os.environ.get("MESU_SNN_TRACE_MERGE_EVERY", "64") or 64))
+
+
 def trace_parts(folder) -> list[tuple[int, Path]]:
-    """(sequence number, path) of the parts of a ``.partial`` trace folder, in order."""
+    """(sequence number, path) of the live parts of a ``.partial`` trace folder, in order
+    (parts covered by a later merged part are left out)."""
+    import h5py
     folder = Path(folder)
-    return sorted((int(m.group(1)), folder / n) for n in (p.name for p in folder.iterdir()) if (m := PART.match(n)))
+    parts = sorted((int(m.group(1)), folder / n) for n in (p.name for p in folder.iterdir()) if (m := PART.match(n)))
+    live, floor = [], None
+    for seq, p in reversed(parts):
+        if floor is not None and seq >= floor:
+            continue                                   # covered by a merged part
+        live.append((seq, p))
+        try:
+            with h5py.File(p, "r") as f:
+                first = f.attrs.get("part_first")
+        except OSError as e:
+            raise ValueError(f"{p}: not a readable HDF5 file (corrupt, truncated or another format): {e}") from None
+        if first is not None:
+            floor = int(first)
+    return live[::-1]
 
 
 def read_trace(path, snapshots: bool = True) -> dict:
@@ -93,6 +117,7 @@ def merge_traces(parts: list[dict], source: str) -> dict:
         raise ValueError(f"{source}: no trace parts to merge")
     first, last = parts[0], parts[-1]
     out = {k: last[k] for k in ("attrs", "config", "versions")}
+    out["attrs"] = {k: v for k, v in out["attrs"].items() if k != "part_first"}
     for key in ("summary_updates", "tracked_updates"):
         u = np.concatenate([p[key] for p in parts]).astype(np.int64)
         if u.size > 1 and not (np.diff(u) > 0).all():
