@@ -8,6 +8,10 @@ in :meth:`mesu_snn.Trainer.fit`::
     on_resume (only with resume=True, until one returns True) → on_fit_start →
     on_start → [on_update → on_task_end* → on_step] per update → on_fit_exit (always, also
     after an error) → on_finish → on_end
+
+A callback that buffers what it writes may define ``flush()``: the checkpointer
+(:class:`mesu_snn.runs.Checkpointer`) calls it on every callback before each checkpoint, so
+the files cover at least the checkpoint's updates and a resumed run misses nothing.
 """
 from __future__ import annotations
 

@@ -4,13 +4,14 @@
 * :class:`MissingExtraError`: a feature needs an optional package that is not installed; the
   message names the ``pip install 'mesu-snn[EXTRA]'`` that brings it.
 * :class:`CLIError`: a user error the command line reports as one line, without a traceback.
+* :class:`DiskFullError`: a write failed for lack of space (also an OSError); names the path.
 """
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
-__all__ = ["MesuError", "MissingExtraError", "CLIError", "require"]
+__all__ = ["MesuError", "MissingExtraError", "CLIError", "DiskFullError", "require"]
 
 
 class MesuError(Exception):
@@ -42,3 +43,8 @@ def require(module: str, feature: str) -> ModuleType:
         hint = f"pip install 'mesu-snn[{extra}]'" if extra else f"pip install {top}"
         raise MissingExtraError(f"{feature} needs the optional package '{top}', which is not installed: "
                                 f"{hint}") from None
+
+
+class DiskFullError(MesuError, OSError):
+    """A write failed because the disk (or quota) is full; the message names the path. Files
+    written before stay intact (every run file is written to a temporary file and renamed)."""

@@ -43,6 +43,8 @@ def run(args) -> int:
 def summarize(path: Path) -> list[str]:
     """Lines describing ``path``; ValueError naming it if it is not a file mesu_snn writes."""
     path = Path(path)
+    if path.is_dir() and path.name.lower().endswith(".h5.partial"):   # σ trace of a running/killed run
+        return _trace(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     head = path.open("rb").read(8)

@@ -3,8 +3,10 @@
 The run directory (default ``runs/<config name>``) gets ``config.toml``, ``log.csv``,
 ``metrics.json``, plots and ``checkpoints/last.pt`` (atomic, every ``schedule.checkpoint_every``
 updates). An existing run directory is never overwritten without ``--force``. ``--resume``
-continues a killed run from its last checkpoint and ends with exactly the μ, σ and metrics of
-an uninterrupted run (on CPU); the config must be the one the run was started with.
+continues a run killed at any moment (also before its first checkpoint, or during its final
+writes) from its last checkpoint and ends with exactly the μ, σ, metrics, log and σ trace of an
+uninterrupted run (on CPU); it first deletes the temporary files a killed writer left. The
+config must be the one the run was started with. A full disk is one error naming the file.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def run(args) -> int:
     from ..config import dump_toml, load_config
     from ..runs.plots import write_run_plots
     from ..runs.report import format_table
-    from ..runs.layout import create_run_dir
+    from ..runs.atomic import atomic_write_text, remove_stale_temps
+    from ..runs.layout import CHECKPOINT, TRACE_NAME, create_run_dir
 
     cfg = load_config(args.config)
     if args.data_root:
@@ -57,23 +60,29 @@ def run(args) -> int:
     if args.resume:
         create_run_dir(out, resume=True)
         saved = out / "config.toml"
-        if not saved.is_file():
+        if saved.is_file():
+            old = load_config(saved)
+            d = _diff(cfg.to_dict(), old.to_dict())
+            if d:
+                raise CLIError(f"cannot resume {out}: the config differs from the run's config.toml in {d}")
+        elif (out / CHECKPOINT).exists():
             raise CLIError(f"cannot resume: {saved} is missing")
-        old = load_config(saved)
-        d = _diff(cfg.to_dict(), old.to_dict())
-        if d:
-            raise CLIError(f"cannot resume {out}: the config differs from the run's config.toml in {d}")
+        # else: killed before config.toml was written, so before any training: written below
     if cfg.schedule.threads:
         torch.set_num_threads(cfg.schedule.threads)
     tasks = build_tasks(cfg)                      # missing/corrupt data fails here, before any output
     if not args.resume:
         create_run_dir(out, force=args.force)
-        (out / "config.toml").write_text(dump_toml(cfg))
+        atomic_write_text(out / "config.toml", dump_toml(cfg))
+    else:                                          # what a killed writer left: temp files
+        remove_stale_temps(out, out / "checkpoints", out / (TRACE_NAME + ".partial"))
+        if not (out / "config.toml").is_file():
+            atomic_write_text(out / "config.toml", dump_toml(cfg))
     callbacks = []
     if args.sigma_trace is not None:
         from ..runs import SigmaRecorder
-        from ..runs.layout import TRACE_NAME
-        callbacks.append(SigmaRecorder(out / TRACE_NAME, every=args.sigma_trace, seed=cfg.seed, force=args.force))
+        callbacks.append(SigmaRecorder(out / TRACE_NAME, every=args.sigma_trace, seed=cfg.seed, force=args.force,
+                                       resume=args.resume))
     trainer = build_run(cfg, out, progress=not args.quiet, tasks=tasks, desc=cfg.rule.name,
                             callbacks=callbacks)
     metrics = trainer.fit(resume=args.resume)

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..callbacks import Callback
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, crash_point, disk_full_error, is_disk_full
 from .checkpoint import load_checkpoint, save_checkpoint
 from .layout import CHECKPOINT
 
@@ -44,16 +44,28 @@ class CSVLogger(Callback):
             self._file = open(self.path, "a", newline="")
 
     def on_step(self, trainer, row: dict) -> None:
-        csv.DictWriter(self._file, fieldnames=self._fields, lineterminator="\n").writerow(row)
+        try:
+            csv.DictWriter(self._file, fieldnames=self._fields, lineterminator="\n").writerow(row)
+        except OSError as e:
+            raise (disk_full_error(self.path, e) if is_disk_full(e) else e) from None
 
     def flush(self) -> None:
         if self._file is not None:
-            self._file.flush()
+            try:
+                self._file.flush()
+            except OSError as e:
+                raise (disk_full_error(self.path, e) if is_disk_full(e) else e) from None
+            crash_point(f"log_flushed:{self.path.name}")
 
     def on_fit_exit(self, trainer) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        f, self._file = self._file, None
+        if f is None:
+            return
+        try:
+            f.close()
+        except OSError as e:
+            if trainer.final_metrics is not None:       # a failed run's log is rewritten on resume
+                raise (disk_full_error(self.path, e) if is_disk_full(e) else e) from None
 
     def on_finish(self, trainer, metrics, timing) -> None:
         self._rewrite(trainer)
@@ -70,8 +82,11 @@ class Checkpointer(Callback):
         self.every, self.logger = every, logger
 
     def save(self, trainer) -> Path:
-        if self.logger is not None:
-            self.logger.flush()
+        """Flush every other callback that buffers (the log, the σ recorder) first, so that what
+        they wrote covers at least the checkpoint's updates; then write the checkpoint."""
+        for cb in [self.logger, *trainer.callbacks]:
+            if cb is not None and cb is not self and callable(getattr(cb, "flush", None)):
+                cb.flush()
         return save_checkpoint(self.path, trainer.state_dict())
 
     def on_resume(self, trainer) -> bool:
@@ -91,13 +106,18 @@ class Checkpointer(Callback):
 
 
 class MetricsWriter(Callback):
-    """``DIR/metrics.json`` (every metric) and ``DIR/timing.json`` (wall time) at the end."""
+    """``DIR/metrics.json`` (every metric) and ``DIR/timing.json`` (wall time) at the end. A run
+    resumed after it had finished (killed during its final writes) gets a ``timing.json`` with
+    ``wall_s`` null if it had none."""
 
     def __init__(self, run_dir):
         self.run_dir = Path(run_dir)
 
     def on_finish(self, trainer, metrics, timing) -> None:
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        if timing is None and not (self.run_dir / "timing.json").is_file():
+            timing = {"wall_s": None, "updates": 0, "resumed_from": trainer.update,
+                      "note": "the run had finished training when it was resumed; its wall time is unknown"}
         if timing is not None:
             atomic_write_text(self.run_dir / "timing.json", json.dumps(timing, indent=2) + "\n")
 

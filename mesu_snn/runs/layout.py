@@ -90,7 +90,8 @@ def run_files(run_dir) -> dict[str, Path | None]:
         raise FileNotFoundError(f"run directory {d} does not exist")
     pick = lambda p: p if p.is_file() else None
     ckpt = pick(d / CHECKPOINT)                      # only the file we write: never a stray *.pt
-    trace = pick(d / TRACE_NAME) or pick(d / (TRACE_NAME + ".partial"))
+    partial = d / (TRACE_NAME + ".partial")        # a folder of parts while running / after a crash
+    trace = pick(d / TRACE_NAME) or (partial if partial.is_dir() else pick(partial))
     return {"config": pick(d / "config.toml"), "metrics": pick(d / "metrics.json"), "log": pick(d / "log.csv"),
             "trace": trace, "checkpoint": ckpt, "importance": pick(d / IMPORTANCE_NAME)}
 

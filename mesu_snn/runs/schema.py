@@ -5,7 +5,8 @@ Root attributes::
 
     format          "mesu_snn.sigma_trace"
     schema_version  1
-    status          "running" while training (file named <name>.partial), "complete" after on_end
+    status          "running" while training (the trace is then a folder <name>.partial/ of parts),
+                    "complete" after on_end
     created         ISO-8601 UTC time of on_start
     config          JSON of the run configuration given to on_start
     versions        JSON {python, mesu_snn, torch, numpy, h5py, nir}
@@ -32,9 +33,14 @@ Datasets (all appendable along axis 0: chunked, gzip-compressed, ``maxshape=(Non
     /snapshots/task_<i>/              full tensors at the end of task i; attrs task, update
         <pair>/mu, <pair>/sigma                                    tensor shape, float32
 
-Flushing: rows are buffered in memory and written + ``flush()``-ed every k updates, at task
-ends and at on_end; a crash loses at most the last k updates (the ``.partial`` file stays
-readable by ``mesu-snn inspect``).
+Flushing: rows are buffered in memory and written every k updates, at task ends, before every
+checkpoint and at on_end, each time as a new part ``<name>.partial/part_<seq>.h5``: a complete
+file of this schema holding only that interval's rows (plain contiguous datasets), written to a
+temporary file, fsynced and renamed. Nothing is ever modified in place, so a crash at any
+moment loses at most the rows since the last flush and every part stays readable;
+:func:`mesu_snn.runs.read_trace` and ``mesu-snn inspect`` read the folder as one trace
+(:mod:`mesu_snn.runs.trace` describes the merging of parts). ``on_end`` writes the finished
+trace as one file of this layout and removes the folder.
 """
 from __future__ import annotations
 
