@@ -41,8 +41,12 @@ def fresh_env(tmp_path_factory):
     pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     _run(pip + [TORCH_PIN], env=env)
     src = d / "src"                      # a copy, so the build never writes into the checkout
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "dist",
-                                                             "*.egg-info", "__pycache__", ".pytest_cache"))
+    top_level = {".venv", ".git", "runs", "build", "dist", ".pytest_cache", ".hypothesis"}   # not the package's runs/
+
+    def ignore(folder, names):
+        at_root = Path(folder) == ROOT
+        return {n for n in names if (at_root and n in top_level) or n == "__pycache__" or n.endswith(".egg-info")}
+    shutil.copytree(ROOT, src, ignore=ignore)
     _run(pip + [str(src)], env=env)
     return py, env, d
 
