@@ -18,8 +18,8 @@ import torch.nn as nn
 from .callbacks import Progress
 from .config import RunConfig
 from .datasets import EventDataset, load_digits, load_mnist, load_nmnist
-from .encoders import (EventFrameEncoder, current_encode, latency_encode, rate_encode, standardization_stats,
-                       standardize, to_unit_interval)
+from .encoders import (CurrentEncoder, EventFrameEncoder, LatencyEncoder, RateEncoder, current_encode,
+                       standardization_stats, standardize, to_unit_interval)
 from .models import model_from_spec
 from .rules import make_rule
 from .rules.rule import Rule
@@ -80,12 +80,12 @@ class InputPipeline:
             x = to_unit_interval(x_raw)
             if self.kind == "standardized":
                 x = current_encode(standardize(x, self.mean, self.std) * self.gain, self.num_steps)
-            elif self.kind == "current":
-                x = current_encode(x * self.gain, self.num_steps)
+            elif self.kind == "current":      # the encoders' Tonic-style transforms (mesu_snn.encoders)
+                x = CurrentEncoder(self.num_steps)(x * self.gain)
             elif self.kind == "rate":
-                x = rate_encode(x, self.num_steps, self.gain, generator=generator)
+                x = RateEncoder(self.num_steps, self.gain)(x, generator=generator)
             elif self.kind == "latency":
-                x = latency_encode(x, self.num_steps, self.tau, self.threshold, linear=self.linear)
+                x = LatencyEncoder(self.num_steps, self.tau, self.threshold, linear=self.linear)(x)
             else:
                 raise ValueError(f"unknown encoder kind {self.kind!r}")
             if not self.flatten:

@@ -248,3 +248,13 @@ def test_frames_on_real_nmnist():
     assert np.array_equal(f.sum((0, 2, 3, 4)).numpy(), ds.num_events)
     on = np.array([int((e["p"] == 1).sum()) for e in ds.events])
     assert np.array_equal(f[:, :, 1].sum((0, 2, 3)).numpy(), on)
+
+
+def test_the_trainer_pipeline_uses_the_encoder_transforms():
+    """build.InputPipeline composes the Tonic-style encoder classes: same output as calling them."""
+    from mesu_snn.build import InputPipeline
+    x = torch.rand(4, 8, 8)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(InputPipeline("rate", 5, gain=0.8)(x, g1), RateEncoder(5, 0.8)(x, generator=g2).flatten(2))
+    assert torch.equal(InputPipeline("latency", 5)(x), LatencyEncoder(5)(x).flatten(2))
+    assert torch.equal(InputPipeline("current", 3, gain=2.0)(x), CurrentEncoder(3)(2.0 * x).flatten(2))
