@@ -193,32 +193,6 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(d)], capture_output=True)
 
 
-_CFG = """
-seed = 0
-[data]
-dataset = "digits"
-train_per_task = 120
-test_per_task = 40
-[stream]
-kind = "permuted"
-n_tasks = 2
-epochs_per_task = 1
-batch_size = 8
-[encoder]
-kind = "current"
-num_steps = 4
-[model]
-hidden = [HIDDEN]
-[rule]
-name = "mesu"
-memory = 10000.0
-[schedule]
-train_samples = 2
-eval_samples = 2
-eval_every = 10
-checkpoint_every = 4
-threads = 1
-"""
 
 
 def _train(args, cwd, no_precheck=False):
@@ -236,7 +210,7 @@ def test_full_disk_is_one_clear_error_and_keeps_earlier_files(tmp_path, small_di
     check, or failing inside HDF5 when the check is switched off), or a checkpoint (no trace,
     a larger network)."""
     cfg = tmp_path / "run.toml"
-    cfg.write_text(_CFG.replace("HIDDEN", "160" if case == "checkpoint" else "16"))
+    cfg.write_text(_harness().CONFIG.replace("hidden = [16]", "hidden = [160]" if case == "checkpoint" else "hidden = [16]"))
     out = small_disk / "run"
     args = ["train", cfg, "--out", out, "--quiet"] + ([] if case == "checkpoint" else ["--sigma-trace", "1"])
     r = _train(args, tmp_path, no_precheck=case == "trace_no_precheck")
