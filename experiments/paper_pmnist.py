@@ -50,7 +50,24 @@ RULE_HP = {
     "mesu": dict(memory=300_000, sigma_prior=1.0, mu_prior=0.0, lr_mu=1.0, lr_sigma=1.0, clamp_grad=None),
     "bgd": dict(lr=1.0),
     "sgd": dict(lr=0.01),
+    "adam": dict(lr=1e-3),
+    "ewc": dict(lr=0.01, ewc_lambda=100.0, gamma=1.0, fisher_samples=200),
+    "si": dict(lr=0.01, si_c=0.1),
 }
+
+
+def _parse_hp(items: list[str]) -> dict:
+    """``["lr=0.1", "base=adam"]`` -> {"lr": 0.1, "base": "adam"} (numbers where they parse)."""
+    out = {}
+    for it in items or []:
+        key, sep, val = it.partition("=")
+        if not sep:
+            raise SystemExit(f"--hp expects key=value, got {it!r}")
+        try:
+            out[key] = int(val) if val.lstrip("-").isdigit() else float(val)
+        except ValueError:
+            out[key] = None if val.lower() == "none" else val
+    return out
 
 
 def data_root() -> str:
@@ -124,6 +141,10 @@ def _git_commit() -> str | None:
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     xtr, ytr, xte, yte, stats = load_standardised(args.data_root)
+    if args.validation:
+        # Tuning stream: the last 10,000 training images are the test set, the first 50,000
+        # train; the test set is never touched, and --seed must differ from the final runs'.
+        xte, yte, xtr, ytr = xtr[50_000:], ytr[50_000:], xtr[:50_000], ytr[:50_000]
     if args.train_per_task:
         xtr, ytr = xtr[:args.train_per_task], ytr[:args.train_per_task]
     if args.test_per_task:
@@ -133,7 +154,8 @@ def run(args) -> dict:
     if args.model == "ann":
         net = ms.BayesMLP([784, *args.hidden, 10], activation="relu", bias=False, init=args.init)
     else:
-        net = ms.SpikingMLP([784, *args.hidden, 10], bias=False, init=args.init, readout=args.readout)
+        net = ms.SpikingMLP([784, *args.hidden, 10], bias=False, init=args.init, readout=args.readout,
+                            estimator=args.estimator)
     encode = Inputs(None if args.model == "ann" else args.T, args.gain)
     hp = dict(RULE_HP[args.rule])
     if args.rule in ("sgd", "bgd") and args.lr is not None:
@@ -142,11 +164,13 @@ def run(args) -> dict:
         hp["memory"] = args.memory
     if args.rule == "mesu" and args.clamp is not None:
         hp["clamp_grad"] = args.clamp
+    hp.update(_parse_hp(args.hp))
     rule = ms.make_rule(args.rule, net, **hp)
     m_train = args.samples if rule.bayesian else 1
     order_g = torch.Generator().manual_seed(derive_seed(args.seed, "order") % 2**63)
     res = {"protocol": "paper_pmnist (ANN, batch 1, one epoch per task, task-free)", "rule": args.rule,
            "hyperparameters": hp, "seed": args.seed, "hidden": args.hidden, "init": args.init,
+           "validation": bool(args.validation), "estimator": args.estimator if args.model == "snn" else None,
            "model": args.model, "T": args.T if args.model == "snn" else None, "gain": args.gain,
            "readout": args.readout if args.model == "snn" else None,
            "train_samples": m_train, "test_samples": args.samples, "eval_average": args.average,
@@ -175,6 +199,11 @@ def run(args) -> dict:
                 print(f"task {k} step {n + 1}: running train acc {run_correct / (n + 1):.4f} "
                       f"{(time.perf_counter() - t0) / (n + 1) * 1e3:.2f} ms/update", flush=True)
         train_s = time.perf_counter() - t0
+        if rule.uses_task_boundaries:     # online EWC, SI: told the boundary (MESU/BGD/SGD/Adam never are)
+            def task_batches(xk=xk, order=order):
+                for i in order[:1000].tolist():
+                    yield encode(xk[i:i + 1]), ytr[i:i + 1]
+            rule.end_task(k, task_batches)
         accs = evaluate(net, xte, yte, perms[:k + 1], args.samples, args.average,
                         chunk=2000 if args.model == "ann" else 500, encode=encode)
         res["acc"].append(accs)
@@ -210,6 +239,11 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=10, help="M for training (Bayesian rules) and test")
     ap.add_argument("--memory", type=float, default=None, help="MESU N in samples (default 300000)")
     ap.add_argument("--clamp", type=float, default=None, help="MESU gradient clamp (default: none)")
+    ap.add_argument("--hp", nargs="*", default=[], help="rule hyperparameters key=value (override the defaults above)")
+    ap.add_argument("--estimator", default="weights", choices=["weights", "local"],
+                    help="snn: input layer's estimator (local: sampled pre-activations, same distribution)")
+    ap.add_argument("--validation", action="store_true",
+                    help="tuning stream: train on the first 50,000 training images, test on the last 10,000")
     ap.add_argument("--init", default="authors", choices=sorted(ms.INITS))
     ap.add_argument("--average", default="log_probs", choices=["log_probs", "probs"])
     ap.add_argument("--train-per-task", type=int, default=None, help="first K training images only (quick runs)")

@@ -1,0 +1,159 @@
+"""The paper's permuted-MNIST protocol with spikes: every rule, one trainer loop, tuned fairly.
+
+Network: ``ms.SpikingMLP([784, H, 10], bias=False, init="authors", estimator="local")`` (LIF,
+membrane readout), T = 10 steps of the standardised image as input current, batch 1, one epoch
+per task, task-free for MESU/BGD/SGD/Adam (online EWC and SI are told the boundaries, as in the
+paper). One process per (rule, setting, seed) through ``experiments/paper_pmnist.py``.
+
+Phase 1, tuning (``--phase val``): a validation stream (its own seed, ``VAL_SEED``, never used
+in the final runs; trained on the first 50,000 training images, scored on the last 10,000, so
+the test set is not touched): ``VAL_TASKS`` tasks of ``VAL_TRAIN`` images; every rule gets the
+same budget, ``len(GRID[rule])`` settings; a setting on the edge of its grid that wins is
+followed by one more point beyond that edge (``--extend``). Score: mean accuracy over the tasks
+seen after the last one.
+
+Phase 2, final (``--phase final``): each rule with its best validation setting on the test
+stream (seeds ``FINAL_SEEDS``), ``--tasks`` tasks of ``--train-per-task`` images (default
+``FINAL_TRAIN``; 0 = the paper's full epoch of 60,000), tested on all 10,000 test images.
+
+    python experiments/snn_comparison.py --phase val --jobs 2
+    python experiments/snn_comparison.py --phase final --tasks 5 --jobs 2
+    python experiments/snn_comparison.py --phase report
+
+Results: ``experiments/results/snn_comparison/{val,final}/*.json`` (written after every task),
+``best.json`` (the tuned settings) and ``README.md`` (the report).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "snn_comparison"
+VAL_SEED, FINAL_SEEDS = 100, [0]
+VAL_TASKS, VAL_TRAIN, VAL_TEST = 2, 5_000, 2_000
+#: images per task in the final runs: a sixth of the paper's epoch (the 2-core VM shared with other
+#: work gave 10-17 ms per spiking update, so 60,000 per task did not fit a session); MESU's window
+#: is scaled with it: the paper's N = 300,000 = 5 tasks of 60,000 becomes 50,000 = 5 tasks here.
+FINAL_TRAIN = 10_000
+COMMON = ["--model", "snn", "--estimator", "local", "--T", "10", "--samples", "10", "--log-every", "0"]
+
+#: rule -> ordered list of settings (key=value strings for --hp); equal budget: 3 each.
+GRID: dict[str, list[list[str]]] = {
+    "mesu": [["memory=15000"], ["memory=50000"], ["memory=150000"]],
+    "bgd": [["lr=0.3"], ["lr=1"], ["lr=3"]],
+    "sgd": [["lr=0.01"], ["lr=0.03"], ["lr=0.1"]],
+    "adam": [["lr=0.0003"], ["lr=0.001"], ["lr=0.003"]],
+    # EWC/SI: the penalty's explicit gradient step is stable only for lr·λ·F_max < 2; at lr 0.03 the
+    # readout's empirical Fisher reaches F_max ≈ 4.5 after 1,000 images (measured), so λ ≥ 100
+    # (and si_c ≥ 0.1) collapse the network to one class at the first boundary: the grids sit below.
+    "ewc": [["lr=0.03", "ewc_lambda=1"], ["lr=0.03", "ewc_lambda=3"], ["lr=0.03", "ewc_lambda=10"]],
+    "si": [["lr=0.03", "si_c=0.001"], ["lr=0.03", "si_c=0.01"], ["lr=0.03", "si_c=0.1"]],
+}
+#: how to extend a grid beyond an edge: rule -> (key, factor)
+EXTEND = {"mesu": ("memory", 3.0), "bgd": ("lr", 3.0), "sgd": ("lr", 3.0), "adam": ("lr", 3.0),
+          "ewc": ("ewc_lambda", 3.0), "si": ("si_c", 10.0)}
+
+
+def tag(rule: str, hp: list[str]) -> str:
+    return rule + "_" + "_".join(h.replace("=", "") for h in hp)
+
+
+def launch(rule: str, hp: list[str], seed: int, out: Path, extra: list[str]) -> int:
+    if out.exists() and json.loads(out.read_text()).get("done"):
+        return 0
+    cmd = [sys.executable, str(HERE / "paper_pmnist.py"), "--rule", rule, "--seed", str(seed), *COMMON,
+           *extra, "--hp", *hp, "--out", str(out)]
+    log = out.with_suffix(".log")
+    with open(log, "w") as fh:
+        return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def score(path: Path) -> float | None:
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    return d["mean_acc_seen"] if d.get("done") else None
+
+
+def val_extra(hidden: list[int]) -> list[str]:
+    return ["--validation", "--tasks", str(VAL_TASKS), "--train-per-task", str(VAL_TRAIN),
+            "--test-per-task", str(VAL_TEST), "--hidden", *map(str, hidden)]
+
+
+def phase_val(args) -> None:
+    vdir = OUT / "val"
+    vdir.mkdir(parents=True, exist_ok=True)
+    rules = args.rules or list(GRID)
+    jobs = [(r, hp) for r in rules for hp in GRID[r]]
+    with ThreadPoolExecutor(args.jobs) as ex:
+        list(ex.map(lambda j: launch(j[0], j[1], VAL_SEED, vdir / f"{tag(*j)}.json", val_extra(args.hidden)), jobs))
+    if args.extend:       # one more point beyond a winning edge (the same for every rule)
+        ext = []
+        for r in rules:
+            scores = [score(vdir / f"{tag(r, hp)}.json") or 0.0 for hp in GRID[r]]
+            i = max(range(len(scores)), key=scores.__getitem__)
+            if i in (0, len(scores) - 1):
+                key, f = EXTEND[r]
+                hp = list(GRID[r][i])
+                j = next(k for k, h in enumerate(hp) if h.startswith(key + "="))
+                v = float(hp[j].split("=")[1]) * (f if i else 1 / f)
+                hp[j] = f"{key}={v:g}"
+                ext.append((r, hp))
+        with ThreadPoolExecutor(args.jobs) as ex:
+            list(ex.map(lambda j: launch(j[0], j[1], VAL_SEED, vdir / f"{tag(*j)}.json", val_extra(args.hidden)), ext))
+    best = {}
+    for f in sorted(vdir.glob("*.json")):
+        d = json.loads(f.read_text())
+        if not d.get("done"):
+            continue
+        hp = [f"{k}={v}" for k, v in d["hyperparameters"].items()]
+        r = d["rule"]
+        if r not in best or d["mean_acc_seen"] > best[r]["val_score"]:
+            best[r] = {"hp_file": f.name, "val_score": d["mean_acc_seen"], "tag": f.stem}
+    (OUT / "best.json").write_text(json.dumps(best, indent=1))
+    print(json.dumps(best, indent=1))
+
+
+def _hp_from_tag(rule: str, stem: str) -> list[str]:
+    d = json.loads((OUT / "val" / f"{stem}.json").read_text())
+    grid_keys = {h.split("=")[0] for hps in GRID[rule] for h in hps}
+    return [f"{k}={d['hyperparameters'][k]}" for k in sorted(grid_keys)]
+
+
+def phase_final(args) -> None:
+    best = json.loads((OUT / "best.json").read_text())
+    fdir = OUT / "final"
+    fdir.mkdir(parents=True, exist_ok=True)
+    rules = args.rules or list(GRID)
+    jobs = [(r, _hp_from_tag(r, best[r]["tag"]), s) for s in FINAL_SEEDS for r in rules]
+    extra = ["--tasks", str(args.tasks), "--hidden", *map(str, args.hidden)]
+    if args.train_per_task:
+        extra += ["--train-per-task", str(args.train_per_task)]
+    with ThreadPoolExecutor(args.jobs) as ex:
+        list(ex.map(lambda j: launch(j[0], j[1], j[2], fdir / f"{j[0]}_seed{j[2]}.json", extra), jobs))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--phase", choices=["val", "final"], required=True)
+    ap.add_argument("--rules", nargs="*", default=None)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--tasks", type=int, default=5)
+    ap.add_argument("--hidden", type=int, nargs="*", default=[50])
+    ap.add_argument("--extend", action="store_true")
+    ap.add_argument("--train-per-task", type=int, default=FINAL_TRAIN,
+                    help="final runs: images per task (0: all 60,000, the paper's epoch)")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    {"val": phase_val, "final": phase_final}[args.phase](args)
+    print(f"phase {args.phase} done in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

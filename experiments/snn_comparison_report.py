@@ -1,0 +1,126 @@
+"""Summarise experiments/results/snn_comparison/ (written by snn_comparison.py): the validation
+grid, the tuned settings, and the final runs (mean of the last 5 tasks, learning accuracy per
+task, all-task average, accuracy of each task over time, σ per layer over tasks), as README.md
+and curves.png in that folder.
+
+    python experiments/snn_comparison_report.py
+"""
+from __future__ import annotations
+
+import json
+import statistics as st
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RES = HERE / "results" / "snn_comparison"
+ORDER = ["mesu", "bgd", "sgd", "adam", "ewc", "si"]
+NAMES = {"mesu": "MESU", "bgd": "BGD (FOO-VB)", "sgd": "SGD", "adam": "Adam", "ewc": "online EWC", "si": "SI"}
+#: the paper's ANN (200 tasks): last-task accuracy and mean of the last 5 tasks (%)
+PAPER_ANN = "MESU 94.68 ± 0.14 last task, 88.75 mean of the last 5 (paper table; 91.34 in the authors' notebook)"
+
+
+def _load(folder: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((RES / folder).glob("*.json"))]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def metrics(r: dict) -> dict:
+    acc = r["acc"]
+    k = len(acc) - 1
+    last = acc[k]
+    return {"last5": sum(last[-5:]) / len(last[-5:]), "all": sum(last) / len(last),
+            "learning": [acc[t][t] for t in range(k + 1)], "last_task": last[-1], "first_task": last[0],
+            "final_row": last}
+
+
+def validation_table(runs: list[dict]) -> list[str]:
+    lines = ["| rule | setting | validation score (mean acc. over tasks seen, %) | ms/update |", "|---|---|---|---|"]
+    for rule in ORDER:
+        for r in sorted((r for r in runs if r["rule"] == rule), key=lambda r: json.dumps(r["hyperparameters"])):
+            hp = ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items())
+            s = _pct(r["mean_acc_seen"]) if r.get("done") else f"(unfinished, {r.get('tasks_done', 0)} tasks)"
+            lines.append(f"| {NAMES[rule]} | {hp} | {s} | {st.median(r['ms_per_update']):.2f} |")
+    return lines
+
+
+def final_tables(runs: list[dict]) -> list[str]:
+    runs = [r for r in runs if r.get("acc")]
+    if not runs:
+        return ["(no final runs yet)"]
+    lines = ["| rule | tasks | mean of the last 5 tasks (%) | all-task average (%) | learning acc. per task (%) | "
+             "acc. of each task after the last (oldest → newest, %) | ms/update | wall |", "|---|---|---|---|---|---|---|---|"]
+    ranked = sorted(runs, key=lambda r: -metrics(r)["last5"])
+    for r in ranked:
+        m = metrics(r)
+        hp = ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items() if k in ("memory", "lr", "ewc_lambda", "si_c"))
+        lines.append(f"| {NAMES[r['rule']]} ({hp}) | {r['tasks_done']}{'' if r.get('done') else ' (running)'} | "
+                     f"{_pct(m['last5'])} | {_pct(m['all'])} | {', '.join(map(_pct, m['learning']))} | "
+                     f"{', '.join(map(_pct, m['final_row']))} | {st.median(r['ms_per_update']):.2f} | "
+                     f"{r['wall_s'] / 3600:.2f} h |")
+    lines += ["", "σ per layer after each task (median σ; median precision 1/σ²) for the Bayesian rules:", "",
+              "| rule | layer | " + " | ".join(f"task {t}" for t in range(max(len(r['sigma']) for r in runs))) + " |",
+              "|---|---|" + "---|" * max(len(r['sigma']) for r in runs)]
+    for r in runs:
+        if r["rule"] not in ("mesu", "bgd"):
+            continue
+        for layer in r["sigma"][0]:
+            cells = [f"{s[layer]['sigma_median']:.4f}; {s[layer]['precision_median']:.0f}" for s in r["sigma"]]
+            lines.append(f"| {NAMES[r['rule']]} | {layer} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    runs = [r for r in runs if r.get("acc")]
+    if not runs:
+        return
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    for r in sorted(runs, key=lambda r: ORDER.index(r["rule"])):
+        m = metrics(r)
+        ks = list(range(1, len(m["learning"]) + 1))
+        ax[0].plot(ks, [100 * x for x in m["learning"]], "o-", label=NAMES[r["rule"]])
+        ax[1].plot(ks, [100 * sum(row) / len(row) for row in r["acc"]], "o-", label=NAMES[r["rule"]])
+        if r["rule"] in ("mesu", "bgd"):
+            for li, layer in enumerate(r["sigma"][0]):
+                ax[2].plot(ks, [s[layer]["sigma_median"] for s in r["sigma"]], ["o-", "s--"][li % 2],
+                           label=f"{NAMES[r['rule']]} {layer}")
+    ax[0].set(title="learning accuracy (task k right after training it)", xlabel="task", ylabel="test accuracy (%)")
+    ax[1].set(title="mean accuracy over the tasks seen", xlabel="tasks trained", ylabel="test accuracy (%)")
+    ax[2].set(title="median σ per layer", xlabel="tasks trained", ylabel="σ", yscale="log")
+    for a in ax:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.legend(fontsize=7, loc="best")
+        a.grid(alpha=0.3)
+    fig.suptitle("Spiking 784-50-10 (LIF, T = 10), permuted MNIST, batch 1, task-free (EWC/SI told the boundaries)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    val, final = _load("val"), _load("final")
+    best = json.loads((RES / "best.json").read_text()) if (RES / "best.json").exists() else {}
+    lines = ["# Permuted MNIST with spikes: every rule, tuned on a validation stream (experiments/snn_comparison.py)", "",
+             "Written by `experiments/snn_comparison_report.py` from the JSON files in this folder.", "",
+             f"Paper's ANN for reference: {PAPER_ANN}.", "", "## Final runs (test stream)", ""]
+    lines += final_tables(final)
+    lines += ["", "## Validation grid (its own seed, held-out training images)", ""]
+    lines += validation_table(val)
+    lines += ["", "Chosen: " + ", ".join(f"{NAMES[r]}: {b['tag']}" for r, b in best.items()), ""]
+    machine = (final or val)[0]["machine"] if (final or val) else "?"
+    lines += [f"Machine: {machine}; torch {(final or val)[0]['torch'] if (final or val) else '?'}; one thread per run, "
+              "two runs at a time, on a VM shared with other work (ms/update are noisy)."]
+    (RES / "README.md").write_text("\n".join(lines) + "\n")
+    plot(final, RES / "curves.png")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
