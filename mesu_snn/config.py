@@ -9,7 +9,7 @@ Unknown fields are errors too (a typo never silently falls back to a default). E
 
     [data]
     dataset = "mnist"          # digits | mnist | fashion_mnist | nmnist
-    root = "../shared/data"    # optional; default $MESU_SNN_DATA, else ./data
+    # root = "/data/sets"    # optional; default: --data-root, else $MESU_SNN_DATA, else ./data
     train_per_task = 300       # class-balanced subsample of every task (omit: all)
     test_per_task = 200
 

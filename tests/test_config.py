@@ -119,3 +119,40 @@ def test_every_shipped_config_is_valid():
     for path in configs:
         cfg = load_config(path)
         assert cfg.rule.name in ("mesu", "bgd", "sgd", "adam", "ewc", "si")
+
+
+def test_no_shipped_config_hard_codes_a_data_root():
+    """Shipped configs leave the data folder to the usual resolution (--data-root, $MESU_SNN_DATA,
+    data/): no ``data.root`` and no path of this repository's CI layout."""
+    import tomllib
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    configs = [p for p in repo.rglob("*.toml") if p.name != "pyproject.toml" and ".venv" not in p.parts
+               and "runs" not in p.relative_to(repo).parts[:1]]
+    assert len(configs) >= 4
+    for path in configs:
+        raw = tomllib.loads(path.read_text())
+        assert "root" not in raw.get("data", {}), path
+        assert "shared/data" not in path.read_text(), path
+
+
+def test_data_root_resolution_order_through_train(tmp_path, monkeypatch, capsys):
+    """A config without data.root: ``--data-root`` wins over $MESU_SNN_DATA, which wins over data/;
+    the error for missing files names the folder that was chosen."""
+    from pathlib import Path
+    from mesu_snn.cli import main
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('[data]\ndataset = "mnist"\n[rule]\nname = "sgd"\n')
+    monkeypatch.chdir(tmp_path)
+
+    def chosen(*extra):
+        assert main(["train", str(cfg), "--out", str(tmp_path / "out"), "--quiet", *extra]) == 1
+        err = capsys.readouterr().err
+        assert "not found" in err and not (tmp_path / "out").exists()
+        return err
+    monkeypatch.delenv("MESU_SNN_DATA", raising=False)
+    assert str(Path("data") / "MNIST") in chosen()
+    monkeypatch.setenv("MESU_SNN_DATA", str(tmp_path / "from_env"))
+    assert "from_env" in chosen()
+    err = chosen("--data-root", str(tmp_path / "from_flag"))
+    assert "from_flag" in err and "from_env" not in err
