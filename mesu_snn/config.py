@@ -67,6 +67,8 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "nmnist")
 STREAM_KINDS = ("permuted", "split", "class_incremental")
 BOUNDARIES = ("sharp", "blurred")
 ENCODERS = ("current", "standardized", "rate", "latency", "frames")
+#: encoder.gain when the config leaves it out
+GAIN_DEFAULTS = {"current": 2.0, "standardized": 2.0, "rate": 1.0, "latency": 1.0, "frames": 2.0}
 MODEL_KINDS = ("mlp", "conv", "ann")
 INITS = tuple(_SYN_INITS)
 ACTIVATIONS = tuple(_MODEL_ACTIVATIONS)
@@ -185,7 +187,8 @@ class EncoderConfig:
     (the MESU authors' input), for T steps; for ``model.kind = "ann"`` the (B, features) inputs."""
     kind: str = "current"
     num_steps: int = 10                  # T (for frames: the number of time bins)
-    gain: float = 2.0                    # current: input scale; rate: spike-probability gain
+    gain: float | None = None            # current: input scale; rate: spike-probability gain (<= 1);
+                                         # None: the kind's default (GAIN_DEFAULTS)
     tau: float = 5.0                     # latency
     threshold: float = 0.01              # latency
     linear: bool = False                 # latency
@@ -194,6 +197,8 @@ class EncoderConfig:
     def validate(self, p="encoder"):
         _choice(f"{p}.kind", self.kind, ENCODERS)
         _int(f"{p}.num_steps", self.num_steps, 1)
+        if self.gain is None:            # a default valid for every kind: a rate code's gain is a probability scale
+            self.gain = GAIN_DEFAULTS[self.kind]
         self.gain = _float(f"{p}.gain", self.gain, 0.0)
         self.tau = _float(f"{p}.tau", self.tau, 0.0, True)
         self.threshold = _float(f"{p}.threshold", self.threshold, 0.0, True, 1.0, True)

@@ -156,3 +156,18 @@ def test_data_root_resolution_order_through_train(tmp_path, monkeypatch, capsys)
     assert "from_env" in chosen()
     err = chosen("--data-root", str(tmp_path / "from_flag"))
     assert "from_flag" in err and "from_env" not in err
+
+
+def test_encoder_defaults_are_valid_for_every_kind():
+    """A key the user never wrote cannot make a config invalid: each encoder kind loads with the
+    defaults, ``rate`` with a gain <= 1; an explicit bad gain is still an error naming it."""
+    from mesu_snn.config import ENCODERS, GAIN_DEFAULTS
+    for kind in ENCODERS:
+        data = {"dataset": "nmnist"} if kind == "frames" else {}
+        cfg = parse_config({"data": data, "encoder": {"kind": kind}, "rule": {"name": "sgd"}})
+        assert cfg.encoder.gain == GAIN_DEFAULTS[kind]
+        assert parse_config(cfg.to_dict()).encoder.gain == cfg.encoder.gain      # round trip keeps it
+    assert parse_config({"encoder": {"kind": "rate"}, "rule": {"name": "sgd"}}).encoder.gain == 1.0
+    assert parse_config({"encoder": {"kind": "current"}, "rule": {"name": "sgd"}}).encoder.gain == 2.0
+    with pytest.raises(ConfigError, match="encoder.gain.*<= 1, got 2.0"):
+        parse_config({"encoder": {"kind": "rate", "gain": 2.0}, "rule": {"name": "sgd"}})
