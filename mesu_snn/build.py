@@ -184,7 +184,8 @@ def build_model(cfg: RunConfig, tasks: TaskStream) -> nn.Module:
                 "bias": bool(m.bias), "init": m.init, "mu_init": m.mu_init, "sigma_init": m.sigma_init}
         return model_from_spec(spec, seed=derive_seed(cfg.seed, "model") % 2**63)
     common = dict(readout=m.readout, init=m.init, mu_init=m.mu_init, sigma_init=m.sigma_init,
-                  neuron=dict(beta=m.beta, threshold=m.threshold, reset=m.reset, surrogate=m.surrogate))
+                  neuron=dict(beta=m.beta, threshold=m.threshold, reset=m.reset, surrogate=m.surrogate,
+                              reset_delay=m.reset_delay))
     if m.kind == "mlp":
         spec = dict(common, **{"class": "SpikingMLP", "sizes": [int(np.prod(shape)), *m.hidden, n_classes],
                                "bias": True if m.bias is None else bool(m.bias)})

@@ -210,7 +210,9 @@ class EncoderConfig:
 class ModelConfig:
     """``[model]``: a Bayesian spiking MLP or conv net, or a non-spiking ``ann`` (BayesMLP with
     ``activation``, ``bias``); input and output sizes come from the data. ``init``: a named
-    initialisation (``"authors"``: μ ~ U(±4/√fan_in), σ₀ = 2/√fan_in) overriding mu_init/sigma_init."""
+    initialisation (``"authors"``: μ ~ U(±4/√fan_in), σ₀ = 2/√fan_in) overriding mu_init/sigma_init.
+    ``sigma_init`` is relative: σ₀ = sigma_init/√fan_in. ``reset = "zero"``, ``reset_delay = false``,
+    ``readout = "count"`` train in the convention that NIR exports exactly (``mesu-snn export``)."""
     kind: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [64])       # mlp
     channels: list[int] = field(default_factory=lambda: [8, 16])  # conv (input channels prepended)
@@ -218,6 +220,7 @@ class ModelConfig:
     beta: float = 0.9
     threshold: float = 1.0
     reset: str = "subtract"
+    reset_delay: bool = True             # True: the reset lands one step after the spike (snnTorch)
     surrogate: str = "fast_sigmoid"
     readout: str = "membrane"
     mu_init: float = 1.0
@@ -234,6 +237,7 @@ class ModelConfig:
         self.beta = _float(f"{p}.beta", self.beta, 0.0, False, 1.0)
         self.threshold = _float(f"{p}.threshold", self.threshold, 0.0, True)
         _choice(f"{p}.reset", self.reset, RESETS)
+        _bool(f"{p}.reset_delay", self.reset_delay)
         _choice(f"{p}.surrogate", self.surrogate, SURROGATES)
         _choice(f"{p}.readout", self.readout, READOUTS)
         self.mu_init = _float(f"{p}.mu_init", self.mu_init, 0.0)
