@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .callbacks import Progress
+from .callbacks import Progress, SigmaWatch
 from .config import RunConfig
 from .datasets import EventDataset, load_digits, load_mnist, load_nmnist
 from .encoders import (CurrentEncoder, EventFrameEncoder, LatencyEncoder, RateEncoder, current_encode,
@@ -249,7 +249,8 @@ def build_trainer(cfg: RunConfig, progress: bool = False, callbacks=(), tasks: T
                    eval_average=sch.eval_average,
                    seed=cfg.seed, last_k=sch.last_k, ood_inputs=build_ood(cfg, tasks),
                    ood_description=OOD_DESCRIPTION,
-                   callbacks=[*callbacks, *([Progress(desc)] if progress else [])], desc=desc,
+                   callbacks=[*callbacks, *([SigmaWatch()] if rule.bayesian else []),
+                              *([Progress(desc)] if progress else [])], desc=desc,
                    device=device, config=cfg.to_dict())
 
 
