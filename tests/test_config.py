@@ -171,3 +171,12 @@ def test_encoder_defaults_are_valid_for_every_kind():
     assert parse_config({"encoder": {"kind": "current"}, "rule": {"name": "sgd"}}).encoder.gain == 2.0
     with pytest.raises(ConfigError, match="encoder.gain.*<= 1, got 2.0"):
         parse_config({"encoder": {"kind": "rate", "gain": 2.0}, "rule": {"name": "sgd"}})
+
+
+def test_list_messages_read_plainly():
+    """A list field's message never says 'a list of at least 0 integers'."""
+    with pytest.raises(ConfigError) as e:
+        parse_config({"model": {"hidden": "64"}, "rule": {"name": "sgd"}})
+    assert "model.hidden: must be a list of integers, got '64'" in str(e.value) and "at least 0" not in str(e.value)
+    with pytest.raises(ConfigError, match="model.channels: must be a list of at least 1 integer, got"):
+        parse_config({"model": {"channels": []}, "rule": {"name": "sgd"}})

@@ -207,3 +207,18 @@ def test_resume_after_interruption_drops_rows_past_the_checkpoint(tmp_path):
     np.testing.assert_array_equal(tr["layers"]["layers.0.weight"]["tracked_sigma"][-1],
                                   net.layers[0].weight_sigma.detach().reshape(-1)[
                                       torch.from_numpy(tr["layers"]["layers.0.weight"]["tracked_index"])].numpy())
+
+
+def test_overwrite_message_is_plain(tmp_path):
+    """Refusing to overwrite names the file and the flag, without '(force=True)' clutter."""
+    from mesu_snn.runs.atomic import check_writable
+    path = tmp_path / "sigma_trace.h5"
+    path.write_bytes(b"x")
+    net = ms.SpikingMLP([4, 3, 2])
+    with pytest.raises(FileExistsError) as e:
+        SigmaRecorder(path).on_start(net, ms.MESU(net, memory=50), {})
+    with pytest.raises(FileExistsError) as e2:
+        check_writable(path)
+    for msg in (str(e.value), str(e2.value)):
+        assert str(path) in msg and "--force" in msg and "force=True" not in msg and "pass --force (" not in msg
+    assert path.read_bytes() == b"x"
