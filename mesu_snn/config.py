@@ -8,7 +8,7 @@ Unknown fields are errors too (a typo never silently falls back to a default). E
     seed = 0
 
     [data]
-    dataset = "mnist"          # digits | mnist | fashion_mnist | nmnist
+    dataset = "mnist"          # digits | mnist | fashion_mnist | nmnist | shd
     # root = "/data/sets"    # optional; default: --data-root, else $MESU_SNN_DATA, else ./data
     train_per_task = 300       # class-balanced subsample of every task (omit: all)
     test_per_task = 200
@@ -22,6 +22,9 @@ Unknown fields are errors too (a typo never silently falls back to a default). E
     kind = "current"           # current | standardized | rate | latency | frames
     num_steps = 10
     gain = 2.0
+    # event data (kind = "frames"): Tonic transforms by name, applied in order before binning;
+    # a final ToFrame bins with Tonic instead:
+    # transforms = [{name = "Denoise", filter_time = 10000}, {name = "ToFrame"}]
 
     [model]
     kind = "mlp"               # mlp | conv | ann (non-spiking BayesMLP)
@@ -49,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from .functional.lif import RESETS
+from .encoders import check_tonic_transforms
 from .functional.surrogate import SURROGATES
 from .models import ACTIVATIONS as _MODEL_ACTIVATIONS
 from .models import READOUTS
@@ -63,7 +67,8 @@ else:  # pragma: no cover
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "StreamConfig", "EncoderConfig", "ModelConfig",
            "RuleConfig", "ScheduleConfig", "load_config", "parse_config", "dump_toml"]
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "nmnist")
+DATASETS = ("digits", "mnist", "fashion_mnist", "nmnist", "shd")
+EVENT_DATASETS = ("nmnist", "shd")
 STREAM_KINDS = ("permuted", "split", "class_incremental")
 BOUNDARIES = ("sharp", "blurred")
 ENCODERS = ("current", "standardized", "rate", "latency", "frames")
@@ -193,6 +198,8 @@ class EncoderConfig:
     threshold: float = 0.01              # latency
     linear: bool = False                 # latency
     duration_us: float | None = None     # frames: fixed window [0, duration) in µs
+    transforms: list[dict] = field(default_factory=list)   # frames: Tonic transforms, e.g.
+                                         # [{name = "Denoise", filter_time = 10000}] (TONIC_TRANSFORMS)
 
     def validate(self, p="encoder"):
         _choice(f"{p}.kind", self.kind, ENCODERS)
@@ -204,6 +211,13 @@ class EncoderConfig:
         self.threshold = _float(f"{p}.threshold", self.threshold, 0.0, True, 1.0, True)
         _bool(f"{p}.linear", self.linear)
         self.duration_us = _float(f"{p}.duration_us", self.duration_us, 0.0, True, allow_none=True)
+        try:
+            check_tonic_transforms(self.transforms, self.num_steps)
+        except ValueError as e:
+            raise _err(f"{p}.{str(e).split(': ', 1)[0]}", str(e).split(": ", 1)[1]) from None
+        if self.duration_us is not None and self.transforms and self.transforms[-1].get("name") == "ToFrame":
+            raise _err(f"{p}.duration_us", "applies to the built-in binning; with ToFrame last, crop with "
+                       "{name = \"CropTime\", max = ...} instead")
 
 
 @dataclass
@@ -322,11 +336,15 @@ class RunConfig:
         for name in SECTIONS:
             getattr(self, name).validate(name)
         # cross-field checks
-        if self.encoder.kind == "frames" and self.data.dataset != "nmnist":
-            raise _err("encoder.kind", f"'frames' needs event data (data.dataset = 'nmnist'), got dataset "
+        events = self.data.dataset in EVENT_DATASETS
+        if self.encoder.kind == "frames" and not events:
+            raise _err("encoder.kind", f"'frames' needs event data (data.dataset = 'nmnist' or 'shd'), got dataset "
                        f"{self.data.dataset!r}")
-        if self.data.dataset == "nmnist" and self.encoder.kind != "frames":
-            raise _err("encoder.kind", f"N-MNIST holds events: use 'frames', got {self.encoder.kind!r}")
+        if events and self.encoder.kind != "frames":
+            raise _err("encoder.kind", f"{self.data.dataset} holds events: use 'frames', got {self.encoder.kind!r}")
+        if self.encoder.transforms and not events:
+            raise _err("encoder.transforms", f"Tonic transforms take event data (nmnist, shd), got dataset "
+                       f"{self.data.dataset!r}")
         if self.model.kind == "ann" and self.encoder.kind not in ("standardized", "current"):
             raise _err("encoder.kind", f"model.kind 'ann' takes static inputs: use 'standardized' or 'current', "
                        f"got {self.encoder.kind!r}")
@@ -409,6 +427,8 @@ def _toml_value(v) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):                       # an inline table (encoder.transforms entries)
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
