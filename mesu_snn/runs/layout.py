@@ -86,12 +86,19 @@ IMPORTANCE_NAME = "importance.npz"
 
 
 def run_is_finished(run_dir) -> bool:
-    """True when the run in ``run_dir`` wrote everything a finished ``train`` writes: checkpoint,
-    metrics.json, timing.json, an assembled σ trace (no ``.partial`` folder) and the figures,
-    which come last. A run killed during its final writes is not finished (``--resume`` completes it)."""
+    """True when the run in ``run_dir`` wrote everything a finished ``train`` writes: metrics.json,
+    timing.json, an assembled σ trace (no ``.partial`` folder), the figures (which come last) and a
+    checkpoint that holds the final metrics (read safely and verified: a damaged or foreign
+    checkpoint is an error naming it). A run killed during its final writes is not finished
+    (``--resume`` completes it)."""
     d = Path(run_dir)
     need = [d / CHECKPOINT, d / "metrics.json", d / "timing.json", *(d / f for f in PLOT_FILES)]
-    return all(p.is_file() for p in need) and not (d / (TRACE_NAME + ".partial")).exists()
+    if not all(p.is_file() for p in need) or (d / (TRACE_NAME + ".partial")).exists():
+        return False
+    from .checkpoint import load_checkpoint
+    ckpt = load_checkpoint(d / CHECKPOINT)
+    state = ckpt.get("state") if isinstance(ckpt, dict) else None
+    return isinstance(state, dict) and state.get("final_metrics") is not None
 
 
 def run_files(run_dir) -> dict[str, Path | None]:
