@@ -1,6 +1,6 @@
 """Permuted-MNIST comparison of every rule with an equal-budget hyperparameter search.
 
-    .venv/bin/python experiments/permuted_mnist.py [--jobs 2] [--quick]
+    .venv/bin/python experiments/permuted_mnist.py [--jobs 2] [--quick] [--data-root DIR]
 
 1. Search: for each rule, 4 values of its main hyperparameter (:data:`GRID`), each scored by
    the final average accuracy on a *validation* stream: the same recipe with seed 1 (other
@@ -81,11 +81,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 tasks x 1 epoch (a smoke run, not the result)")
     ap.add_argument("--rules", default=",".join(GRID))
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--data-root", help="dataset folder (default: $MESU_SNN_DATA, else data/)")
     args = ap.parse_args(argv)
     base_cfg = load_config(HERE / "configs" / "permuted_mnist_base.toml")
     base = base_cfg.to_dict()
-    if not Path(base["data"]["root"]).is_absolute():
-        base["data"]["root"] = str((HERE.parent / base["data"]["root"]).resolve())
+    if args.data_root:                  # else data.root's usual resolution: $MESU_SNN_DATA, then data/
+        base["data"]["root"] = str(Path(args.data_root).resolve())
     rules = [r for r in args.rules.split(",") if r]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

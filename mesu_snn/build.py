@@ -15,11 +15,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .callbacks import Progress
+from .callbacks import Progress, SigmaWatch
 from .config import RunConfig
-from .datasets import EventDataset, load_digits, load_mnist, load_nmnist
-from .encoders import (CurrentEncoder, EventFrameEncoder, LatencyEncoder, RateEncoder, current_encode,
-                       standardization_stats, standardize, to_unit_interval)
+from .datasets import EventDataset, load_digits, load_mnist, load_nmnist, load_shd
+from .encoders import (CurrentEncoder, EventFrameEncoder, LatencyEncoder, RateEncoder, check_tonic_transforms,
+                       current_encode, standardization_stats, standardize, to_unit_interval, tonic_frames,
+                       tonic_sensor_size)
 from .models import model_from_spec
 from .rules import make_rule
 from .rules.rule import Rule
@@ -42,7 +43,8 @@ class InputPipeline:
 
     current: constant current ``gain·x``; standardized: constant signed current
     ``gain·(x − mean)/std``; rate: Bernoulli with p = ``gain·x``; latency: one spike per pixel,
-    brighter earlier; frames: event counts per time bin, times ``gain``.
+    brighter earlier; frames: event counts per time bin, times ``gain``, after the Tonic
+    ``transforms`` if any (checked specs of :func:`~mesu_snn.encoders.check_tonic_transforms`).
     ``flatten``: (T, B, ...) -> (T, B, features) for an MLP; otherwise static images get a
     channel dim, (T, B, 1, H, W), for a conv net. ``static``: no time dim, (B, features), for a
     non-spiking ``ann`` (current/standardized only).
@@ -59,6 +61,7 @@ class InputPipeline:
     mean: float = 0.0
     std: float = 1.0
     static: bool = False
+    transforms: tuple = ()
 
     @property
     def deterministic(self) -> bool:
@@ -68,7 +71,10 @@ class InputPipeline:
         if self.kind == "frames":
             if self.sensor_size is None:
                 raise ValueError("the frames pipeline needs sensor_size")
-            x = EventFrameEncoder(self.sensor_size, self.num_steps, self.duration_us)(x_raw)   # (T, B, P, H, W)
+            if self.transforms:
+                x = tonic_frames(x_raw, self.transforms, self.sensor_size, self.num_steps, self.duration_us)
+            else:
+                x = EventFrameEncoder(self.sensor_size, self.num_steps, self.duration_us)(x_raw)  # (T, B, P, H, W)
             if self.gain != 1.0:
                 x = x * self.gain
         elif self.static:
@@ -116,6 +122,9 @@ def load_raw_data(cfg: RunConfig):
         xtr = load_nmnist(d.root, "train", first_saccade_only=d.first_saccade_only)
         xte = load_nmnist(d.root, "test", first_saccade_only=d.first_saccade_only)
         ytr, yte = xtr.labels, xte.labels
+    elif d.dataset == "shd":
+        xtr, xte = load_shd(d.root, "train"), load_shd(d.root, "test")
+        ytr, yte = xtr.labels, xte.labels
     else:  # pragma: no cover - validated by the config
         raise ValueError(f"unknown dataset {d.dataset!r}")
     return xtr, ytr, xte, yte
@@ -153,10 +162,15 @@ def eval_mask_for(cfg: RunConfig) -> str | None:
     return "task" if cfg.stream.kind == "split" else None
 
 
-def _sample_shape(tasks: TaskStream) -> tuple[int, ...]:
+def _event_transforms(cfg: RunConfig) -> tuple:
+    return tuple(check_tonic_transforms(cfg.encoder.transforms, cfg.encoder.num_steps))
+
+
+def _sample_shape(tasks: TaskStream, cfg: RunConfig) -> tuple[int, ...]:
+    """One model input's shape: (P, H, W) for events (after the Tonic transforms), else the sample's."""
     x = tasks[0].train_x
     if isinstance(x, EventDataset):
-        w, h, p = x.sensor_size
+        w, h, p = tonic_sensor_size(_event_transforms(cfg), x.sensor_size)
         return (p, h, w)
     return tuple(x.shape[1:])
 
@@ -169,22 +183,32 @@ def build_pipeline(cfg: RunConfig, tasks: TaskStream) -> InputPipeline:
         # scalar pixel stats of the training images (permutation-invariant, so task 0's will do)
         x = tasks[0].train_x
         mean, std = standardization_stats(x.base if isinstance(x, PermutedInputs) else torch.as_tensor(x))
-    return InputPipeline(kind=e.kind, num_steps=e.num_steps, gain=e.gain, flatten=cfg.model.kind in ("mlp", "ann"),
+    pipe = InputPipeline(kind=e.kind, num_steps=e.num_steps, gain=e.gain, flatten=cfg.model.kind in ("mlp", "ann"),
                          tau=e.tau, threshold=e.threshold, linear=e.linear, sensor_size=sensor,
-                         duration_us=e.duration_us, mean=mean, std=std, static=cfg.model.kind == "ann")
+                         duration_us=e.duration_us, mean=mean, std=std, static=cfg.model.kind == "ann",
+                         transforms=_event_transforms(cfg))
+    if pipe.transforms:                  # a transform that cannot take this data fails here, not mid-run
+        try:
+            pipe(tasks[0].train_x.get_events([0]))
+        except Exception as exc:         # Tonic raises anything (AssertionError, KeyError, ValueError)
+            names = " -> ".join(n for n, _ in pipe.transforms)
+            raise ValueError(f"config field encoder.transforms: {names} fails on a {cfg.data.dataset} recording "
+                             f"(sensor {sensor}): {type(exc).__name__}: {exc}") from None
+    return pipe
 
 
 def build_model(cfg: RunConfig, tasks: TaskStream) -> nn.Module:
     """The configured network, initialised from derive_seed(seed, "model") (the same for every rule)."""
     m = cfg.model
-    shape = _sample_shape(tasks)
+    shape = _sample_shape(tasks, cfg)
     n_classes = max(tasks.classes) + 1
     if m.kind == "ann":
         spec = {"class": "BayesMLP", "sizes": [int(np.prod(shape)), *m.hidden, n_classes], "activation": m.activation,
                 "bias": bool(m.bias), "init": m.init, "mu_init": m.mu_init, "sigma_init": m.sigma_init}
         return model_from_spec(spec, seed=derive_seed(cfg.seed, "model") % 2**63)
     common = dict(readout=m.readout, init=m.init, mu_init=m.mu_init, sigma_init=m.sigma_init,
-                  neuron=dict(beta=m.beta, threshold=m.threshold, reset=m.reset, surrogate=m.surrogate))
+                  neuron=dict(beta=m.beta, threshold=m.threshold, reset=m.reset, surrogate=m.surrogate,
+                              reset_delay=m.reset_delay))
     if m.kind == "mlp":
         spec = dict(common, **{"class": "SpikingMLP", "sizes": [int(np.prod(shape)), *m.hidden, n_classes],
                                "bias": True if m.bias is None else bool(m.bias)})
@@ -248,7 +272,8 @@ def build_trainer(cfg: RunConfig, progress: bool = False, callbacks=(), tasks: T
                    eval_average=sch.eval_average,
                    seed=cfg.seed, last_k=sch.last_k, ood_inputs=build_ood(cfg, tasks),
                    ood_description=OOD_DESCRIPTION,
-                   callbacks=[*callbacks, *([Progress(desc)] if progress else [])], desc=desc,
+                   callbacks=[*callbacks, *([SigmaWatch()] if rule.bayesian else []),
+                              *([Progress(desc)] if progress else [])], desc=desc,
                    device=device, config=cfg.to_dict())
 
 

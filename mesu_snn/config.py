@@ -8,8 +8,8 @@ Unknown fields are errors too (a typo never silently falls back to a default). E
     seed = 0
 
     [data]
-    dataset = "mnist"          # digits | mnist | fashion_mnist | nmnist
-    root = "../shared/data"    # optional; default $MESU_SNN_DATA, else ./data
+    dataset = "mnist"          # digits | mnist | fashion_mnist | nmnist | shd
+    # root = "/data/sets"    # optional; default: --data-root, else $MESU_SNN_DATA, else ./data
     train_per_task = 300       # class-balanced subsample of every task (omit: all)
     test_per_task = 200
 
@@ -22,6 +22,9 @@ Unknown fields are errors too (a typo never silently falls back to a default). E
     kind = "current"           # current | standardized | rate | latency | frames
     num_steps = 10
     gain = 2.0
+    # event data (kind = "frames"): Tonic transforms by name, applied in order before binning;
+    # a final ToFrame bins with Tonic instead:
+    # transforms = [{name = "Denoise", filter_time = 10000}, {name = "ToFrame"}]
 
     [model]
     kind = "mlp"               # mlp | conv | ann (non-spiking BayesMLP)
@@ -49,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from .functional.lif import RESETS
+from .encoders import check_tonic_transforms
 from .functional.surrogate import SURROGATES
 from .models import ACTIVATIONS as _MODEL_ACTIVATIONS
 from .models import READOUTS
@@ -63,10 +67,13 @@ else:  # pragma: no cover
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "StreamConfig", "EncoderConfig", "ModelConfig",
            "RuleConfig", "ScheduleConfig", "load_config", "parse_config", "dump_toml"]
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "nmnist")
+DATASETS = ("digits", "mnist", "fashion_mnist", "nmnist", "shd")
+EVENT_DATASETS = ("nmnist", "shd")
 STREAM_KINDS = ("permuted", "split", "class_incremental")
 BOUNDARIES = ("sharp", "blurred")
 ENCODERS = ("current", "standardized", "rate", "latency", "frames")
+#: encoder.gain when the config leaves it out
+GAIN_DEFAULTS = {"current": 2.0, "standardized": 2.0, "rate": 1.0, "latency": 1.0, "frames": 2.0}
 MODEL_KINDS = ("mlp", "conv", "ann")
 INITS = tuple(_SYN_INITS)
 ACTIVATIONS = tuple(_MODEL_ACTIVATIONS)
@@ -185,27 +192,41 @@ class EncoderConfig:
     (the MESU authors' input), for T steps; for ``model.kind = "ann"`` the (B, features) inputs."""
     kind: str = "current"
     num_steps: int = 10                  # T (for frames: the number of time bins)
-    gain: float = 2.0                    # current: input scale; rate: spike-probability gain
+    gain: float | None = None            # current: input scale; rate: spike-probability gain (<= 1);
+                                         # None: the kind's default (GAIN_DEFAULTS)
     tau: float = 5.0                     # latency
     threshold: float = 0.01              # latency
     linear: bool = False                 # latency
     duration_us: float | None = None     # frames: fixed window [0, duration) in µs
+    transforms: list[dict] = field(default_factory=list)   # frames: Tonic transforms, e.g.
+                                         # [{name = "Denoise", filter_time = 10000}] (TONIC_TRANSFORMS)
 
     def validate(self, p="encoder"):
         _choice(f"{p}.kind", self.kind, ENCODERS)
         _int(f"{p}.num_steps", self.num_steps, 1)
+        if self.gain is None:            # a default valid for every kind: a rate code's gain is a probability scale
+            self.gain = GAIN_DEFAULTS[self.kind]
         self.gain = _float(f"{p}.gain", self.gain, 0.0)
         self.tau = _float(f"{p}.tau", self.tau, 0.0, True)
         self.threshold = _float(f"{p}.threshold", self.threshold, 0.0, True, 1.0, True)
         _bool(f"{p}.linear", self.linear)
         self.duration_us = _float(f"{p}.duration_us", self.duration_us, 0.0, True, allow_none=True)
+        try:
+            check_tonic_transforms(self.transforms, self.num_steps)
+        except ValueError as e:
+            raise _err(f"{p}.{str(e).split(': ', 1)[0]}", str(e).split(": ", 1)[1]) from None
+        if self.duration_us is not None and self.transforms and self.transforms[-1].get("name") == "ToFrame":
+            raise _err(f"{p}.duration_us", "applies to the built-in binning; with ToFrame last, crop with "
+                       "{name = \"CropTime\", max = ...} instead")
 
 
 @dataclass
 class ModelConfig:
     """``[model]``: a Bayesian spiking MLP or conv net, or a non-spiking ``ann`` (BayesMLP with
     ``activation``, ``bias``); input and output sizes come from the data. ``init``: a named
-    initialisation (``"authors"``: μ ~ U(±4/√fan_in), σ₀ = 2/√fan_in) overriding mu_init/sigma_init."""
+    initialisation (``"authors"``: μ ~ U(±4/√fan_in), σ₀ = 2/√fan_in) overriding mu_init/sigma_init.
+    ``sigma_init`` is relative: σ₀ = sigma_init/√fan_in. ``reset = "zero"``, ``reset_delay = false``,
+    ``readout = "count"`` train in the convention that NIR exports exactly (``mesu-snn export``)."""
     kind: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [64])       # mlp
     channels: list[int] = field(default_factory=lambda: [8, 16])  # conv (input channels prepended)
@@ -213,6 +234,7 @@ class ModelConfig:
     beta: float = 0.9
     threshold: float = 1.0
     reset: str = "subtract"
+    reset_delay: bool = True             # True: the reset lands one step after the spike (snnTorch)
     surrogate: str = "fast_sigmoid"
     readout: str = "membrane"
     mu_init: float = 1.0
@@ -229,6 +251,7 @@ class ModelConfig:
         self.beta = _float(f"{p}.beta", self.beta, 0.0, False, 1.0)
         self.threshold = _float(f"{p}.threshold", self.threshold, 0.0, True)
         _choice(f"{p}.reset", self.reset, RESETS)
+        _bool(f"{p}.reset_delay", self.reset_delay)
         _choice(f"{p}.surrogate", self.surrogate, SURROGATES)
         _choice(f"{p}.readout", self.readout, READOUTS)
         self.mu_init = _float(f"{p}.mu_init", self.mu_init, 0.0)
@@ -313,11 +336,15 @@ class RunConfig:
         for name in SECTIONS:
             getattr(self, name).validate(name)
         # cross-field checks
-        if self.encoder.kind == "frames" and self.data.dataset != "nmnist":
-            raise _err("encoder.kind", f"'frames' needs event data (data.dataset = 'nmnist'), got dataset "
+        events = self.data.dataset in EVENT_DATASETS
+        if self.encoder.kind == "frames" and not events:
+            raise _err("encoder.kind", f"'frames' needs event data (data.dataset = 'nmnist' or 'shd'), got dataset "
                        f"{self.data.dataset!r}")
-        if self.data.dataset == "nmnist" and self.encoder.kind != "frames":
-            raise _err("encoder.kind", f"N-MNIST holds events: use 'frames', got {self.encoder.kind!r}")
+        if events and self.encoder.kind != "frames":
+            raise _err("encoder.kind", f"{self.data.dataset} holds events: use 'frames', got {self.encoder.kind!r}")
+        if self.encoder.transforms and not events:
+            raise _err("encoder.transforms", f"Tonic transforms take event data (nmnist, shd), got dataset "
+                       f"{self.data.dataset!r}")
         if self.model.kind == "ann" and self.encoder.kind not in ("standardized", "current"):
             raise _err("encoder.kind", f"model.kind 'ann' takes static inputs: use 'standardized' or 'current', "
                        f"got {self.encoder.kind!r}")
@@ -400,6 +427,8 @@ def _toml_value(v) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):                       # an inline table (encoder.transforms entries)
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 

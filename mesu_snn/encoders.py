@@ -321,3 +321,141 @@ class EventFrameEncoder:
         if not frames:
             raise ValueError("EventFrameEncoder: empty batch")
         return torch.from_numpy(np.stack(frames, axis=1))
+
+
+# ----------------------------------------------------------------- Tonic event transforms
+#: Tonic transforms a config may name for event data: name -> {keyword: (check, default)}; a
+#: default of ``...`` means required. Only these names and keywords are accepted (nothing is
+#: evaluated); random transforms (DropEvent, ...) are left out so runs stay reproducible.
+TONIC_TRANSFORMS = {
+    "Denoise": {"filter_time": (">0", ...)},
+    "Downsample": {"time_factor": (">0", 1.0), "spatial_factor": ("factor", 1.0)},
+    "RefractoryPeriod": {"delta": (">0", ...)},
+    "CropTime": {"min": (">=0", 0.0), "max": (">0", None)},
+    "Decimation": {"n": ("int>=1", ...)},
+    "MergePolarities": {},
+    "ToFrame": {"n_time_bins": ("int>=1", None), "overlap": ("[0,1)", 0.0)},
+}
+
+
+def _tonic_value(where: str, check: str, v):
+    num = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    if check == "int>=1":
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{where}: must be an integer >= 1, got {v!r}")
+        return v
+    if check == "factor":
+        vals = list(v) if isinstance(v, list | tuple) else [v]
+        if len(vals) not in (1, 2) or not all(isinstance(f, int | float) and not isinstance(f, bool)
+                                              and 0 < f <= 1 for f in vals):
+            raise ValueError(f"{where}: must be a number in (0, 1] or a list [x, y] of two, got {v!r}")
+        return float(vals[0]) if len(vals) == 1 else tuple(float(f) for f in vals)
+    lo_ok = {">0": lambda x: x > 0, ">=0": lambda x: x >= 0, "[0,1)": lambda x: 0 <= x < 1}[check]
+    if not num or not lo_ok(v):
+        need = {">0": "> 0", ">=0": ">= 0", "[0,1)": "in [0, 1)"}[check]
+        raise ValueError(f"{where}: must be a number {need}, got {v!r}")
+    return float(v)
+
+
+def check_tonic_transforms(specs, num_steps: int) -> list[tuple[str, dict]]:
+    """Validate a config's ``encoder.transforms``: a list of tables ``{name = "Denoise",
+    filter_time = 10000}`` naming :data:`TONIC_TRANSFORMS`. Returns [(name, keyword arguments with
+    defaults)]; ValueError naming the entry and keyword otherwise. ``ToFrame`` may only come last
+    (it then bins the events instead of :func:`events_to_frames`); its ``n_time_bins`` must equal
+    ``num_steps`` (default: num_steps)."""
+    if not isinstance(specs, list | tuple):
+        raise ValueError(f"transforms: must be a list of tables such as {{name = \"Denoise\", filter_time = 10000}}, "
+                         f"got {specs!r}")
+    out = []
+    for i, spec in enumerate(specs):
+        where = f"transforms[{i}]"
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"{where}: must be a table with a name, e.g. {{name = \"Denoise\", filter_time = 10000}}, "
+                             f"got {spec!r}")
+        name = spec["name"]
+        if name not in TONIC_TRANSFORMS:
+            raise ValueError(f"{where}.name: must be one of {', '.join(map(repr, TONIC_TRANSFORMS))}, got {name!r}")
+        allowed = TONIC_TRANSFORMS[name]
+        kw = {}
+        for k, v in spec.items():
+            if k == "name":
+                continue
+            if k not in allowed:
+                known = ", ".join(allowed) or "none"
+                raise ValueError(f"{where}.{k}: not a keyword of {name} here (accepted: {known})")
+            kw[k] = None if v is None else _tonic_value(f"{where}.{k}", allowed[k][0], v)
+        for k, (_, default) in allowed.items():
+            if k not in kw:
+                if default is ...:
+                    raise ValueError(f"{where}.{k}: required by {name}")
+                kw[k] = default
+        if name == "ToFrame":
+            if i != len(specs) - 1:
+                raise ValueError(f"{where}: ToFrame turns events into frames, so it must come last")
+            if kw["n_time_bins"] is None:
+                kw["n_time_bins"] = num_steps
+            elif kw["n_time_bins"] != num_steps:
+                raise ValueError(f"{where}.n_time_bins: must equal encoder.num_steps ({num_steps}), got {kw['n_time_bins']}")
+        if name == "CropTime" and kw["max"] is not None and kw["max"] <= kw["min"]:
+            raise ValueError(f"{where}.max: must be > min ({kw['min']}), got {kw['max']}")
+        out.append((name, kw))
+    return out
+
+
+def tonic_sensor_size(specs, sensor_size: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The sensor size (W, H, P) after the event transforms ``specs`` (as checked by
+    :func:`check_tonic_transforms`): Downsample shrinks W, H as it maps x -> floor(x·factor),
+    MergePolarities leaves one polarity."""
+    W, H, P = (int(s) for s in sensor_size)
+    for name, kw in specs:
+        if name == "Downsample":
+            f = kw["spatial_factor"]
+            fx, fy = (f, f) if not isinstance(f, tuple) else f
+            W, H = int(math.floor((W - 1) * fx)) + 1, int(math.floor((H - 1) * fy)) + 1
+        elif name == "MergePolarities":
+            P = 1
+    return W, H, P
+
+
+def tonic_event_transforms(specs, sensor_size: tuple[int, int, int]):
+    """(list of Tonic transform objects for the event-to-event steps, ToFrame keywords or None)."""
+    T = require("tonic.transforms", "Tonic event transforms").__dict__
+    steps, to_frame = [], None
+    for name, kw in specs:
+        if name == "ToFrame":
+            to_frame = kw
+        elif name == "CropTime":
+            steps.append(T[name](min=kw["min"], max=kw["max"]))
+        else:
+            steps.append(T[name](**kw))
+    return steps, to_frame
+
+
+def tonic_frames(batch: Sequence[np.ndarray], specs, sensor_size: tuple[int, int, int], n_time_bins: int,
+                 duration_us: float | None = None) -> torch.Tensor:
+    """A batch of event arrays through the Tonic transforms ``specs`` (checked by
+    :func:`check_tonic_transforms`), then binned into float32 frames (T, B, P, H, W): by Tonic's
+    ``ToFrame(n_time_bins=T, overlap)`` if it ends the list (Tonic's bins), else by
+    :func:`events_to_frames` on the transformed sensor size."""
+    steps, to_frame = tonic_event_transforms(specs, sensor_size)
+    out_size = tonic_sensor_size(specs, sensor_size)
+    W, H, P = out_size
+    frames = []
+    for ev in batch:
+        for step in steps:
+            ev = step(ev)
+        if to_frame is None:
+            frames.append(events_to_frames(ev, out_size, n_time_bins, duration_us))
+            continue
+        tonic_t = require("tonic.transforms", "Tonic event transforms")
+        if len(ev) == 0:
+            frames.append(np.zeros((n_time_bins, P, H, W), dtype=np.float32))
+            continue
+        f = tonic_t.ToFrame(sensor_size=out_size, n_time_bins=to_frame["n_time_bins"], overlap=to_frame["overlap"])(ev)
+        f = np.asarray(f, dtype=np.float32).reshape(-1, P, H, W)
+        if len(f) != n_time_bins:        # guards a Tonic behaviour change
+            raise RuntimeError(f"tonic ToFrame returned {len(f)} frames, expected {n_time_bins}")
+        frames.append(f)
+    if not frames:
+        raise ValueError("tonic_frames: empty batch")
+    return torch.from_numpy(np.stack(frames, axis=1))

@@ -47,7 +47,8 @@ class SpikingMLP(nn.Module):
     ``net(x, samples=M)``: x (T, B, sizes[0]) spikes or currents -> (M, B, sizes[-1]) logits,
     one per weight sample (M = 1 in mean mode). readout ``"count"``: output spike counts over
     the T steps (as in snnTorch's tutorials); ``"membrane"``: time-averaged membrane of a
-    non-resetting output layer. beta, threshold, reset, surrogate: see :class:`~mesu_snn.LIF`.
+    non-resetting output layer. beta, threshold, reset, surrogate, reset_delay: see :class:`~mesu_snn.LIF`
+    (``reset="zero", reset_delay=False, readout="count"`` is the convention NIR exports exactly).
     ``estimator``: the input layer's (see :class:`~mesu_snn.BayesLinear`): ``"weights"`` (default,
     exact weight draws) or ``"local"`` (pre-activations sampled over the T steps; same output law
     per example, unbiased gradients, fewer normals: M·T per (example, neuron) instead of M·in).
@@ -62,7 +63,8 @@ class SpikingMLP(nn.Module):
 
     def __init__(self, sizes: Sequence[int], beta=0.9, threshold=1.0, reset: str = "subtract",
                  surrogate="fast_sigmoid", readout: str = "membrane", bias: bool = True,
-                 mu_init: float = 1.0, sigma_init: float = 0.5, estimator: str = "weights", init: str | None = None):
+                 mu_init: float = 1.0, sigma_init: float = 0.5, estimator: str = "weights", init: str | None = None,
+                 reset_delay: bool = True):
         super().__init__()
         mu_init, sigma_init = resolve_init(init, mu_init, sigma_init)
         sizes = list(sizes)
@@ -72,11 +74,13 @@ class SpikingMLP(nn.Module):
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.sizes, self.readout = sizes, readout
         self.spec = {"class": "SpikingMLP", "sizes": sizes, "readout": readout, "bias": bias, "mu_init": mu_init,
-                     "sigma_init": sigma_init, "estimator": estimator, "neuron": _neuron_spec(beta, threshold, reset, surrogate)}
+                     "sigma_init": sigma_init, "estimator": estimator,
+                     "neuron": _neuron_spec(beta, threshold, reset, surrogate, reset_delay)}
         self.layers = nn.ModuleList(BayesLinear(a, b, bias=bias, mu_init=mu_init, sigma_init=sigma_init,
                                                 estimator=estimator if i == 0 else "weights")
                                     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
-        self.neurons = nn.ModuleList(LIF(beta, threshold, reset, surrogate) for _ in sizes[1:])
+        self.neurons = nn.ModuleList(LIF(beta, threshold, reset, surrogate, reset_delay=reset_delay)
+                                     for _ in sizes[1:])
 
     def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None,
                 record: bool = False):
@@ -161,7 +165,7 @@ class SpikingConvNet(nn.Module):
     def __init__(self, input_shape: Sequence[int], channels: Sequence[int], n_classes: int,
                  kernel_size: int = 3, beta=0.9, threshold=1.0, reset: str = "subtract",
                  surrogate="fast_sigmoid", readout: str = "membrane", mu_init: float = 1.0, sigma_init: float = 0.5,
-                 init: str | None = None):
+                 init: str | None = None, reset_delay: bool = True):
         super().__init__()
         mu_init, sigma_init = resolve_init(init, mu_init, sigma_init)
         c, h, w = input_shape
@@ -173,15 +177,17 @@ class SpikingConvNet(nn.Module):
         self.input_shape, self.readout = tuple(input_shape), readout
         self.spec = {"class": "SpikingConvNet", "input_shape": list(input_shape), "channels": channels,
                      "n_classes": n_classes, "kernel_size": kernel_size, "readout": readout, "mu_init": mu_init,
-                     "sigma_init": sigma_init, "neuron": _neuron_spec(beta, threshold, reset, surrogate)}
+                     "sigma_init": sigma_init,
+                     "neuron": _neuron_spec(beta, threshold, reset, surrogate, reset_delay)}
         self.convs = nn.ModuleList(BayesConv2d(a, b, kernel_size, padding=kernel_size // 2,
                                                mu_init=mu_init, sigma_init=sigma_init)
                                    for a, b in zip(channels[:-1], channels[1:]))
-        self.neurons = nn.ModuleList(LIF(beta, threshold, reset, surrogate) for _ in channels[1:])
+        self.neurons = nn.ModuleList(LIF(beta, threshold, reset, surrogate, reset_delay=reset_delay)
+                                     for _ in channels[1:])
         for _ in channels[1:]:
             h, w = h // 2, w // 2
         self.fc = BayesLinear(channels[-1] * h * w, n_classes, mu_init=mu_init, sigma_init=sigma_init)
-        self.out_neuron = LIF(beta, threshold, reset, surrogate)
+        self.out_neuron = LIF(beta, threshold, reset, surrogate, reset_delay=reset_delay)
 
     def forward(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.dim() != 5 or tuple(x.shape[2:]) != self.input_shape:
@@ -206,7 +212,7 @@ def _plain(v):
     return v
 
 
-def _neuron_spec(beta, threshold, reset, surrogate) -> dict:
+def _neuron_spec(beta, threshold, reset, surrogate, reset_delay=True) -> dict:
     sur = surrogate
     if not isinstance(sur, (str, tuple, list)):            # an instance: (name, parameter)
         from dataclasses import astuple
@@ -214,7 +220,7 @@ def _neuron_spec(beta, threshold, reset, surrogate) -> dict:
         vals = astuple(sur)
         sur = [name, vals[0]] if vals else name
     return {"beta": _plain(beta), "threshold": _plain(threshold), "reset": reset,
-            "surrogate": list(sur) if isinstance(sur, tuple) else sur}
+            "surrogate": list(sur) if isinstance(sur, tuple) else sur, "reset_delay": bool(reset_delay)}
 
 
 _CLASSES = {"SpikingMLP": SpikingMLP, "SpikingConvNet": SpikingConvNet, "BayesMLP": BayesMLP}

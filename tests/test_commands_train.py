@@ -156,3 +156,24 @@ def test_demo_command_small(tmp_path):
     again = subprocess.run(_cmd("demo", "--tasks", "2", "--epochs", "1", "--out", tmp_path / "demo", "--quiet"),
                            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     _one_error_line(again)
+
+
+def test_resume_of_a_finished_run_says_so_and_rewrites_nothing(tmp_path, capsys):
+    """--resume on a finished run leaves metrics and figures untouched (same bytes, same mtimes) and
+    exits 0; a run whose last figure is missing (killed during its final writes) is completed."""
+    from mesu_snn.cli import main
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(CONFIG.replace("epochs_per_task = 2", "epochs_per_task = 1").replace("n_tasks = 3", "n_tasks = 2"))
+    out = tmp_path / "out"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    files = [out / n for n in ("metrics.json", "timing.json", "log.csv", "accuracy_matrix.png", "checkpoints/last.pt")]
+    before = {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in files}
+    assert main(["train", str(cfg), "--out", str(out), "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert "is finished" in said and "nothing to resume" in said and "--force" in said
+    assert {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in files} == before
+    (out / "learning_accuracy.png").unlink()                  # killed before its last figure
+    assert main(["train", str(cfg), "--out", str(out), "--resume", "--quiet"]) == 0
+    assert "is finished" not in capsys.readouterr().out and (out / "learning_accuracy.png").is_file()
+    assert (out / "metrics.json").read_bytes() == before[out / "metrics.json"][0]

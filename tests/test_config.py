@@ -119,3 +119,64 @@ def test_every_shipped_config_is_valid():
     for path in configs:
         cfg = load_config(path)
         assert cfg.rule.name in ("mesu", "bgd", "sgd", "adam", "ewc", "si")
+
+
+def test_no_shipped_config_hard_codes_a_data_root():
+    """Shipped configs leave the data folder to the usual resolution (--data-root, $MESU_SNN_DATA,
+    data/): no ``data.root`` and no path of this repository's CI layout."""
+    import tomllib
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    configs = [p for p in repo.rglob("*.toml") if p.name != "pyproject.toml" and ".venv" not in p.parts
+               and "runs" not in p.relative_to(repo).parts[:1]]
+    assert len(configs) >= 4
+    for path in configs:
+        raw = tomllib.loads(path.read_text())
+        assert "root" not in raw.get("data", {}), path
+        assert "shared/data" not in path.read_text(), path
+
+
+def test_data_root_resolution_order_through_train(tmp_path, monkeypatch, capsys):
+    """A config without data.root: ``--data-root`` wins over $MESU_SNN_DATA, which wins over data/;
+    the error for missing files names the folder that was chosen."""
+    from pathlib import Path
+    from mesu_snn.cli import main
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('[data]\ndataset = "mnist"\n[rule]\nname = "sgd"\n')
+    monkeypatch.chdir(tmp_path)
+
+    def chosen(*extra):
+        assert main(["train", str(cfg), "--out", str(tmp_path / "out"), "--quiet", *extra]) == 1
+        err = capsys.readouterr().err
+        assert "not found" in err and not (tmp_path / "out").exists()
+        return err
+    monkeypatch.delenv("MESU_SNN_DATA", raising=False)
+    assert str(Path("data") / "MNIST") in chosen()
+    monkeypatch.setenv("MESU_SNN_DATA", str(tmp_path / "from_env"))
+    assert "from_env" in chosen()
+    err = chosen("--data-root", str(tmp_path / "from_flag"))
+    assert "from_flag" in err and "from_env" not in err
+
+
+def test_encoder_defaults_are_valid_for_every_kind():
+    """A key the user never wrote cannot make a config invalid: each encoder kind loads with the
+    defaults, ``rate`` with a gain <= 1; an explicit bad gain is still an error naming it."""
+    from mesu_snn.config import ENCODERS, GAIN_DEFAULTS
+    for kind in ENCODERS:
+        data = {"dataset": "nmnist"} if kind == "frames" else {}
+        cfg = parse_config({"data": data, "encoder": {"kind": kind}, "rule": {"name": "sgd"}})
+        assert cfg.encoder.gain == GAIN_DEFAULTS[kind]
+        assert parse_config(cfg.to_dict()).encoder.gain == cfg.encoder.gain      # round trip keeps it
+    assert parse_config({"encoder": {"kind": "rate"}, "rule": {"name": "sgd"}}).encoder.gain == 1.0
+    assert parse_config({"encoder": {"kind": "current"}, "rule": {"name": "sgd"}}).encoder.gain == 2.0
+    with pytest.raises(ConfigError, match="encoder.gain.*<= 1, got 2.0"):
+        parse_config({"encoder": {"kind": "rate", "gain": 2.0}, "rule": {"name": "sgd"}})
+
+
+def test_list_messages_read_plainly():
+    """A list field's message never says 'a list of at least 0 integers'."""
+    with pytest.raises(ConfigError) as e:
+        parse_config({"model": {"hidden": "64"}, "rule": {"name": "sgd"}})
+    assert "model.hidden: must be a list of integers, got '64'" in str(e.value) and "at least 0" not in str(e.value)
+    with pytest.raises(ConfigError, match="model.channels: must be a list of at least 1 integer, got"):
+        parse_config({"model": {"channels": []}, "rule": {"name": "sgd"}})

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest_data import require, shared_data_dir
+from conftest_data import write_shd as _write_shd
 
 from mesu_snn.datasets import (
     EventDataset,
@@ -308,20 +309,6 @@ def test_nmnist_bad_files(tmp_path):
 
 
 # ---------------------------------------------------------------- SHD
-def _write_shd(path: Path, times, units, labels) -> None:
-    with h5py.File(path, "w") as f:
-        vt = h5py.vlen_dtype(np.dtype("float16"))
-        vu = h5py.vlen_dtype(np.dtype("uint16"))
-        t = f.create_dataset("spikes/times", (len(times),), dtype=vt)
-        u = f.create_dataset("spikes/units", (len(units),), dtype=vu)
-        for i, (tt, uu) in enumerate(zip(times, units)):
-            t[i] = np.asarray(tt, np.float16)
-            u[i] = np.asarray(uu, np.uint16)
-        f.create_dataset("labels", data=np.asarray(labels, np.uint8))
-        f.create_dataset("extra/keys", data=np.array([f"d{i}".encode() for i in range(20)]))
-        f.create_dataset("extra/speaker", data=np.zeros(len(labels), np.uint8))
-
-
 def test_shd_synthetic_file_matches_tonic(tmp_path):
     rng = np.random.default_rng(0)
     times, units, labels = [], [], []

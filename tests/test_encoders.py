@@ -258,3 +258,17 @@ def test_the_trainer_pipeline_uses_the_encoder_transforms():
     assert torch.equal(InputPipeline("rate", 5, gain=0.8)(x, g1), RateEncoder(5, 0.8)(x, generator=g2).flatten(2))
     assert torch.equal(InputPipeline("latency", 5)(x), LatencyEncoder(5)(x).flatten(2))
     assert torch.equal(InputPipeline("current", 3, gain=2.0)(x), CurrentEncoder(3)(2.0 * x).flatten(2))
+
+
+def test_tonic_sensor_size_follows_downsample_and_merge_polarities():
+    """The sensor the model sees after the Tonic transforms equals the largest address Tonic's
+    Downsample writes, + 1."""
+    import tonic.transforms as T
+    from mesu_snn.encoders import check_tonic_transforms, tonic_sensor_size
+    specs = check_tonic_transforms([{"name": "Downsample", "spatial_factor": [0.5, 0.3]},
+                                    {"name": "MergePolarities"}], 5)
+    assert tonic_sensor_size(specs, (34, 34, 2)) == (17, 10, 1)
+    ev = np.zeros(1, dtype=[("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
+    ev["x"], ev["y"] = 33, 33
+    out = T.Downsample(spatial_factor=(0.5, 0.3))(ev)
+    assert (int(out["x"][0]) + 1, int(out["y"][0]) + 1) == (17, 10)

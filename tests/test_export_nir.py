@@ -219,3 +219,31 @@ def test_damaged_and_foreign_files_give_one_clear_error(tmp_path):
         from_nir(bad)
     with pytest.raises(FileNotFoundError, match="missing"):
         from_nir(tmp_path / "missing.nir")
+
+
+def test_config_trains_in_the_exportable_convention(tmp_path):
+    """``[model] reset = "zero", reset_delay = false, readout = "count"`` builds a network NIR
+    expresses exactly (no incompatibility, no warning on export); the defaults are named."""
+    import warnings
+    from mesu_snn.build import build_model, build_tasks
+    from mesu_snn.config import parse_config
+    from mesu_snn.export.nir_export import nir_incompatibilities
+    base = {"data": {"dataset": "digits", "train_per_task": 20, "test_per_task": 10},
+            "stream": {"n_tasks": 1}, "model": {"hidden": [8]}, "rule": {"name": "mesu"}}
+    tasks = build_tasks(parse_config(base))
+    default = build_model(parse_config(base), tasks)
+    problems = nir_incompatibilities(default)
+    assert len(problems) == 2 and "reset_delay=True" in problems[0] and "readout='membrane'" in problems[1]
+    exact = parse_config({**base, "model": {"hidden": [8], "reset": "zero", "reset_delay": False,
+                                            "readout": "count"}})
+    assert "reset_delay = false" in ms.config.dump_toml(exact)
+    net = build_model(exact, tasks)
+    assert all(not lif.reset_delay and lif.reset == "zero" for lif in net.neurons)
+    assert nir_incompatibilities(net) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_nir(net, tmp_path / "exact.nir")
+    back = from_nir(tmp_path / "exact.nir")
+    assert all(not lif.reset_delay for lif in back.neurons)
+    with pytest.raises(ms.config.ConfigError, match="model.reset_delay"):
+        parse_config({**base, "model": {"reset_delay": "no"}})

@@ -74,6 +74,34 @@ def test_trace_schema_and_values(tmp_path):
         assert d.maxshape[0] is None and d.chunks is not None and d.compression == "gzip"
 
 
+def test_every_dataset_has_a_description_and_units(tmp_path):
+    """Each dataset of the finished trace, and of a part of a running one, names what it holds
+    and its units."""
+    from mesu_snn.runs.schema import DATASET_INFO
+    path = tmp_path / "sigma_trace.h5"
+    _loop(path)
+    seen = []
+
+    def check(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            seen.append(name.rsplit("/", 1)[-1])
+            d, u = obj.attrs["description"], obj.attrs["units"]
+            assert isinstance(d, str) and len(d) > 10 and isinstance(u, str) and u, name
+    with h5py.File(path) as f:
+        f.visititems(check)
+        assert f["layers/layers.0.weight/sigma_mean"].attrs["units"] == "weight units"
+        assert f["summary_updates"].attrs["units"] == "updates"
+        assert f["layers/layers.0.weight/sigma_hist"].attrs["units"] == "count"
+    assert set(seen) == set(DATASET_INFO)          # every kind of dataset occurs, and each is described
+    rec = SigmaRecorder(tmp_path / "running.h5", every=1)
+    net = ms.SpikingMLP([4, 3, 2])
+    rec.on_start(net, ms.MESU(net, memory=50), {})
+    rec.flush()
+    part = next((tmp_path / "running.h5.partial").glob("part_*.h5"))
+    with h5py.File(part) as f:
+        assert f["tracked_updates"].attrs["description"].startswith("optimizer update")
+
+
 def test_tracked_synapses_are_seeded():
     a, b, c = tracked_indices(1000, 20, 1, 0), tracked_indices(1000, 20, 1, 0), tracked_indices(1000, 20, 2, 0)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
@@ -179,3 +207,18 @@ def test_resume_after_interruption_drops_rows_past_the_checkpoint(tmp_path):
     np.testing.assert_array_equal(tr["layers"]["layers.0.weight"]["tracked_sigma"][-1],
                                   net.layers[0].weight_sigma.detach().reshape(-1)[
                                       torch.from_numpy(tr["layers"]["layers.0.weight"]["tracked_index"])].numpy())
+
+
+def test_overwrite_message_is_plain(tmp_path):
+    """Refusing to overwrite names the file and the flag, without '(force=True)' clutter."""
+    from mesu_snn.runs.atomic import check_writable
+    path = tmp_path / "sigma_trace.h5"
+    path.write_bytes(b"x")
+    net = ms.SpikingMLP([4, 3, 2])
+    with pytest.raises(FileExistsError) as e:
+        SigmaRecorder(path).on_start(net, ms.MESU(net, memory=50), {})
+    with pytest.raises(FileExistsError) as e2:
+        check_writable(path)
+    for msg in (str(e.value), str(e2.value)):
+        assert str(path) in msg and "--force" in msg and "force=True" not in msg and "pass --force (" not in msg
+    assert path.read_bytes() == b"x"

@@ -6,7 +6,8 @@ updates). An existing run directory is never overwritten without ``--force``. ``
 continues a run killed at any moment (also before its first checkpoint, or during its final
 writes) from its last checkpoint and ends with exactly the μ, σ, metrics, log and σ trace of an
 uninterrupted run (on CPU); it first deletes the temporary files a killed writer left. The
-config must be the one the run was started with. A full disk is one error naming the file.
+config must be the one the run was started with. ``--resume`` on a finished run changes nothing: it
+says so and exits. A full disk is one error naming the file.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def run(args) -> int:
     from ..runs.plots import write_run_plots
     from ..runs.report import format_table
     from ..runs.atomic import atomic_write_text, remove_stale_temps
-    from ..runs.layout import CHECKPOINT, TRACE_NAME, create_run_dir
+    from ..runs.layout import CHECKPOINT, TRACE_NAME, create_run_dir, run_is_finished
 
     cfg = load_config(args.config)
     if args.data_root:
@@ -68,6 +69,10 @@ def run(args) -> int:
         elif (out / CHECKPOINT).exists():
             raise CLIError(f"cannot resume: {saved} is missing")
         # else: killed before config.toml was written, so before any training: written below
+        if run_is_finished(out):                   # nothing to continue: leave its files as they are
+            print(f"run {out} is finished (metrics.json, figures and checkpoint written); nothing to resume. "
+                  f"Pass --force instead of --resume to train it again.")
+            return 0
     if cfg.schedule.threads:
         torch.set_num_threads(cfg.schedule.threads)
     tasks = build_tasks(cfg)                      # missing/corrupt data fails here, before any output

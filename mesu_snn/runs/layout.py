@@ -35,12 +35,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["MARKER", "CHECKPOINT", "create_run_dir", "is_run_dir", "run_files", "read_metrics", "read_config", "read_log", "load_run_model",
+__all__ = ["MARKER", "CHECKPOINT", "PLOT_FILES", "create_run_dir", "is_run_dir", "run_is_finished", "run_files", "read_metrics", "read_config", "read_log", "load_run_model",
            "save_importance", "read_importance", "TRACE_NAME", "IMPORTANCE_NAME"]
 
 TRACE_NAME = "sigma_trace.h5"
 CHECKPOINT = Path("checkpoints") / "last.pt"   #: the only checkpoint readers open
 MARKER = ".mesu-run"
+#: the per-run figures (:func:`mesu_snn.runs.plots.write_run_plots`), the last files a run writes
+PLOT_FILES = ("accuracy_matrix.png", "task_accuracy.png", "learning_accuracy.png")
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -81,6 +83,22 @@ def create_run_dir(path: str | Path, force: bool = False, resume: bool = False, 
     return path
 
 IMPORTANCE_NAME = "importance.npz"
+
+
+def run_is_finished(run_dir) -> bool:
+    """True when the run in ``run_dir`` wrote everything a finished ``train`` writes: metrics.json,
+    timing.json, an assembled σ trace (no ``.partial`` folder), the figures (which come last) and a
+    checkpoint that holds the final metrics (read safely and verified: a damaged or foreign
+    checkpoint is an error naming it). A run killed during its final writes is not finished
+    (``--resume`` completes it)."""
+    d = Path(run_dir)
+    need = [d / CHECKPOINT, d / "metrics.json", d / "timing.json", *(d / f for f in PLOT_FILES)]
+    if not all(p.is_file() for p in need) or (d / (TRACE_NAME + ".partial")).exists():
+        return False
+    from .checkpoint import load_checkpoint
+    ckpt = load_checkpoint(d / CHECKPOINT)
+    state = ckpt.get("state") if isinstance(ckpt, dict) else None
+    return isinstance(state, dict) and state.get("final_metrics") is not None
 
 
 def run_files(run_dir) -> dict[str, Path | None]:

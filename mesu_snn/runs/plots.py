@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from ..metrics import accuracy_array
 from ..observe.importance import correlations
 from .atomic import atomic_path, atomic_write_bytes
+from .layout import PLOT_FILES
 
 __all__ = ["sigma_over_updates", "plasticity_and_sigma", "run_label", "plot_accuracy_matrix", "plot_task_accuracy_over_time", "plot_learning_accuracy", "plot_comparison",
            "write_run_plots", "PLOT_FILES", "save_figure", "sigma_histograms", "sigma_vs_absmu", "precision_vs_hessian", "importance_scatter",
@@ -46,7 +47,6 @@ def _log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-PLOT_FILES = ("accuracy_matrix.png", "task_accuracy.png", "learning_accuracy.png")
 
 
 def _save(fig, path: str | Path) -> Path:

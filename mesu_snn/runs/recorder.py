@@ -37,7 +37,7 @@ import torch.nn as nn
 from ..callbacks import Callback
 from ..synapses import bayesian_pairs
 from .atomic import atomic_write_with, check_free_space, check_writable, crash_point
-from .schema import FORMAT, QUANTILES, SCHEMA_VERSION, SIGMA_RANGE, SUMMARY_SCALARS
+from .schema import FORMAT, QUANTILES, SCHEMA_VERSION, SIGMA_RANGE, SUMMARY_SCALARS, describe_dataset
 from .trace import MERGE_EVERY, ROW_KEYS, SUMMARY_KEYS, TRACKED_KEYS, merge_traces, read_trace, trace_parts
 
 __all__ = ["SigmaRecorder", "layer_summary", "tracked_indices", "run_versions", "git_revision", "write_trace_file"]
@@ -150,6 +150,7 @@ def write_trace_file(path, trace: dict, appendable: bool = True) -> Path:
                 for name, v in snap.items():
                     g.create_dataset(f"{name}/mu", data=v["mu"], **(kw if appendable else {}))
                     g.create_dataset(f"{name}/sigma", data=v["sigma"], **(kw if appendable else {}))
+            f.visititems(lambda _, obj: describe_dataset(obj) if isinstance(obj, h5py.Dataset) else None)
             crash_point(f"h5_open:{path.name}")
         finally:
             f.close()

@@ -33,6 +33,10 @@ Datasets (all appendable along axis 0: chunked, gzip-compressed, ``maxshape=(Non
     /snapshots/task_<i>/              full tensors at the end of task i; attrs task, update
         <pair>/mu, <pair>/sigma                                    tensor shape, float32
 
+Every dataset carries the attributes ``description`` (one line) and ``units``
+(:data:`DATASET_INFO`). σ and μ are in the units of the weight they describe (the synaptic
+weight multiplying the input), histograms count synapses.
+
 Flushing: rows are buffered in memory and written every k updates, at task ends, before every
 checkpoint and at on_end, each time as a new part ``<name>.partial/part_<seq>.h5``: a complete
 file of this schema holding only that interval's rows (plain contiguous datasets), written to a
@@ -50,7 +54,38 @@ QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 SIGMA_RANGE = (1e-6, 10.0)
 SUMMARY_SCALARS = ("sigma_mean", "sigma_std", "mu_mean", "mu_std", "absmu_mean")
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "QUANTILES", "SIGMA_RANGE", "SUMMARY_SCALARS", "check_trace_file"]
+#: dataset name (last path component) -> (description, units), written as the attributes
+#: ``description`` and ``units`` of every dataset of the file
+DATASET_INFO = {
+    "summary_updates": ("optimizer update after which each summary row was taken (0: the initial state)", "updates"),
+    "tracked_updates": ("optimizer update of each row of tracked_mu / tracked_sigma (0: the initial state)",
+                        "updates"),
+    "sigma_mean": ("mean of σ over the layer's synapses", "weight units"),
+    "sigma_std": ("standard deviation of σ over the layer's synapses", "weight units"),
+    "mu_mean": ("mean of μ over the layer's synapses", "weight units"),
+    "mu_std": ("standard deviation of μ over the layer's synapses", "weight units"),
+    "absmu_mean": ("mean of |μ| over the layer's synapses", "weight units"),
+    "sigma_quantiles": ("quantiles of σ over the layer's synapses, at the file's attribute quantiles",
+                        "weight units"),
+    "mu_quantiles": ("quantiles of μ over the layer's synapses, at the file's attribute quantiles", "weight units"),
+    "sigma_hist": ("synapses per σ bin (log-spaced bin edges in the attribute edges)", "count"),
+    "mu_hist": ("synapses per μ bin (linear bin edges in the attribute edges)", "count"),
+    "tracked_index": ("flat (row-major) indices of the tracked synapses in the layer's tensor", "index"),
+    "tracked_mu": ("μ of each tracked synapse (columns: tracked_index) at every update", "weight units"),
+    "tracked_sigma": ("σ of each tracked synapse (columns: tracked_index) at every update", "weight units"),
+    "mu": ("full μ tensor of the layer at the end of the task", "weight units"),
+    "sigma": ("full σ tensor of the layer at the end of the task", "weight units"),
+}
+
+__all__ = ["FORMAT", "SCHEMA_VERSION", "QUANTILES", "SIGMA_RANGE", "SUMMARY_SCALARS", "DATASET_INFO",
+           "describe_dataset", "check_trace_file"]
+
+
+def describe_dataset(dataset) -> None:
+    """Set the ``description`` and ``units`` attributes of an h5py dataset of the trace."""
+    description, units = DATASET_INFO[dataset.name.rsplit("/", 1)[-1]]
+    dataset.attrs["description"] = description
+    dataset.attrs["units"] = units
 
 
 def check_trace_file(f, source: str) -> None:
