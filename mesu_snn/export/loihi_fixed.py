@@ -1,0 +1,132 @@
+"""A fixed-point numpy model of a netx network on Loihi: Lava's bit-accurate CUBA LIF
+(``lava.proc.lif.models.PyLifModelBitAcc``) behind Lava's bit-accurate Dense synapse
+(``lava.proc.dense.models.PyDenseModelBitAcc``), written from their documented integer
+update, to predict the chip's output spikes for integer inputs.
+
+One step t, every layer in order (a layer's spikes reach the next layer's synapse in the same
+step; the synapse hands them on one step later)::
+
+    a_in      = A                    the synapse's buffer: Σ_j W_ij·s_j from step t−1 (0 at t = 0)
+    A         = Σ_j W_ij·s_j(t)      s: the previous layer's spikes at t (binary) or the integer input
+    u         = trunc(u·(4096 − iDecay)/4096) + a_in·2⁶        wrapped to 24 bits, as Lava does
+    v         = clip(trunc(v·(4096 − vDecay)/4096) + u + bias·2⁶, ±(2²³ − 1))
+    s(t)      = v > vThMant·2⁶;  v ← 0 where s(t)
+
+``trunc`` rounds toward zero (Lava: sign(x)·(|x| >> 12)). netx re-expresses each stored
+weight matrix as an 8-bit mantissa and an exponent (``optimize_weight_bits``) that give back
+exactly the stored integers for weights in [−256, 254], so A = Σ W·s on the stored integers.
+
+Timing: the output of an L-layer network at step t + L answers the input at step t; before
+input arrives each layer integrates only its bias. Our float network with the same timing is
+``spiking_forward(model, x, layer_delay=1)`` (:mod:`mesu_snn.export.stages`); its neurons must be
+``LIF(reset="zero", reset_delay=False)`` with ``v_leak = v_reset = 0`` (the spike compare is
+``v > θ`` on both sides). With β = 1 (``vDecay = 0``) every membrane is an integer number of
+weight steps and the float network equals this model spike for spike; with β < 1 Loihi
+truncates the decayed membrane to 2⁻⁶ of a weight step, so the two membranes differ by less
+than ``2⁻⁶/(1 − β)`` weight steps (:func:`membrane_bound`) and the spikes agree except where a
+float membrane lies that close to the threshold.
+
+What is counted, not modelled beyond Lava's code: u wraps (``wraps``), v clips (``clips``), and
+activations outside int16 (``a_overflow``: Lava types the LIF's input port as 16-bit; whether a
+chip saturates or wraps there is not documented in the code we read). Not modelled: refractory
+delay (netx writes refDelay = 1, which Lava's LIF ignores), axonal delays, conv layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .netx import DECAY_UNITY, STATE_SHIFT, ChipLayer, read_netx
+
+__all__ = ["FixedRun", "run_fixed", "membrane_bound", "STATE_BITS"]
+
+STATE_BITS = 24
+_MAX = 2 ** (STATE_BITS - 1)
+
+
+def _trunc_decay(x: np.ndarray, decay: int) -> np.ndarray:
+    """trunc(x·(4096 − decay)/4096), rounding toward zero, in int64."""
+    p = x * np.int64(DECAY_UNITY - decay)
+    return np.sign(p) * (np.abs(p) >> 12)
+
+
+@dataclass
+class FixedRun:
+    """Output of :func:`run_fixed`: ``spikes`` bool (T, B, out) of the last layer; with
+    ``record`` the spikes and membranes v (int64, 2⁶ per weight step) of every layer."""
+
+    spikes: np.ndarray
+    layer_spikes: list = field(default_factory=list)
+    layer_v: list = field(default_factory=list)
+    wraps: int = 0
+    clips: int = 0
+    a_overflow: int = 0
+
+
+def run_fixed(layers_or_path, x, steps: int | None = None, record: bool = False,
+              realisation: int | None = None) -> FixedRun:
+    """Run a netx network (a path, or :func:`~mesu_snn.export.netx.loihi_layers`' list) on
+    integer inputs x (T, in) or (T, B, in) for ``steps`` steps (default T; inputs after T are
+    0). Returns a :class:`FixedRun` (spikes (steps, B, out))."""
+    layers: list[ChipLayer] = read_netx(layers_or_path, realisation) if isinstance(layers_or_path, (str, Path)) \
+        else layers_or_path
+    for L in layers:
+        if L.kind != "dense":
+            raise ValueError("the fixed-point model covers dense layers; this network has a conv layer")
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.integer) and not np.issubdtype(x.dtype, np.bool_):
+        if not np.all(x == np.round(x)):
+            raise ValueError("the chip takes integer inputs (binary spikes or graded integers); got non-integer values")
+    x = x.astype(np.int64)
+    if x.ndim == 2:
+        x = x[:, None]
+    if x.ndim != 3 or x.shape[-1] != layers[0].weight.shape[1]:
+        raise ValueError(f"expected input (T, {layers[0].weight.shape[1]}) or (T, B, {layers[0].weight.shape[1]}), "
+                         f"got {x.shape}")
+    t_in, b = x.shape[:2]
+    steps = t_in if steps is None else int(steps)
+    w = [L.weight.astype(np.int64) for L in layers]
+    bias = [np.zeros(L.weight.shape[0], np.int64) if L.bias is None else L.bias.astype(np.int64) << STATE_SHIFT
+            for L in layers]
+    vth = [np.int64(L.v_th) << STATE_SHIFT for L in layers]
+    buf = [np.zeros((b, L.weight.shape[0]), np.int64) for L in layers]
+    u = [np.zeros((b, L.weight.shape[0]), np.int64) for L in layers]
+    v = [np.zeros((b, L.weight.shape[0]), np.int64) for L in layers]
+    run = FixedRun(spikes=np.zeros((steps, b, layers[-1].weight.shape[0]), bool))
+    if record:
+        run.layer_spikes = [np.zeros((steps, b, L.weight.shape[0]), bool) for L in layers]
+        run.layer_v = [np.zeros((steps, b, L.weight.shape[0]), np.int64) for L in layers]
+    for t in range(steps):
+        s_prev = x[t] if t < t_in else np.zeros((b, x.shape[-1]), np.int64)
+        for k, L in enumerate(layers):
+            a_in = buf[k]
+            buf[k] = s_prev @ w[k].T
+            run.a_overflow += int(((a_in > 32767) | (a_in < -32768)).sum())
+            uk = _trunc_decay(u[k], DECAY_UNITY) + (a_in << STATE_SHIFT)   # iDecay = 4096 (read_netx checks)
+            wrapped = np.where(uk > _MAX, uk - 2 * _MAX, uk)
+            wrapped = np.where(wrapped <= -_MAX, uk + 2 * _MAX, wrapped)
+            run.wraps += int((wrapped != uk).sum())
+            u[k] = wrapped
+            vk = _trunc_decay(v[k], L.v_decay) + u[k] + bias[k]
+            clipped = np.clip(vk, -_MAX + 1, _MAX - 1)
+            run.clips += int((clipped != vk).sum())
+            s = clipped > vth[k]
+            if record:
+                run.layer_v[k][t] = clipped
+                run.layer_spikes[k][t] = s
+            v[k] = np.where(s, 0, clipped)
+            s_prev = s.astype(np.int64)
+        run.spikes[t] = s_prev.astype(bool)
+    return run
+
+
+def membrane_bound(v_decay: int) -> float:
+    """Largest |Loihi membrane − float membrane| in weight steps for a neuron with this vDecay
+    fed the same inputs, while neither has spiked differently: Σ_k β^k·2⁻⁶ = 2⁻⁶/(1 − β)
+    (0 when vDecay = 0: no truncation)."""
+    if v_decay == 0:
+        return 0.0
+    beta = 1.0 - v_decay / DECAY_UNITY
+    return 2.0 ** -STATE_SHIFT / (1.0 - beta)
