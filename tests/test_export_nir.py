@@ -228,6 +228,25 @@ def _zero_reset(net):
     return net
 
 
+def _spiking_count_mlp(sizes, beta, threshold, seed):
+    """A zero-reset, count-readout MLP with weights ×3 (a non-trivial spike pattern)."""
+    torch.manual_seed(seed)
+    net = _zero_reset(ms.SpikingMLP(list(sizes), beta=beta, threshold=threshold, reset="zero", readout="count"))
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.weight_mu.mul_(3.0)
+    return net
+
+
+def _run_stateful(model, x):
+    """Step an importer's (output, state) = model(x_t, state) module over x (T, ...)."""
+    state, out = None, []
+    for t in range(x.shape[0]):
+        o, state = model(x[t], state)
+        out.append(o)
+    return torch.stack(out)
+
+
 def test_legacy_mode_for_readers_on_nir_1_0_4(tmp_path):
     """nir ≤ 1.0.4 has no node metadata and no LIF v_reset: both leave the nodes (the metadata
     goes to the graph's), our reader puts them back, so the file still round-trips exactly."""
@@ -320,11 +339,7 @@ def test_integrate_and_fire_path(tmp_path, caplog):
     """β = 1 layers become NIR IF nodes: r = input_scale/dt (NIR's ODE, if_r="spec") or the
     per-step gain (if_r="step", what Norse's IAFCell runs); Norse reproduces the latter."""
     import norse.torch as norse
-    torch.manual_seed(5)
-    net = _zero_reset(ms.SpikingMLP([6, 14, 4], beta=1.0, threshold=2.0, reset="zero", readout="count"))
-    with torch.no_grad():
-        for layer in net.layers:
-            layer.weight_mu.mul_(3.0)
+    net = _spiking_count_mlp([6, 14, 4], beta=1.0, threshold=2.0, seed=5)
     x = torch.rand(30, 5, 6) * 2
     ours = _mean_spikes(net, x)
     assert 0 < ours.sum() < ours.numel()
@@ -335,12 +350,7 @@ def test_integrate_and_fire_path(tmp_path, caplog):
     assert torch.equal(_mean_spikes(from_nir(spec, semantics="nir"), x), ours)
     step = to_nir(net, tmp_path / "step.nir", if_r="step")
     assert torch.equal(_mean_spikes(from_nir(step, semantics="nir"), x), ours)
-    theirs = norse.from_nir(nir.read(step), dt=1e-4)
-    state, out = None, []
-    for t in range(x.shape[0]):
-        o, state = theirs(x[t], state)
-        out.append(o)
-    assert torch.equal(torch.stack(out), ours)
+    assert torch.equal(_run_stateful(norse.from_nir(nir.read(step), dt=1e-4), x), ours)
     with pytest.raises(ms.ChipConstraintError, match="β"):
         to_nir(_nir_mlp(), tmp_path / "lif.nir", neuron="IF")
 
@@ -349,17 +359,9 @@ def test_spikingjelly_importer_reproduces_lif_and_if_networks(tmp_path):
     ne = pytest.importorskip("spikingjelly.activation_based.nir_exchange",
                              reason="SpikingJelly 2.0 is not installed in this environment")
     for beta in (0.9, 1.0):
-        torch.manual_seed(6)
-        net = _zero_reset(ms.SpikingMLP([6, 16, 4], beta=beta, threshold=1.5, reset="zero", readout="count"))
-        with torch.no_grad():
-            for layer in net.layers:
-                layer.weight_mu.mul_(3.0)
+        net = _spiking_count_mlp([6, 16, 4], beta=beta, threshold=1.5, seed=6)
         x = torch.rand(30, 5, 6) * 2
         ours = _mean_spikes(net, x)
         assert 0 < ours.sum() < ours.numel()
         theirs = ne.import_from_nir(to_nir(net, tmp_path / f"sj{beta}.nir", uniform=True), dt=1e-4)
-        state, out = None, []
-        for t in range(x.shape[0]):
-            o, state = theirs(x[t], state)
-            out.append(o)
-        assert torch.equal(torch.stack(out), ours)
+        assert torch.equal(_run_stateful(theirs, x), ours)
