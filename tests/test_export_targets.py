@@ -95,3 +95,26 @@ def test_export_target_refuses_before_writing_and_netx_writes(tmp_path, capsys):
         assert np.abs(f["layer/1/weight"][()]).max() == 127
     assert main(["export", str(run), "--format", "netx"]) == 1              # exists: --force
     assert main(["export", str(run), "--format", "netx", "--bits", "12"]) == 1
+
+
+def test_export_netx_evaluate_scores_the_chip_network(tmp_path, capsys):
+    """`export --format netx --evaluate` scores the network as Loihi runs it (chip grid, reset
+    to 0, one step of delay per layer) next to mesu_snn's model, on the run's test sets."""
+    from mesu_snn.config import dump_toml, parse_config
+    from mesu_snn.runs import build_run, create_run_dir
+    cfg = parse_config({"seed": 0, "data": {"dataset": "digits", "train_per_task": 64, "test_per_task": 40},
+                        "stream": {"kind": "permuted", "n_tasks": 2, "batch_size": 16},
+                        "encoder": {"kind": "current", "num_steps": 4},
+                        "model": {"hidden": [8], "reset": "zero", "readout": "count"},
+                        "rule": {"name": "mesu", "memory": 500}, "schedule": {"train_samples": 2, "eval_samples": 2}})
+    run = create_run_dir(tmp_path / "run")
+    (run / "config.toml").write_text(dump_toml(cfg))
+    build_run(cfg, run).fit()
+    assert main(["export", str(run), "--format", "netx", "--evaluate"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err.count("warning: Loihi runs") == 2 and "reset_delay=True" in cap.err   # the config's delayed reset
+    line = next(l for l in cap.out.splitlines() if "as Loihi runs it" in l)
+    chip = float(line.split(",")[1].split()[0])
+    assert 0.0 <= chip <= 1.0
+    with h5py.File(run / "model.net", "r") as f:
+        assert 0 <= float(f["mesu_snn"].attrs["accuracy_exported"]) <= 1
