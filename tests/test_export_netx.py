@@ -222,8 +222,8 @@ def test_every_violation_in_one_error_and_nothing_written(tmp_path):
     msg = str(e.value)
     assert "per-neuron β" in msg and "v_leak" in msg and len(e.value.violations) == 2
     assert isinstance(e.value, ValueError) and not out.exists() and not list(tmp_path.iterdir())
-    conv = ms.SpikingConvNet((2, 8, 8), (2, 4), 3, reset="zero")
-    with pytest.raises(ChipConstraintError, match="no pooling block"):
+    conv = ms.SpikingConvNet((2, 6, 6), (2, 4, 4), 3, reset="zero")      # the second pooling sees a 3×3 map
+    with pytest.raises(ChipConstraintError, match="multiples of 2"):
         to_netx(conv, out)
     assert not out.exists()
 
@@ -261,6 +261,51 @@ def test_sigma_and_realisations_share_the_mean_networks_grid(tmp_path):
         read_netx(path, realisation=5)
 
 
+@pytest.mark.parametrize("kind", ["conv", "dense"])
+def test_folded_pooling_is_the_pooling_then_the_layer(kind):
+    """Average pooling k×k then a layer = one layer on the unpooled map with each weight
+    repeated over a k×k block and divided by k² (conv: stride k, padding k·p)."""
+    from mesu_snn.export.netx import _fold_pool
+    torch.manual_seed(7)
+    s = (torch.rand(3, 4, 8, 6) < 0.4).double()                             # (B, C, H, W) spikes
+    pooled = torch.nn.functional.avg_pool2d(s, 2)
+    if kind == "conv":
+        layer = ms.BayesConv2d(4, 5, 3, padding=1).double()
+        w = layer.weight_mu.detach().numpy()
+        ref = torch.nn.functional.conv2d(pooled, torch.from_numpy(w), padding=1)
+        conv = dict(stride=(1, 1), padding=(1, 1))
+        wf = _fold_pool(w, layer, (2, (4, 8, 6)), conv, "c", [])
+        got = torch.nn.functional.conv2d(s, torch.from_numpy(wf), stride=conv["stride"], padding=conv["padding"])
+        assert conv == dict(stride=(2, 2), padding=(2, 2)) and wf.shape == (5, 4, 6, 6)
+    else:
+        layer = ms.BayesLinear(4 * 4 * 3, 5).double()
+        w = layer.weight_mu.detach().numpy()
+        ref = pooled.flatten(1) @ torch.from_numpy(w).T
+        got = s.flatten(1) @ torch.from_numpy(_fold_pool(w, layer, (2, (4, 8, 6)), {}, "d", [])).T
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_convnet_with_pooling_maps_and_runs_bit_exact(tmp_path):
+    """A SpikingConvNet (pooling after each conv, folded) as netx: input, conv, conv (stride 2,
+    6×6 kernel), flatten, dense; IF neurons: the fixed-point model equals the float chip network."""
+    torch.manual_seed(8)
+    net = ms.SpikingConvNet((2, 8, 8), (2, 4, 6), 5, beta=1.0, reset="zero", readout="count")
+    for lif in list(net.neurons) + [net.out_neuron]:
+        lif.reset_delay = False
+    with torch.no_grad():
+        for layer in (*net.convs, net.fc):
+            layer.weight_mu.mul_(3.0)
+    path = to_netx(net, tmp_path / "conv.net")
+    with h5py.File(path, "r") as f:
+        assert [f[f"layer/{i}/type"][0].decode() for i in range(5)] == ["input", "conv", "conv", "flatten", "dense"]
+        assert f["layer/2/weight"].shape == (6, 4, 6, 6) and list(f["layer/2/stride"][()]) == [2, 2]
+        assert f["layer/4/weight"].shape == (5, 6 * 4 * 4)
+    x = torch.cat([_spikes(20, 3, 2 * 8 * 8).view(20, 3, 2, 8, 8), torch.zeros(3, 3, 2, 8, 8)])
+    chip = run_fixed(path, x.numpy().astype(np.int64))
+    assert 0 < chip.spikes.sum()
+    np.testing.assert_array_equal(_float_chip(path, x), chip.spikes)
+
+
 def test_strided_conv_chain_is_written_with_input_and_flatten_entries(tmp_path):
     conv = ms.BayesConv2d(2, 4, 3, stride=2, padding=1)
     net = SpikingSequential([conv, ms.LIF(0.9, reset="zero", reset_delay=False), Flatten(3), ms.BayesLinear(64, 3),
@@ -273,7 +318,7 @@ def test_strided_conv_chain_is_written_with_input_and_flatten_entries(tmp_path):
         assert f["layer/1/weight"].shape == (4, 2, 3, 3) and list(f["layer/1/stride"][()]) == [2, 2]
         assert int(f["layer/1/groups"][()]) == 1 and f["mesu_snn/layer/1"].attrs["netx_layer"] == 3
     assert [L.kind for L in read_netx(path)] == ["conv", "dense"]
-    with pytest.raises(ValueError, match="dense layers"):
+    with pytest.raises(ValueError, match=r"expected input \(T, B, 2, 8, 8\)"):
         run_fixed(path, np.zeros((3, 2 * 8 * 8), np.int64))
 
 

@@ -62,9 +62,10 @@ def test_every_violation_in_one_report():
     assert str(e.value).count("\n  - ") == len(v)
     speck = target_violations(ms.SpikingMLP([784, 512, 10], beta=0.9), "speck")
     assert any("integrate-and-fire" in m for m in speck) and any("fit no core" in m for m in speck)
-    conv = ms.SpikingConvNet((2, 8, 8), (2, 4), 3, reset="zero", readout="count")
+    conv = ms.SpikingConvNet((2, 6, 6), (2, 4, 4), 3, reset="zero", readout="count")   # 6 → 3 → pool of 3
     loihi = target_violations(conv, "loihi2")
-    assert any("pooling" in m for m in loihi) and any("reset_delay=False" in m for m in loihi)
+    assert any("multiples of 2" in m for m in loihi) and any("reset_delay=False" in m for m in loihi)
+    assert not any("multiples" in m for m in target_violations(ms.SpikingConvNet((2, 8, 8), (2, 4), 3), "loihi2"))
     tiny = _chip_mlp([4, 3], beta=0.5)
     with torch.no_grad():
         tiny.layers[0].weight_mu.fill_(1e-7)

@@ -29,7 +29,10 @@ float membrane lies that close to the threshold.
 What is counted, not modelled beyond Lava's code: u wraps (``wraps``), v clips (``clips``), and
 activations outside int16 (``a_overflow``: Lava types the LIF's input port as 16-bit; whether a
 chip saturates or wraps there is not documented in the code we read). Not modelled: refractory
-delay (netx writes refDelay = 1, which Lava's LIF ignores), axonal delays, conv layers.
+delay (netx writes refDelay = 1, which Lava's LIF ignores), axonal delays. Conv layers are
+computed as torch's cross-correlation of the stored (out, in, kh, kw) weights; that Lava's
+Conv process computes the same from netx's re-ordered kernel is taken from netx's reader, not
+run.
 """
 from __future__ import annotations
 
@@ -72,37 +75,34 @@ def run_fixed(layers_or_path, x, steps: int | None = None, record: bool = False,
     0). Returns a :class:`FixedRun` (spikes (steps, B, out))."""
     layers: list[ChipLayer] = read_netx(layers_or_path, realisation) if isinstance(layers_or_path, (str, Path)) \
         else layers_or_path
-    for L in layers:
-        if L.kind != "dense":
-            raise ValueError("the fixed-point model covers dense layers; this network has a conv layer")
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.integer) and not np.issubdtype(x.dtype, np.bool_):
         if not np.all(x == np.round(x)):
             raise ValueError("the chip takes integer inputs (binary spikes or graded integers); got non-integer values")
     x = x.astype(np.int64)
-    if x.ndim == 2:
+    in_shape = tuple(layers[0].in_shape) or (int(layers[0].weight.shape[1]),)
+    if x.ndim == 1 + len(in_shape):
         x = x[:, None]
-    if x.ndim != 3 or x.shape[-1] != layers[0].weight.shape[1]:
-        raise ValueError(f"expected input (T, {layers[0].weight.shape[1]}) or (T, B, {layers[0].weight.shape[1]}), "
-                         f"got {x.shape}")
+    if x.ndim != 2 + len(in_shape) or tuple(x.shape[2:]) != in_shape:
+        raise ValueError(f"expected input (T, B, {', '.join(map(str, in_shape))}) or without B, got {x.shape}")
     t_in, b = x.shape[:2]
     steps = t_in if steps is None else int(steps)
+    shapes = [tuple(L.out_shape) if L.kind == "conv" else (int(L.weight.shape[0]),) for L in layers]
     w = [L.weight.astype(np.int64) for L in layers]
-    bias = [np.zeros(L.weight.shape[0], np.int64) if L.bias is None else L.bias.astype(np.int64) << STATE_SHIFT
-            for L in layers]
+    bias = [_bias(L, shp) for L, shp in zip(layers, shapes)]
     vth = [np.int64(L.v_th) << STATE_SHIFT for L in layers]
-    buf = [np.zeros((b, L.weight.shape[0]), np.int64) for L in layers]
-    u = [np.zeros((b, L.weight.shape[0]), np.int64) for L in layers]
-    v = [np.zeros((b, L.weight.shape[0]), np.int64) for L in layers]
-    run = FixedRun(spikes=np.zeros((steps, b, layers[-1].weight.shape[0]), bool))
+    buf = [np.zeros((b, *shp), np.int64) for shp in shapes]
+    u = [np.zeros((b, *shp), np.int64) for shp in shapes]
+    v = [np.zeros((b, *shp), np.int64) for shp in shapes]
+    run = FixedRun(spikes=np.zeros((steps, b, *shapes[-1]), bool))
     if record:
-        run.layer_spikes = [np.zeros((steps, b, L.weight.shape[0]), bool) for L in layers]
-        run.layer_v = [np.zeros((steps, b, L.weight.shape[0]), np.int64) for L in layers]
+        run.layer_spikes = [np.zeros((steps, b, *shp), bool) for shp in shapes]
+        run.layer_v = [np.zeros((steps, b, *shp), np.int64) for shp in shapes]
     for t in range(steps):
-        s_prev = x[t] if t < t_in else np.zeros((b, x.shape[-1]), np.int64)
+        s_prev = x[t] if t < t_in else np.zeros((b, *in_shape), np.int64)
         for k, L in enumerate(layers):
             a_in = buf[k]
-            buf[k] = s_prev @ w[k].T
+            buf[k] = _synapse(L, w[k], s_prev)
             run.a_overflow += int(((a_in > 32767) | (a_in < -32768)).sum())
             uk = _trunc_decay(u[k], DECAY_UNITY) + (a_in << STATE_SHIFT)   # iDecay = 4096 (read_netx checks)
             wrapped = np.where(uk > _MAX, uk - 2 * _MAX, uk)
@@ -120,6 +120,26 @@ def run_fixed(layers_or_path, x, steps: int | None = None, record: bool = False,
             s_prev = s.astype(np.int64)
         run.spikes[t] = s_prev.astype(bool)
     return run
+
+
+def _bias(L: ChipLayer, shape: tuple) -> np.ndarray:
+    """bias·2⁶ broadcast over a layer's neurons (one per output channel for conv)."""
+    if L.bias is None:
+        return np.zeros(shape, np.int64)
+    b = L.bias.astype(np.int64) << STATE_SHIFT
+    return b.reshape(-1, *([1] * (len(shape) - 1))) if len(shape) > 1 else b
+
+
+def _synapse(L: ChipLayer, w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Σ W·s for the layer's spikes s (B, ...): dense (flattened in (C, H, W) order, as netx's
+    flatten) or conv (torch's cross-correlation in float64: exact for these integers)."""
+    if L.kind == "dense":
+        return s.reshape(s.shape[0], -1) @ w.T
+    import torch
+    y = torch.nn.functional.conv2d(torch.from_numpy(s.astype(np.float64)), torch.from_numpy(w.astype(np.float64)),
+                                   stride=L.conv["stride"], padding=L.conv["padding"], dilation=L.conv["dilation"],
+                                   groups=L.conv["groups"])
+    return np.rint(y.numpy()).astype(np.int64)
 
 
 def membrane_bound(v_decay: int) -> float:

@@ -61,8 +61,12 @@ step t + L answers the input at step t; :func:`~mesu_snn.export.loihi_fixed.run_
 that, :func:`~mesu_snn.export.stages.spiking_forward` with ``layer_delay=1`` is our float
 network with the same delay.
 
-Conv layers are written as netx ``conv`` blocks; netx has no pooling block, so a
-:class:`~mesu_snn.SpikingConvNet` (average pooling after each conv) is refused with the reason.
+Conv layers are written as netx ``conv`` blocks. netx has no pooling block, so an average
+pooling k×k is folded into the layer after it: that layer reads the unpooled map with every
+weight repeated over a k×k block and divided by k² (a conv then has stride k·s and padding k·p;
+a dense layer after the flatten reads all C·H·W positions). This is exact when H and W are
+multiples of k (refused otherwise), so a :class:`~mesu_snn.SpikingConvNet` maps; it costs weight
+memory (k² times the next layer's weights) and the 1/k² goes into the grid's scale.
 """
 from __future__ import annotations
 
@@ -120,6 +124,8 @@ class ChipLayer:
     threshold: np.ndarray | None = None
     input_scale: np.ndarray | None = None
     flatten: bool = False        #: a netx 'flatten' entry precedes this layer
+    pool: int = 0                #: k of an average pooling folded into this layer's weights (0: none)
+    clipped: int = 0             #: weights saturated at ±(2^(n−1) − 1) (realisations on a given grid)
 
     @property
     def beta(self) -> float:
@@ -147,13 +153,14 @@ def _per_neuron(v, n: int, what: str, where: str, problems: list) -> np.ndarray 
 
 
 def _pairs(model: nn.Module):
-    """[(layer, lif, qualified name, in_shape, out_shape)] and the stages that are neither; the
-    problems of the chain's structure for netx."""
+    """[(layer, lif, qualified name, chip in_shape, out_shape, flatten before, pool)] and the
+    problems of the chain's structure for netx. ``pool``: (k, (C, H, W)) of an average pooling
+    right before this layer, to fold into its weights (netx has no pooling block)."""
     stages, input_shape = model_stages(model)
     shapes = stage_shapes(stages, input_shape)
     names = {id(m): n for n, m in model.named_modules()}
     pairs, problems, i, in_shape = [], [], 0, tuple(input_shape)
-    flatten_before = []
+    flatten_before, pool = False, None
     while i < len(stages):
         st = stages[i]
         if isinstance(st, BayesianLayer):
@@ -163,22 +170,48 @@ def _pairs(model: nn.Module):
                 problems.append(f"{name}: a synaptic layer must be followed by LIF neurons on Loihi (a CUBA block)")
                 i += 1
                 continue
-            pairs.append((st, nxt, name, in_shape, shapes[i + 1], bool(flatten_before)))
-            flatten_before = []
+            pairs.append((st, nxt, name, in_shape, shapes[i + 1], flatten_before, pool))
+            flatten_before, pool = False, None
             in_shape = shapes[i + 1]
             i += 2
             continue
         if isinstance(st, AvgPool):
-            problems.append(f"stage {i} (average pooling {st.kernel_size}×{st.kernel_size}): netx has no pooling block "
-                            "(its reader raises NotImplementedError for 'pool' and 'average'); use strided "
-                            "convolutions instead of pooling for Loihi")
-        elif isinstance(st, Flatten):
-            flatten_before.append(i)
+            k = st.kernel_size
+            if pool is not None:
+                problems.append(f"stage {i}: two poolings in a row; only one folds into the next layer")
+            elif len(in_shape) != 3 or in_shape[1] % k or in_shape[2] % k:
+                problems.append(f"stage {i}: average pooling {k}×{k} of a {in_shape} map; it folds into the next "
+                                f"layer (netx has no pooling block) only when H and W are multiples of {k}")
+            else:
+                pool = (k, tuple(in_shape))
+            i += 1                                   # the chip's next layer reads the unpooled map
+            continue
+        if isinstance(st, Flatten):
+            flatten_before = True
+            in_shape = (int(np.prod(in_shape)),)
         else:
             problems.append(f"stage {i} ({type(st).__name__}) has no netx block")
-        in_shape = shapes[i]
+            in_shape = shapes[i]
         i += 1
+    if pool is not None:
+        problems.append("average pooling after the last layer: nothing to fold it into")
     return pairs, tuple(input_shape), problems
+
+
+def _fold_pool(w: np.ndarray, layer: BayesianLayer, pool, conv: dict, name: str, problems: list) -> np.ndarray:
+    """The weights that read the unpooled map: an average pooling k×k (stride k) followed by
+    ``layer`` equals one layer with every weight repeated over a k×k block and divided by k²
+    (conv: stride k·s, padding k·p; exact when H, W are multiples of k)."""
+    k, (c, h, wd) = pool
+    if isinstance(layer, BayesConv2d):
+        if tuple(layer.stride) != (1, 1) or tuple(layer.dilation) != (1, 1):
+            problems.append(f"{name}: pooling folds only into a conv with stride 1 and dilation 1")
+            return w
+        conv.update(stride=(k, k), padding=tuple(k * p for p in layer.padding))
+        return np.repeat(np.repeat(w, k, axis=2), k, axis=3) / k ** 2
+    out = w.shape[0]
+    w4 = w.reshape(out, c, h // k, wd // k)
+    return (np.repeat(np.repeat(w4, k, axis=2), k, axis=3) / k ** 2).reshape(out, c * h * wd)
 
 
 def _lif_problems(lif: LIF, where: str) -> tuple[list[str], list[str]]:
@@ -218,7 +251,7 @@ def loihi_layers(model: nn.Module, bits: int = 8, strict: bool = False, scales: 
         soft.append(f"readout={model.readout!r}: the chip's output is the last layer's spikes (train with "
                     "readout='count')")
     layers = []
-    for k, (layer, lif, name, in_shape, out_shape, flat) in enumerate(pairs):
+    for k, (layer, lif, name, in_shape, out_shape, flat, pool) in enumerate(pairs):
         h, s = _lif_problems(lif, name)
         hard += h
         soft += s
@@ -237,11 +270,20 @@ def loihi_layers(model: nn.Module, bits: int = 8, strict: bool = False, scales: 
         row = gain / theta                                   # fold g and 1/θ into each output row
         shape_w = (-1,) + (1,) * (layer.weight_mu.dim() - 1)
         w = _np(layer.weight_mu) * row.reshape(shape_w)
+        sig_w = _np(layer.weight_sigma) * row.reshape(shape_w)
         b = None if layer.bias_mu is None else _np(layer.bias_mu) * row
+        conv = {}
+        if isinstance(layer, BayesConv2d):
+            conv = dict(stride=tuple(layer.stride), padding=tuple(layer.padding), dilation=tuple(layer.dilation),
+                        groups=int(layer.groups))
+        if pool is not None:                                 # σ folds the same way (the k² copies share a draw)
+            w, sig_w = _fold_pool(w, layer, pool, conv, name, hard), _fold_pool(sig_w, layer, pool, dict(conv), name, [])
         m = float(np.abs(w).max()) if w.size else 0.0
         scale = (m / qmax if m > 0 else 1.0 / qmax) if scales is None else float(scales[k])
         q = np.round(w / scale)
+        clipped = 0
         if scales is not None:
+            clipped = int((np.abs(q) > qmax).sum())
             q = np.clip(q, -qmax, qmax)
         vth = int(round(1.0 / scale))
         if vth < 1:
@@ -257,13 +299,8 @@ def loihi_layers(model: nn.Module, bits: int = 8, strict: bool = False, scales: 
                 hard.append(f"{name}: bias on the weight grid spans [{int(bq.min())}, {int(bq.max())}], outside the "
                             f"13-bit bias mantissa [{BIAS_MIN}, {BIAS_MAX}]")
         beta = float(_np(lif.beta).reshape(-1)[0])
-        conv = {}
-        kind = "dense"
-        if isinstance(layer, BayesConv2d):
-            kind = "conv"
-            conv = dict(stride=tuple(layer.stride), padding=tuple(layer.padding), dilation=tuple(layer.dilation),
-                        groups=int(layer.groups))
-        sig_w = (_np(layer.weight_sigma) * row.reshape(shape_w) / scale).astype(np.float32)
+        kind = "conv" if isinstance(layer, BayesConv2d) else "dense"
+        sig_w = (sig_w / scale).astype(np.float32)
         sig_b = None if b is None else (_np(layer.bias_sigma) * row / scale).astype(np.float32)
         layers.append(ChipLayer(
             kind=kind, weight=q.astype(np.int32), bias=None if bq is None else bq.astype(np.int32),
@@ -271,7 +308,8 @@ def loihi_layers(model: nn.Module, bits: int = 8, strict: bool = False, scales: 
             name=name, out_shape=tuple(out_shape), in_shape=tuple(in_shape), conv=conv, sigma_weight=sig_w,
             sigma_bias=sig_b, weight_mu=_np(layer.weight_mu).astype(np.float32),
             bias_mu=None if layer.bias_mu is None else _np(layer.bias_mu).astype(np.float32),
-            threshold=theta.astype(np.float32), input_scale=gain.astype(np.float32), flatten=flat))
+            threshold=theta.astype(np.float32), input_scale=gain.astype(np.float32), flatten=flat,
+            pool=0 if pool is None else pool[0], clipped=clipped))
     if not pairs and not hard:
         hard.append("no synaptic layer to export")
     if hard or (strict and soft):
@@ -347,26 +385,15 @@ def _write_layers(f, layers: list[ChipLayer]) -> list[int]:
 
 
 def _realisation_weights(model: nn.Module, layers: list[ChipLayer], k: int, seed: int, bits: int):
+    """K sampled weight sets w = μ + σε on the μ network's grid: [(layers, clipped per layer)]."""
     from .realisations import sample_realisations
     out = []
-    qmax = 2 ** (bits - 1) - 1
     for m in sample_realisations(model, k, seed=seed):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             rl = loihi_layers(m, bits, scales=[L.scale for L in layers])
-        clipped = []
-        for L, R in zip(layers, rl):
-            # how many draws saturated at ±qmax on the μ network's grid
-            row = (L.input_scale / L.threshold).astype(np.float64)
-            shape_w = (-1,) + (1,) * (L.weight.ndim - 1)
-            raw = np.round(_np(_layer_by_name(m, L.name).weight_mu) * row.reshape(shape_w) / L.scale)
-            clipped.append(int((np.abs(raw) > qmax).sum()))
-        out.append((rl, clipped))
+        out.append((rl, [R.clipped for R in rl]))
     return out
-
-
-def _layer_by_name(model: nn.Module, name: str) -> BayesianLayer:
-    return dict(model.named_modules())[name]
 
 
 def to_netx(model: nn.Module, path, bits: int = 8, realisations: int = 0, seed: int = 0, force: bool = False,
@@ -445,13 +472,16 @@ def read_netx(path, realisation: int | None = None) -> list[ChipLayer]:
             raise ValueError(f"{path}: HDF5 file but not a netx network (no 'layer' group; top-level keys "
                              f"{sorted(f.keys())})")
         ours = f.get("mesu_snn")
-        layers, in_shape = [], None
+        layers, in_shape, flat = [], None, False
         try:
             for i in range(len(f["layer"])):
                 g = f[f"layer/{i}"]
                 kind = _decode(g["type"])
                 if kind in ("flatten", "input"):
-                    in_shape = tuple(int(s) for s in g["shape"][()]) if kind == "input" else in_shape
+                    if kind == "input":
+                        in_shape = tuple(int(s) for s in g["shape"][()])
+                    else:
+                        flat, in_shape = True, (int(np.prod(in_shape)),) if in_shape else in_shape
                     continue
                 if kind not in ("dense", "conv"):
                     raise ValueError(f"layer {i} has type {kind!r}; supported: dense, conv, flatten")
@@ -482,11 +512,12 @@ def read_netx(path, realisation: int | None = None) -> list[ChipLayer]:
                     w = ours[key]["weight"][()].astype(np.int64)
                     if bias is not None and "bias" in ours[key]:
                         bias = ours[key]["bias"][()].astype(np.int64)
+                if in_shape is None and kind == "dense":
+                    in_shape = (int(w.shape[1]),)
                 layers.append(ChipLayer(kind=kind, weight=w, bias=bias, v_decay=int(g["neuron/vDecay"][()]),
                                         v_th=int(g["neuron/vThMant"][()]), scale=scale, bits=0, name=name,
-                                        out_shape=shape if kind == "dense" else shape, in_shape=in_shape or (),
-                                        conv=conv))
-                in_shape = shape
+                                        out_shape=shape, in_shape=in_shape or (), conv=conv, flatten=flat))
+                in_shape, flat = shape, False
         except (KeyError, TypeError, IndexError) as e:
             raise ValueError(f"{path}: damaged netx file: {type(e).__name__}: {e}") from None
         except ValueError as e:
@@ -507,10 +538,15 @@ def chip_float_model(layers_or_path, input_shape: tuple | None = None) -> Spikin
     layers = read_netx(layers_or_path) if isinstance(layers_or_path, (str, Path)) else layers_or_path
     stages = []
     for L in layers:
-        if L.kind != "dense":
-            raise ValueError("chip_float_model covers dense layers; conv layers are not modelled")
-        out, inp = L.weight.shape
-        lin = BayesLinear(inp, out, bias=L.bias is not None)
+        if L.flatten:
+            stages.append(Flatten(3))                       # netx flattens a conv map in (C, H, W) order
+        if L.kind == "conv":
+            out, inp = L.weight.shape[0], L.weight.shape[1] * L.conv["groups"]
+            lin = BayesConv2d(inp, out, tuple(L.weight.shape[2:]), stride=L.conv["stride"], padding=L.conv["padding"],
+                              dilation=L.conv["dilation"], groups=L.conv["groups"], bias=L.bias is not None)
+        else:
+            out, inp = L.weight.shape
+            lin = BayesLinear(inp, out, bias=L.bias is not None)
         with torch.no_grad():
             lin.weight_mu.copy_(torch.from_numpy(L.weight.astype(np.float32)))
             sw = L.sigma_weight if L.sigma_weight is not None else np.full(L.weight.shape, 1e-6, np.float32)
@@ -521,7 +557,7 @@ def chip_float_model(layers_or_path, input_shape: tuple | None = None) -> Spikin
                 lin.bias_sigma.copy_(torch.from_numpy(np.maximum(sb, 1e-6).astype(np.float32)))
         stages += [lin, LIF(beta=1.0 - L.v_decay / DECAY_UNITY, threshold=float(L.v_th), reset="zero",
                             reset_delay=False)]
-    shape = input_shape or (int(layers[0].weight.shape[1]),)
+    shape = input_shape or (tuple(layers[0].in_shape) if layers[0].in_shape else (int(layers[0].weight.shape[1]),))
     return SpikingSequential(stages, shape)
 
 

@@ -43,7 +43,7 @@ class Target:
     max_layers: int | None = None               #: synaptic layers (one core each on DYNAP-CNN)
     core_memory: tuple = ()                     #: ((kernel, neuron, bias) words, …) per core (DYNAP-CNN)
     layer_kinds: tuple = ("dense", "conv")
-    pooling: str = "none"                       #: "none" or "sum" (average folded into the next layer)
+    pooling: str = "none"                       #: "none"; "sum" (SumPool, 1/k² in the next layer); "fold" (into it)
     beta: str = "any"                           #: "any", "one" (IF only), "pow2" (1 − 2⁻ⁿ), "loihi" (1 − d/4096)
     resets: tuple = ("zero",)                   #: resets the neurons implement (at the spike's step)
     uniform: bool = False                       #: one β/threshold per layer
@@ -59,7 +59,7 @@ class Target:
 TARGETS: dict[str, Target] = {
     "loihi2": Target(
         key="loihi2", name="Intel Loihi 2 (Lava netx)", format="netx", formats=("netx",), weight_bits=8,
-        max_neurons=1_000_000, max_synapses=120_000_000, layer_kinds=("dense", "conv"), pooling="none",
+        max_neurons=1_000_000, max_synapses=120_000_000, layer_kinds=("dense", "conv"), pooling="fold",
         beta="loihi", resets=("zero",), uniform=True,
         sources={
             "weight_bits": "lava-dl netx/utils.py optimize_weight_bits ('standard 8 bit signed weight matrix'); "
@@ -69,7 +69,9 @@ TARGETS: dict[str, Target] = {
             "max_synapses": "same page as max_neurons",
             "per_core": "not checked: neurons per core depend on the compartment program; no per-core number sourced",
             "fan_in": "not checked: no documented limit found",
-            "pooling": "lava-dl netx/hdf5.py raises NotImplementedError for 'pool' and 'average' blocks",
+            "pooling": "lava-dl netx/hdf5.py raises NotImplementedError for 'pool' and 'average' blocks; mesu_snn "
+                       "folds an average pooling into the next layer (export/netx.py), for maps whose H, W are "
+                       "multiples of k",
             "beta": "lava proc/lif/models.py PyLifModelBitAcc: dv 12-bit unsigned, decay (4096 − dv)/4096",
             "uniform": "lava LIF process holds one du, dv and vth per population (netx: one neuron group per layer)",
             "resets": "PyLifModelBitAcc.reset_voltage sets v = 0 where a spike was emitted, in the same step",
@@ -229,7 +231,8 @@ def target_violations(model: nn.Module, target: Target | str, bits: int | None =
                            f"{t.name}")
     if t.key == "loihi2":                   # the integer grid's ranges (vThMant, bias mantissa, padding)
         from .netx import netx_incompatibilities
-        netx_only = ("vThMant", "bias mantissa", "padding", "within a channel", "input_scale must", "half a weight")
+        netx_only = ("vThMant", "bias mantissa", "padding", "within a channel", "input_scale must", "half a weight",
+                     "multiples of", "two poolings", "after the last layer", "stride 1 and dilation 1")
         out += [m for m in netx_incompatibilities(model, bits or 8) if any(k in m for k in netx_only)]
     return out
 
