@@ -164,8 +164,8 @@ def _run_netx(args, run_dir: Path, out: Path, model, target) -> int:
 
     from ..export.netx import ChipReadout, chip_float_model, loihi_layers, netx_incompatibilities, to_netx
     bits = 8 if args.bits is None else args.bits
-    if not 2 <= bits <= 9:
-        raise ValueError(f"--bits must lie in [2, 9] for netx (weights in [-256, 254]), got {bits}")
+    if not 2 <= bits <= 8:
+        raise ValueError(f"--bits must lie in [2, 8] for netx (8-bit signed weight mantissas), got {bits}")
     evaluate = run_evaluator(run_dir) if args.evaluate else None
     original, meta = model, {}
     if args.prune_snr is not None:

@@ -53,7 +53,10 @@ File schema (what ``netx.hdf5.Network`` reads, written from its reader ``hdf5.py
                              chip swaps only the weight matrix), saturated at ±(2^(n−1) − 1);
                              attrs: clipped (how many saturated)
 
-netx reads only ``layer/`` (and Lava ignores ``simulation/``); ``mesu_snn/`` is ours, for
+netx reads only ``layer/`` (and Lava ignores ``simulation/``); the reader followed is lava-dl's
+``netx/hdf5.py`` with ``input_shape``/``reset_interval`` (the later one in the index read); its
+earlier version wants a ``neuron`` group in every ``input`` entry, so there only dense networks
+(no ``input`` entry) load. ``mesu_snn/`` is ours, for
 chips with stochastic synapses and to trace the file back to the model. Inputs: binary spikes
 as they are; integer (graded) inputs need ``hdf5.Network(net_config=path,
 input_message_bits=N)``. Time: each Dense delays by one step, so an L-layer network's output at
@@ -86,7 +89,7 @@ from ..synapses import BayesConv2d, BayesianLayer, BayesLinear
 from .stages import AvgPool, Flatten, SpikingSequential, model_stages, stage_shapes
 
 __all__ = ["ChipLayer", "DECAY_UNITY", "VDECAY_MAX", "VTH_MAX", "BIAS_MIN", "BIAS_MAX", "WEIGHT_MIN", "WEIGHT_MAX",
-           "loihi_layers", "netx_incompatibilities", "to_netx", "read_netx", "chip_float_model", "chip_shapes",
+           "loihi_layers", "netx_incompatibilities", "to_netx", "read_netx", "chip_float_model",
            "ChipReadout"]
 
 DECAY_UNITY = 4096           #: Lava's decays are on a 12-bit scale: factor (4096 − d)/4096
@@ -241,9 +244,8 @@ def loihi_layers(model: nn.Module, bits: int = 8, strict: bool = False, scales: 
     different network than the trained one (reset, readout), which otherwise only warn.
     ``scales``: use these per-layer grid scales instead of fitting them (the realisations are
     put on the μ network's grid this way)."""
-    if not isinstance(bits, int) or not 2 <= bits <= 9:
-        raise ValueError(f"bits must be an int in [2, 9] for Loihi (netx takes weights in [{WEIGHT_MIN}, "
-                         f"{WEIGHT_MAX}]), got {bits!r}")
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int in [2, 8] for Loihi (8-bit signed weight mantissas), got {bits!r}")
     qmax = 2 ** (bits - 1) - 1
     pairs, input_shape, hard = _pairs(model)
     soft = []
@@ -330,10 +332,6 @@ def netx_incompatibilities(model: nn.Module, bits: int = 8) -> list[str]:
     except ChipConstraintError as e:
         return e.violations
     return []
-
-
-def chip_shapes(layers: list[ChipLayer]) -> list[tuple]:
-    return [layer.out_shape for layer in layers]
 
 
 # ---------------------------------------------------------------- writing
