@@ -1,12 +1,16 @@
 """Lava netx HDF5 export (mesu_snn/export/netx.py) and the fixed-point Loihi CUBA model
 (mesu_snn/export/loihi_fixed.py).
 
-Lava itself is not installable on Python 3.11 (lava-nc and lava-dl wheels declare
-Python < 3.11), so what is checked here is: (1) the file has every key, type, dtype and shape
-that ``lava.lib.dl.netx.hdf5.Network`` and ``netx.utils.NetDict`` read, and the stored weights
-pass netx's ``optimize_weight_bits`` and Dense's clip/truncate unchanged (that logic is
+Lava itself is not installable on Python 3.11 (lava-nc 0.10 and lava-dl 0.6 declare
+Python < 3.11), so what is checked here always is: (1) the file has every key, type, dtype and
+shape that ``lava.lib.dl.netx.hdf5.Network`` and ``netx.utils.NetDict`` read, and the stored
+weights pass netx's ``optimize_weight_bits`` and Dense's clip/truncate unchanged (that logic is
 restated below from Lava's code); (2) our float network with the exported parameters and the
-numpy fixed-point model of Lava's bit-accurate CUBA update agree spike for spike."""
+numpy fixed-point model of Lava's bit-accurate CUBA update agree spike for spike. (3) With
+MESU_SNN_LAVA_PYTHON naming a Python 3.10 that has Lava (built for this check with
+``pip install --no-deps lava-dl==0.6.0 torch==2.13.0 torchvision==0.28.0 triton==3.7.1`` plus
+torch's CUDA runtime packages, then ``pip install lava-nc==0.10.0 h5py``; lava-dl pins torch < 2.4,
+netx runs with 2.13), the last test runs Lava itself on our files."""
 from __future__ import annotations
 
 import h5py
@@ -335,3 +339,61 @@ def test_damaged_files_name_the_file(tmp_path):
         read_netx(tmp_path / "none.net")
     with pytest.raises(ValueError, match="integer inputs"):
         run_fixed(loihi_layers(_loihi_mlp()), np.full((3, 12), 0.5))
+
+
+_LAVA_SIDE = '''
+import sys, numpy as np
+from lava.lib.dl.netx import hdf5
+from lava.proc.io.source import RingBuffer as Source
+from lava.proc.io.sink import RingBuffer as Sink
+from lava.magma.core.run_configs import Loihi2SimCfg
+from lava.magma.core.run_conditions import RunSteps
+for path in sys.argv[1:]:
+    x = np.load(path + ".x.npy")                                   # (T, *in) in our (C, H, W) order
+    net = hdf5.Network(net_config=path)
+    data = x.reshape(x.shape[0], -1).T if x.ndim == 2 else x.transpose(3, 2, 1, 0)   # Lava: (x, y, z, T)
+    src, sink = Source(data=data.astype(int)), Sink(shape=net.out.shape, buffer=x.shape[0])
+    src.s_out.connect(net.inp)
+    net.out.connect(sink.a_in)
+    net.run(condition=RunSteps(num_steps=x.shape[0]), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+    np.save(path + ".lava.npy", sink.data.get().T.astype(bool))
+    net.stop()
+'''
+
+
+def test_lava_runs_our_files_as_the_fixed_point_model_predicts(tmp_path):
+    """Lava itself (lava-nc 0.10 + lava-dl 0.6, Python 3.10 only: set MESU_SNN_LAVA_PYTHON to that
+    interpreter) loads our netx files with ``netx.hdf5.Network`` and runs them with its
+    bit-accurate models (``Loihi2SimCfg(select_tag="fixed_pt")``): the output spikes equal
+    :func:`run_fixed`'s, step for step (an IF MLP, a leaky MLP with biases, a leaky conv net
+    with its pooling folded)."""
+    import os
+    import subprocess
+    lava_python = os.environ.get("MESU_SNN_LAVA_PYTHON")
+    if not lava_python:
+        pytest.skip("set MESU_SNN_LAVA_PYTHON to a Python 3.10 with lava-nc 0.10 and lava-dl 0.6 installed")
+    nets = {"if": _loihi_mlp((12, 20, 6), beta=1.0), "leaky": _loihi_mlp((12, 20, 6), beta=0.9, seed=1)}
+    torch.manual_seed(8)
+    conv = ms.SpikingConvNet((2, 8, 8), (2, 4, 6), 5, beta=0.9, reset="zero", readout="count")
+    for lif in list(conv.neurons) + [conv.out_neuron]:
+        lif.reset_delay = False
+    with torch.no_grad():
+        for layer in (*conv.convs, conv.fc):
+            layer.weight_mu.mul_(3.0)
+        conv.fc.weight_mu.mul_(4.0)
+    nets["conv"] = conv
+    paths, expected = [], {}
+    for name, net in nets.items():
+        path = to_netx(net, tmp_path / f"{name}.net")
+        shape = (2, 8, 8) if name == "conv" else (12,)
+        x = np.concatenate([_spikes(30, 1, int(np.prod(shape)), seed=3).view(30, *shape).numpy(),
+                            np.zeros((4, *shape))]).astype(np.int64)
+        np.save(f"{path}.x.npy", x)
+        expected[str(path)] = run_fixed(path, x).spikes[:, 0]
+        paths.append(str(path))
+    r = subprocess.run([lava_python, "-c", _LAVA_SIDE, *paths], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for path in paths:
+        lava = np.load(path + ".lava.npy")
+        assert expected[path].sum() > 0
+        np.testing.assert_array_equal(lava, expected[path])

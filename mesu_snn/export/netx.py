@@ -26,7 +26,9 @@ vThMant 17-bit unsigned (≤ 131071); netx's ``optimize_weight_bits`` takes weig
 [−256, 254] and re-expresses them exactly as an 8-bit mantissa and an exponent.
 
 File schema (what ``netx.hdf5.Network`` reads, written from its reader ``hdf5.py`` and
-``utils.NetDict``; names, types and shapes are checked in ``tests/test_export_netx.py``)::
+``utils.NetDict``; names, types and shapes are checked in ``tests/test_export_netx.py``, and
+lava-dl 0.6's ``hdf5.Network`` loads and runs these files there when a Python 3.10 with Lava is
+given, see :mod:`~mesu_snn.export.loihi_fixed`)::
 
     layer/<i>/type          bytes 'S10' (1,)   b"dense" | b"conv" | b"flatten" | b"input" (a conv
                                                net's first entry: only its shape [C, H, W])
