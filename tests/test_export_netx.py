@@ -38,6 +38,18 @@ def _loihi_mlp(sizes=(12, 20, 5), beta=0.9, bias=True, gain=2.0, seed=0):
     return net
 
 
+def _loihi_convnet(beta, seed=8):
+    """A SpikingConvNet (2, 8, 8) -> (4, 6) channels -> 5 in Loihi's convention, weights ×3."""
+    torch.manual_seed(seed)
+    net = ms.SpikingConvNet((2, 8, 8), (2, 4, 6), 5, beta=beta, reset="zero", readout="count")
+    for lif in list(net.neurons) + [net.out_neuron]:
+        lif.reset_delay = False
+    with torch.no_grad():
+        for layer in (*net.convs, net.fc):
+            layer.weight_mu.mul_(3.0)
+    return net
+
+
 def _spikes(t, b, n, p=0.3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(t, b, n, generator=g) < p).float()
@@ -292,14 +304,7 @@ def test_folded_pooling_is_the_pooling_then_the_layer(kind):
 def test_convnet_with_pooling_maps_and_runs_bit_exact(tmp_path):
     """A SpikingConvNet (pooling after each conv, folded) as netx: input, conv, conv (stride 2,
     6×6 kernel), flatten, dense; IF neurons: the fixed-point model equals the float chip network."""
-    torch.manual_seed(8)
-    net = ms.SpikingConvNet((2, 8, 8), (2, 4, 6), 5, beta=1.0, reset="zero", readout="count")
-    for lif in list(net.neurons) + [net.out_neuron]:
-        lif.reset_delay = False
-    with torch.no_grad():
-        for layer in (*net.convs, net.fc):
-            layer.weight_mu.mul_(3.0)
-    path = to_netx(net, tmp_path / "conv.net")
+    path = to_netx(_loihi_convnet(beta=1.0), tmp_path / "conv.net")
     with h5py.File(path, "r") as f:
         assert [f[f"layer/{i}/type"][0].decode() for i in range(5)] == ["input", "conv", "conv", "flatten", "dense"]
         assert f["layer/2/weight"].shape == (6, 4, 6, 6) and list(f["layer/2/stride"][()]) == [2, 2]
@@ -373,15 +378,9 @@ def test_lava_runs_our_files_as_the_fixed_point_model_predicts(tmp_path):
     if not lava_python:
         pytest.skip("set MESU_SNN_LAVA_PYTHON to a Python 3.10 with lava-nc 0.10 and lava-dl 0.6 installed")
     nets = {"if": _loihi_mlp((12, 20, 6), beta=1.0), "leaky": _loihi_mlp((12, 20, 6), beta=0.9, seed=1)}
-    torch.manual_seed(8)
-    conv = ms.SpikingConvNet((2, 8, 8), (2, 4, 6), 5, beta=0.9, reset="zero", readout="count")
-    for lif in list(conv.neurons) + [conv.out_neuron]:
-        lif.reset_delay = False
+    nets["conv"] = conv = _loihi_convnet(beta=0.9)
     with torch.no_grad():
-        for layer in (*conv.convs, conv.fc):
-            layer.weight_mu.mul_(3.0)
         conv.fc.weight_mu.mul_(4.0)
-    nets["conv"] = conv
     paths, expected = [], {}
     for name, net in nets.items():
         path = to_netx(net, tmp_path / f"{name}.net")

@@ -365,3 +365,43 @@ def test_spikingjelly_importer_reproduces_lif_and_if_networks(tmp_path):
         assert 0 < ours.sum() < ours.numel()
         theirs = ne.import_from_nir(to_nir(net, tmp_path / f"sj{beta}.nir", uniform=True), dt=1e-4)
         assert torch.equal(_run_stateful(theirs, x), ours)
+
+
+_SINABS_SIDE = """
+import sys, numpy as np, torch, nir
+from sinabs.nir import from_nir
+assert nir.__version__ == "1.0.4", nir.__version__
+x = torch.from_numpy(np.load(sys.argv[2]))
+out = from_nir(nir.read(sys.argv[1]), batch_size=1)(x[:, 0])
+np.save(sys.argv[3], (out[0] if isinstance(out, tuple) else out).detach().numpy())
+"""
+
+
+def test_sinabs_reads_the_speck_file_and_reproduces_spikes(tmp_path):
+    """sinabs 3.1.3 (pins nir ≤ 1.0.4) loads a file written with Speck's conventions (legacy,
+    SumPool2d, IF) and runs an IF conv net with a subtractive reset at the spike's step as we
+    do. Runs when MESU_SNN_SINABS names a folder with sinabs 3.1.3, nir 1.0.4, nirtorch 1.0 and
+    pbr installed (``pip install --no-deps --target``)."""
+    import os
+    import subprocess
+    import sys
+    from mesu_snn.export.targets import TARGETS
+    where = os.environ.get("MESU_SNN_SINABS")
+    if not where:
+        pytest.skip("set MESU_SNN_SINABS to a folder with sinabs 3.1.3, nir 1.0.4, nirtorch 1.0, pbr installed")
+    torch.manual_seed(0)
+    net = _zero_reset(ms.SpikingConvNet((2, 8, 8), (2, 4), 3, beta=1.0, reset="subtract", readout="count"))
+    with torch.no_grad():                                   # membranes stay in [0, 2θ): one spike per step
+        for layer in (*net.convs, net.fc):
+            layer.weight_mu.abs_().mul_(0.6)
+            layer.bias_mu.zero_()
+    x = (torch.rand(20, 1, 2, 8, 8) < 0.3).float()
+    ours = _mean_spikes(net, x)[:, 0]
+    assert ours.sum() > 0
+    with pytest.warns(UserWarning, match="reset"):          # NIR's own IF resets to v_reset; sinabs subtracts
+        path = to_nir(net, tmp_path / "speck.nir", **TARGETS["speck"].nir_options)
+    np.save(tmp_path / "x.npy", x.numpy())
+    r = subprocess.run([sys.executable, "-c", _SINABS_SIDE, str(path), str(tmp_path / "x.npy"), str(tmp_path / "o.npy")],
+                       env=dict(os.environ, PYTHONPATH=where), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), ours.numpy())

@@ -57,6 +57,11 @@ Third-party importers (tested in ``tests/test_export_nir.py``):
   ``r = 1`` or ``tau/dt``, ``v_leak = v_reset``; hard reset at the spike's step, no extra
   delay; it fires where ``v ≥ θ`` (ours ``v > θ``: equal unless a membrane lands exactly on the
   threshold). IF needs ``r = 1/dt`` (``if_r="spec"``).
+* ``sinabs.nir.from_nir`` (sinabs 3.1.3 on nir 1.0.4, nirtorch 1.0; tested in a throwaway
+  install): reads ``legacy=True, pool="sum", neuron="IF"`` files; its IF is ``IAFSqueeze`` with
+  a subtractive reset at the spike's step, several spikes per step when v ≥ 2θ, v ≥ θ to fire
+  and v clipped at −θ, ``r`` ignored: networks built with ``reset="subtract",
+  reset_delay=False`` whose membranes stay in [−θ, 2θ) are reproduced spike for spike.
 * ``norse.torch.from_nir`` (Norse 1.1.0) builds ``LIFBoxCell(tau_mem_inv = 1/tau, v_th,
   v_leak)`` and ignores ``r`` and ``v_reset``: only ``r = 1`` (``LIF.norse_box`` neurons, with
   ``v_reset = 0``) is reproduced exactly. Norse's own exporter writes ``tau = dt/tau_mem_inv``

@@ -103,7 +103,7 @@ TARGETS: dict[str, Target] = {
                      (32768, 32768, 1024), (65536, 16384, 1024), (65536, 16384, 1024), (16384, 16384, 1024),
                      (16384, 16384, 1024)),
         layer_kinds=("conv", "dense"), pooling="sum", beta="one", resets=("zero", "subtract"), uniform=True,
-        nir_options={"legacy": True, "pool": "sum", "neuron": "IF", "uniform": True},
+        nir_options={"legacy": True, "pool": "sum", "neuron": "IF", "uniform": True, "if_r": "step"},
         sources={
             "weight_bits": "sinabs backend/dynapcnn/discretize.py DYNAPCNN_WEIGHT_PRECISION_BITS = 8 (bias too), "
                            "DYNAPCNN_STATE_PRECISION_BITS = 16",
@@ -115,7 +115,9 @@ TARGETS: dict[str, Target] = {
             "pooling": "dynapcnn.py: pooling is a per-destination sum pooling between cores",
             "resets": "dynapcnn.py: return_to_zero for MembraneReset, else subtract (MembraneSubtract)",
             "dense": "a dense layer is counted as a conv core with a kernel over the whole input: our assumption",
-            "nir": "sinabs 3.1 pins nir ≤ 1.0.4 and has no AvgPool2d/Linear NIR handler (issue 15)",
+            "nir": "sinabs 3.1 pins nir ≤ 1.0.4 and has no AvgPool2d/Linear NIR handler (issue 15); its from_nir "
+                   "builds IAFSqueeze with a subtractive reset, multi-spikes (v ≥ θ) and min_v_mem = −θ, ignoring "
+                   "IF r (sinabs/nir.py): train with reset='subtract', reset_delay=False to be reproduced",
         }),
 }
 
