@@ -20,14 +20,15 @@ from .build import build_trainer
 from .config import load_config
 from .rules import BGD, MESU, make_rule
 from .trainer import Trainer
-from .export import from_nir, to_nir
+from .errors import ChipConstraintError
+from .export import from_nir, to_netx, to_nir
 from .runs import SigmaRecorder
 from .synapses import (INITS, BayesConv2d, BayesianLayer, BayesLinear, bayesian_pairs, fold_samples,
                        sampled_weights, set_mode, unfold_samples)
 
 from ._version import __version__  # noqa: E402
 
-__all__ = ["functional", "kernels", "distributed", "observe", "export", "SigmaRecorder", "to_nir", "from_nir", "BayesLinear", "BayesConv2d", "BayesianLayer", "LIF", "SpikingMLP",
+__all__ = ["functional", "kernels", "distributed", "observe", "export", "SigmaRecorder", "to_nir", "from_nir", "to_netx", "ChipConstraintError", "BayesLinear", "BayesConv2d", "BayesianLayer", "LIF", "SpikingMLP",
            "SpikingConvNet", "BayesMLP", "INITS", "bayesianize", "MESU", "BGD", "nll_loss", "predictive_log_probs",
            "sampled_weights", "bayesian_pairs", "set_mode", "fold_samples", "unfold_samples",
            "FastSigmoid", "ATan", "Heaviside", "Trainer", "make_rule", "load_config", "build_trainer",

@@ -5,13 +5,15 @@
   message names the ``pip install 'mesu-snn[EXTRA]'`` that brings it.
 * :class:`CLIError`: a user error the command line reports as one line, without a traceback.
 * :class:`DiskFullError`: a write failed for lack of space (also an OSError); names the path.
+* :class:`ChipConstraintError`: a network does not fit a neuromorphic target (also a
+  ValueError); the message lists every violation found, one per line.
 """
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
-__all__ = ["MesuError", "MissingExtraError", "CLIError", "DiskFullError", "require"]
+__all__ = ["MesuError", "MissingExtraError", "CLIError", "DiskFullError", "ChipConstraintError", "require"]
 
 
 class MesuError(Exception):
@@ -48,3 +50,15 @@ def require(module: str, feature: str) -> ModuleType:
 class DiskFullError(MesuError, OSError):
     """A write failed because the disk (or quota) is full; the message names the path. Files
     written before stay intact (every run file is written to a temporary file and renamed)."""
+
+
+class ChipConstraintError(MesuError, ValueError):
+    """A network breaks the constraints of a neuromorphic target or file format. ``violations``
+    holds every problem found (the message lists them all, one per line), so one run of the
+    check tells the user everything to change; nothing is written."""
+
+    def __init__(self, target: str, violations):
+        self.target, self.violations = target, list(violations)
+        lines = "\n".join(f"  - {v}" for v in self.violations)
+        super().__init__(f"the network does not fit {target} ({len(self.violations)} violation"
+                         f"{'s' if len(self.violations) != 1 else ''}):\n{lines}")

@@ -19,6 +19,28 @@ spike's step": our ``reset="zero", reset_delay=False``. Each LIF node's metadata
 surrogate, so our own files round-trip exactly whatever the reset; third-party importers run
 NIR semantics.
 
+Compatibility options of :func:`to_nir` / :func:`model_to_graph` (each tested in
+``tests/test_export_nir.py``; ``--target`` of ``mesu-snn export`` picks them per chip):
+
+* ``legacy=True``: for readers built on nir ≤ 1.0.4 (sinabs 3.1, rockpool 3.1 pin it), whose
+  node classes have no ``metadata`` and whose LIF has no ``v_reset``: LIF ``v_reset`` is left
+  out (refused unless it is 0) and every node's metadata (σ, our exact LIF parameters) moves to
+  the graph metadata, ``metadata["node_metadata"][node name]``. :func:`from_nir` puts it back,
+  so our own files still round-trip exactly.
+* ``pool="sum"``: ``SumPool2d`` nodes instead of ``AvgPool2d``, the 1/k² folded into the next
+  synaptic node's weights and σ (``metadata["pool_scale_folded"]``); the graph computes the
+  same currents. :func:`from_nir` reads ``SumPool2d`` as k²·average pooling.
+* ``uniform=True``: one value per layer for every neuron parameter (SpikingJelly and snnTorch
+  need it): per-neuron thresholds (and input gains) are folded into the rows of the previous
+  layer (exact: the neuron is linear and resets to 0), per-neuron β, v_leak or v_reset are
+  refused with :class:`~mesu_snn.errors.ChipConstraintError`.
+* ``neuron="IF"`` (or ``"auto"``, the default, for layers with β = 1): ``IF`` nodes, for
+  IF-only chips (DYNAP-CNN/Speck). NIR's IF is ``dv/dt = r·I``, one Euler step ``v += r·dt·I``:
+  ``if_r="spec"`` (default) writes ``r = input_scale/dt`` (what SpikingJelly requires),
+  ``if_r="step"`` writes ``r = input_scale`` (the per-step gain Norse's IAFCell applies: it
+  ignores ``r`` and warns unless ``r = 1``); the graph metadata ``if_r`` records which.
+  snnTorch 1.0's importer maps IF to ``Leaky(beta=0.9)`` and cannot run an IF.
+
 Third-party importers (tested in ``tests/test_export_nir.py``):
 
 * ``snntorch.import_nir.import_from_nir`` (snnTorch 1.0.0) builds ``Leaky(beta=1 − 1e-4/tau,
@@ -30,6 +52,16 @@ Third-party importers (tested in ``tests/test_export_nir.py``):
   jeshraghian/snntorch#410) and with a batched sample input; ours writes per-neuron arrays.
   Graphs it exports from per-neuron ``beta``/``threshold`` tensors and an unbatched sample load
   with :func:`from_nir`.
+* ``spikingjelly.activation_based.nir_exchange.import_from_nir`` (SpikingJelly 2.0, when it
+  is importable; tested in a throwaway install): LIF needs uniform parameters (``uniform=True``),
+  ``r = 1`` or ``tau/dt``, ``v_leak = v_reset``; hard reset at the spike's step, no extra
+  delay; it fires where ``v ≥ θ`` (ours ``v > θ``: equal unless a membrane lands exactly on the
+  threshold). IF needs ``r = 1/dt`` (``if_r="spec"``).
+* ``sinabs.nir.from_nir`` (sinabs 3.1.3 on nir 1.0.4, nirtorch 1.0; tested in a throwaway
+  install): reads ``legacy=True, pool="sum", neuron="IF"`` files; its IF is ``IAFSqueeze`` with
+  a subtractive reset at the spike's step, several spikes per step when v ≥ 2θ, v ≥ θ to fire
+  and v clipped at −θ, ``r`` ignored: networks built with ``reset="subtract",
+  reset_delay=False`` whose membranes stay in [−θ, 2θ) are reproduced spike for spike.
 * ``norse.torch.from_nir`` (Norse 1.1.0) builds ``LIFBoxCell(tau_mem_inv = 1/tau, v_th,
   v_leak)`` and ignores ``r`` and ``v_reset``: only ``r = 1`` (``LIF.norse_box`` neurons, with
   ``v_reset = 0``) is reproduced exactly. Norse's own exporter writes ``tau = dt/tau_mem_inv``
@@ -46,6 +78,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import ChipConstraintError
 from ..functional.surrogate import ATan, FastSigmoid, Heaviside, make_surrogate
 from ..neurons import LIF
 from ..runs.atomic import atomic_path
@@ -54,7 +87,12 @@ from ..models import model_from_spec, model_spec
 from .stages import AvgPool, Flatten, SpikingSequential, model_stages, stage_shapes
 
 __all__ = ["DEFAULT_DT", "to_nir", "from_nir", "model_to_graph", "graph_to_model", "read_graph",
-           "lif_to_nir_params", "nir_to_lif_params", "nir_incompatibilities", "SpikeCountReadout", "SEMANTICS"]
+           "lif_to_nir_params", "nir_to_lif_params", "nir_incompatibilities", "SpikeCountReadout", "SEMANTICS",
+           "uniform_neurons", "POOLS", "NEURONS", "IF_R"]
+
+POOLS = ("avg", "sum")            #: AvgPool2d, or SumPool2d with 1/k² folded into the next layer
+NEURONS = ("auto", "LIF", "IF")   #: auto: IF where β = 1, LIF elsewhere
+IF_R = ("spec", "step")           #: IF r = input_scale/dt (NIR's ODE) or input_scale (per-step gain)
 
 DEFAULT_DT = 1e-4  #: seconds; the step snntorch.import_from_nir assumes
 
@@ -109,24 +147,99 @@ def _exact_meta(v):
     return float(v) if not isinstance(v, torch.Tensor) else _m(v, np.float32)
 
 
-def _lif_node(lif: LIF, shape, dt: float):
+def _lif_node(lif: LIF, shape, dt: float, neuron: str = "auto", if_r: str = "spec", where: str = "LIF"):
     import nir
     if lif.reset == "none":
         raise ValueError("a LIF with reset='none' has no NIR LIF equivalent")
     full = lambda v: np.broadcast_to(_arr(v), shape).copy()
-    tau, r = lif_to_nir_params(full(lif.beta), full(lif.input_scale), dt)
     name, param = _surrogate_spec(lif.surrogate)
     meta = dict(dt=float(dt), reset=lif.reset, reset_delay=bool(lif.reset_delay), detach_reset=bool(lif.detach_reset),
                 beta=_exact_meta(lif.params.beta), threshold=_exact_meta(lif.params.threshold),
                 input_scale=_m(lif.input_scale), v_leak=_m(lif.v_leak), v_reset=_m(lif.v_reset),
                 surrogate=name, surrogate_param=param)
+    integrate = bool(np.all(_arr(lif.beta) == 1.0))
+    if neuron == "IF" or (neuron == "auto" and integrate):
+        problems = []
+        if not integrate:
+            problems.append(f"{where}: β = {_arr(lif.beta).reshape(-1)[:4]}… ≠ 1; an IF neuron has no leak (train "
+                            "with beta=1 for IF-only chips)")
+        if np.any(_arr(lif.v_leak) != 0):
+            problems.append(f"{where}: v_leak ≠ 0; NIR's IF has no leak potential")
+        if problems:
+            raise ChipConstraintError("NIR IF neurons", problems)
+        gain = full(lif.input_scale) / (dt if if_r == "spec" else 1.0)
+        return nir.IF(r=gain, v_threshold=full(lif.threshold), v_reset=full(lif.v_reset), metadata=meta)
+    tau, r = lif_to_nir_params(full(lif.beta), full(lif.input_scale), dt)
     return nir.LIF(tau=tau, r=r, v_leak=full(lif.v_leak), v_threshold=full(lif.threshold),
                    v_reset=full(lif.v_reset), metadata=meta)
 
 
-def _layer_node(layer: BayesianLayer, in_shape, extra: dict):
+def uniform_neurons(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose LIF parameters are one value per layer: per-neuron thresholds
+    and input gains are folded into the rows (output channels) of the synaptic layer before
+    (μ and σ scaled by g_i·θ_ref/θ_i, θ_ref the layer's mean threshold: the same spikes, as the
+    neuron is linear and resets to 0). Per-neuron β, v_leak or v_reset cannot be folded:
+    :class:`~mesu_snn.errors.ChipConstraintError` lists them all."""
+    import copy
+    out = copy.deepcopy(model)
+    stages, _ = model_stages(out)
+    names = {id(m): n for n, m in out.named_modules()}
+    problems = []
+    for i, st in enumerate(stages):
+        if not isinstance(st, LIF):
+            continue
+        where = names.get(id(st), f"stage {i}")
+        for attr in ("beta", "v_leak", "v_reset"):
+            a = _arr(getattr(st, attr)).reshape(-1)
+            if a.size > 1 and not np.all(a == a[0]):
+                problems.append(f"{where}: per-neuron {attr} (the target needs one value per layer)")
+        th, g = _arr(st.threshold), _arr(st.input_scale)
+        if (th.size <= 1 or np.all(th == th.reshape(-1)[0])) and (g.size <= 1 or np.all(g == g.reshape(-1)[0])):
+            continue
+        prev = stages[i - 1] if i > 0 else None
+        if not isinstance(prev, BayesianLayer):
+            problems.append(f"{where}: per-neuron threshold/input_scale without a synaptic layer before it to fold into")
+            continue
+        n = prev.weight_mu.shape[0]
+        th_n = th.reshape(-1) if th.size > 1 else np.full(n, float(th.reshape(-1)[0]))
+        g_n = g.reshape(-1) if g.size > 1 else np.full(n, float(g.reshape(-1)[0]))
+        if th_n.size != n or g_n.size != n:
+            problems.append(f"{where}: threshold/input_scale vary within a channel; only per-channel values fold")
+            continue
+        ref = float(th_n.mean())
+        row = torch.tensor(g_n * ref / th_n, dtype=prev.weight_mu.dtype)
+        shape = (-1,) + (1,) * (prev.weight_mu.dim() - 1)
+        with torch.no_grad():
+            for _, mu, sig in prev.bayesian_pairs():
+                r = row.view(shape) if mu.dim() > 1 else row
+                mu.mul_(r)
+                sig.mul_(r)
+        new = LIF(beta=st.params.beta if _arr(st.beta).size <= 1 else float(_arr(st.beta).reshape(-1)[0]),
+                  threshold=ref, reset=st.reset, surrogate=st.surrogate, reset_delay=st.reset_delay,
+                  detach_reset=st.detach_reset, v_leak=st.v_leak, v_reset=st.v_reset, input_scale=1.0)
+        _replace_module(out, st, new)
+        stages[i] = new
+    if problems:
+        raise ChipConstraintError("uniform neuron parameters per layer", problems)
+    return out
+
+
+def _replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for mod in root.modules():
+        for key, child in list(mod.named_children()):
+            if child is old:
+                setattr(mod, key, new) if not isinstance(mod, (nn.ModuleList, nn.Sequential)) else \
+                    mod.__setitem__(int(key), new)
+                return
+    raise ValueError("internal: module to replace not found")
+
+
+def _layer_node(layer: BayesianLayer, in_shape, extra: dict, fold: float = 1.0):
     import nir
     w, sw = _arr(layer.weight_mu, np.float32), _arr(layer.weight_sigma, np.float32)
+    if fold != 1.0:                      # 1/k² of a preceding sum pooling
+        w, sw = (w * np.float32(fold)).astype(np.float32), (sw * np.float32(fold)).astype(np.float32)
+        extra = dict(extra, pool_scale_folded=float(fold))
     meta = dict(extra, sigma_weight=sw)
     b = None
     if layer.bias_mu is not None:
@@ -144,31 +257,53 @@ def _layer_node(layer: BayesianLayer, in_shape, extra: dict):
                       bias=b, metadata=meta)
 
 
+def _check_options(pool, neuron, if_r):
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if neuron not in NEURONS:
+        raise ValueError(f"neuron must be one of {NEURONS}, got {neuron!r}")
+    if if_r not in IF_R:
+        raise ValueError(f"if_r must be one of {IF_R}, got {if_r!r}")
+
+
 def model_to_graph(model: nn.Module, dt: float = DEFAULT_DT, layer_metadata: dict | None = None,
-                   metadata: dict | None = None):
+                   metadata: dict | None = None, pool: str = "avg", uniform: bool = False, neuron: str = "auto",
+                   if_r: str = "spec"):
     """The NIR graph of a model's mean network (w = μ), σ in metadata. ``layer_metadata``:
-    {qualified layer name: dict} added to those layers' node metadata (e.g. quantisation)."""
+    {qualified layer name: dict} added to those layers' node metadata (e.g. quantisation).
+    ``pool``, ``uniform``, ``neuron``, ``if_r``: the compatibility options (module docstring)."""
     import nir
 
     from .._version import __version__
+    _check_options(pool, neuron, if_r)
+    if uniform:
+        model = uniform_neurons(model)
     stages, input_shape = model_stages(model)
     shapes = stage_shapes(stages, input_shape)
     names = {id(m): n for n, m in model.named_modules()}
     layer_metadata = layer_metadata or {}
     nodes = {"input": nir.Input(input_type={"input": np.array(input_shape)})}
-    edges, prev, in_shape, non_nir = [], "input", tuple(input_shape), []
+    edges, prev, in_shape, non_nir, fold = [], "input", tuple(input_shape), [], 1.0
     for i, (stage, shape) in enumerate(zip(stages, shapes)):
         if isinstance(stage, BayesianLayer):
             qn = names.get(id(stage), f"stage{i}")
             key, node = f"{'conv' if isinstance(stage, BayesConv2d) else 'fc'}{i}", \
-                _layer_node(stage, in_shape, dict(layer_metadata.get(qn, {}), layer=qn))
+                _layer_node(stage, in_shape, dict(layer_metadata.get(qn, {}), layer=qn), fold)
+            fold = 1.0
         elif isinstance(stage, LIF):
             if stage.reset != "zero" or stage.reset_delay:
                 non_nir.append(f"stage {i}: reset={stage.reset!r}, reset_delay={stage.reset_delay}")
-            key, node = f"lif{i}", _lif_node(stage, shape, dt)
+            key = f"lif{i}"
+            node = _lif_node(stage, shape, dt, neuron, if_r, names.get(id(stage), f"stage {i}"))
+            key = key if type(node).__name__ == "LIF" else f"if{i}"
         elif isinstance(stage, AvgPool):
             k = np.array([stage.kernel_size] * 2)
-            key, node = f"pool{i}", nir.AvgPool2d(kernel_size=k, stride=k, padding=np.array([0, 0]))
+            if pool == "sum":
+                key, node = f"pool{i}", nir.SumPool2d(kernel_size=k, stride=k, padding=np.array([0, 0]),
+                                                      metadata={"folded_into_next_layer": 1.0 / stage.kernel_size ** 2})
+                fold *= 1.0 / stage.kernel_size ** 2
+            else:
+                key, node = f"pool{i}", nir.AvgPool2d(kernel_size=k, stride=k, padding=np.array([0, 0]))
         elif isinstance(stage, Flatten):
             key = f"flatten{i}"
             node = nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=len(in_shape) - stage.ndim,
@@ -182,26 +317,56 @@ def model_to_graph(model: nn.Module, dt: float = DEFAULT_DT, layer_metadata: dic
         warnings.warn(f"LIF resets differ from NIR's ({'; '.join(non_nir)}): stored in metadata for mesu_snn, but "
                       "third-party importers apply NIR's reset (to v_reset at the spike's step); build the network "
                       "with reset='zero', reset_delay=False to match them", stacklevel=3)
+    if fold != 1.0:
+        raise ValueError("pool='sum' needs a synaptic layer after every pooling stage to fold 1/k² into")
     nodes["output"] = nir.Output(output_type={"output": np.array(in_shape)})
     edges.append((prev, "output"))
     meta = {"format": "mesu_snn", "mesu_snn_version": __version__, "dt": float(dt),
             "model": json.dumps(model_spec(model)),
             "convention": "w = mu (mean network); sigma in node metadata; beta = 1 - dt/tau, "
-                          "input_scale = r*dt/tau (forward Euler, step dt seconds)"}
+                          "input_scale = r*dt/tau (forward Euler, step dt seconds)", "if_r": if_r}
     meta.update(metadata or {})
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=True)
 
 
 def to_nir(model: nn.Module, path, dt: float = DEFAULT_DT, force: bool = False,
-           layer_metadata: dict | None = None, metadata: dict | None = None) -> Path:
+           layer_metadata: dict | None = None, metadata: dict | None = None, legacy: bool = False,
+           pool: str = "avg", uniform: bool = False, neuron: str = "auto", if_r: str = "spec") -> Path:
     """Write the model's mean network as a NIR file (``nir.write``), atomically; returns the path.
 
-    FileExistsError if ``path`` exists and not ``force``."""
+    ``legacy``, ``pool``, ``uniform``, ``neuron``, ``if_r``: the compatibility options of the
+    module docstring. FileExistsError if ``path`` exists and not ``force``."""
     import nir
-    graph = model_to_graph(model, dt, layer_metadata, metadata)
+    graph = model_to_graph(model, dt, layer_metadata, metadata, pool=pool, uniform=uniform, neuron=neuron, if_r=if_r)
+    if legacy:
+        bad = [k for k, n in graph.nodes.items() if type(n).__name__ in ("LIF", "IF")
+               and n.v_reset is not None and np.any(np.asarray(n.v_reset) != 0)]
+        if bad:
+            raise ChipConstraintError("NIR ≤ 1.0.4 readers", [f"node {k}: v_reset ≠ 0 (nir ≤ 1.0.4 has no v_reset; "
+                                                              "train with v_reset=0)" for k in bad])
     with atomic_path(path, force) as tmp:
         nir.write(tmp, graph)
+        if legacy:
+            _to_legacy(tmp)
     return Path(path)
+
+
+def _to_legacy(path) -> None:
+    """Rewrite a written NIR file for nir ≤ 1.0.4 readers: node metadata into the graph's
+    metadata (``node_metadata/<node>``), LIF/IF ``v_reset`` (all 0, checked) left out."""
+    import h5py
+    with h5py.File(path, "r+") as f:
+        nodes = f["node/nodes"]
+        for name in list(nodes.keys()):
+            g = nodes[name]
+            if "metadata" in g:
+                if len(g["metadata"]):
+                    f.move(f"node/nodes/{name}/metadata", f"node/metadata/node_metadata/{name}")
+                else:
+                    del g["metadata"]
+            kind = g["type"][()]
+            if kind in (b"LIF", b"IF") and "v_reset" in g:
+                del g["v_reset"]
 
 
 # ---------------------------------------------------------------- import
@@ -317,9 +482,9 @@ def _exact(v):
     return torch.from_numpy(np.asarray(v, dtype=np.float32).copy())
 
 
-def _lif_from(node, dt, source, name, exact: bool = True) -> LIF:
+def _lif_from(node, dt, source, name, exact: bool = True, if_r: str = "step") -> LIF:
     kind = type(node).__name__
-    if exact and kind == "LIF" and _meta(node, "beta") is not None:  # our own file: exact parameters
+    if exact and _meta(node, "beta") is not None:  # our own file (LIF or IF node): exact parameters
         return LIF(beta=_exact(_meta(node, "beta")), threshold=_exact(_meta(node, "threshold")),
                    reset=str(_meta(node, "reset")), reset_delay=bool(_meta(node, "reset_delay")),
                    detach_reset=bool(_meta(node, "detach_reset")),
@@ -330,8 +495,9 @@ def _lif_from(node, dt, source, name, exact: bool = True) -> LIF:
     if kind == "LIF":
         beta, scale = nir_to_lif_params(node.tau, node.r, step)
         leak = node.v_leak
-    else:  # IF: no leak; one step integrates r·I (as Norse's IAFCell)
-        beta, scale, leak = np.ones_like(np.asarray(node.r, np.float64)), node.r, 0.0
+    else:  # IF: no leak; one step integrates r·dt·I (NIR's ODE, if_r="spec") or r·I (Norse's IAFCell)
+        r = np.asarray(node.r, np.float64)
+        beta, scale, leak = np.ones_like(r), (r * step if if_r == "spec" else r), 0.0
     th = np.asarray(node.v_threshold, dtype=np.float64)
     if np.any(th <= 0):
         raise ValueError(f"{source}: {kind} node {name!r} has a threshold <= 0")
@@ -357,6 +523,14 @@ def graph_to_model(graph, sigma: float | None = None, dt: float | None = None, s
     exact = semantics == "mesu_snn"
     order = _chain(graph, source)
     gmeta = graph.metadata if isinstance(graph.metadata, dict) else {}
+    legacy_meta = gmeta.get("node_metadata")
+    if isinstance(legacy_meta, dict):                   # a legacy (nir ≤ 1.0.4) file of ours
+        for name, m in legacy_meta.items():
+            if name in graph.nodes and isinstance(m, dict) and not graph.nodes[name].metadata:
+                graph.nodes[name].metadata = dict(m)
+    if_r = gmeta.get("if_r", "step")
+    if_r = if_r.decode() if isinstance(if_r, bytes) else str(if_r)
+    pending = 1.0                                       # k² of SumPool2d nodes, for the next synaptic layer
     step = float(dt if dt is not None else gmeta.get("dt", DEFAULT_DT))
     inp = graph.nodes[order[0]]
     input_shape = tuple(int(s) for s in np.asarray(inp.input_type["input"]).reshape(-1))
@@ -365,15 +539,23 @@ def graph_to_model(graph, sigma: float | None = None, dt: float | None = None, s
         node = graph.nodes[name]
         kind = type(node).__name__
         if kind in ("Affine", "Linear", "Conv2d"):
-            stages.append(_bayes_from(node, sigma, source, name))
+            layer = _bayes_from(node, sigma, source, name)
+            if pending != 1.0:
+                with torch.no_grad():
+                    layer.weight_mu.mul_(pending)
+                    layer.weight_sigma.mul_(pending)
+                pending = 1.0
+            stages.append(layer)
         elif kind in ("LIF", "IF"):
-            stages.append(_lif_from(node, step, source, name, exact))
-        elif kind == "AvgPool2d":
+            stages.append(_lif_from(node, step, source, name, exact, if_r))
+        elif kind in ("AvgPool2d", "SumPool2d"):
             k, s, p = (np.broadcast_to(np.asarray(v), (2,)) for v in (node.kernel_size, node.stride, node.padding))
             if k[0] != k[1] or np.any(s != k) or np.any(p != 0):
-                raise ValueError(f"{source}: AvgPool2d node {name!r} must be square with stride = kernel and no "
+                raise ValueError(f"{source}: {kind} node {name!r} must be square with stride = kernel and no "
                                  f"padding, got kernel {k}, stride {s}, padding {p}")
             stages.append(AvgPool(int(k[0])))
+            if kind == "SumPool2d":                     # sum = k²·average, carried into the next layer
+                pending *= float(k[0]) ** 2
         elif kind == "Flatten":
             ishape = np.asarray(node.input_type["input"]).reshape(-1)
             start = int(node.start_dim) % max(len(ishape), 1)

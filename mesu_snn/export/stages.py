@@ -109,20 +109,34 @@ def stage_shapes(stages, input_shape) -> list[tuple[int, ...]]:
 
 
 def spiking_forward(model: nn.Module, x: torch.Tensor, samples: int = 1,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, layer_delay: int = 0) -> torch.Tensor:
     """Output spikes of the model's chain: x (T, B, *in) -> (M, T, B, out).
 
-    In mean mode (``model.mean_mode()``) this is the w = μ network a NIR export describes."""
+    In mean mode (``model.mean_mode()``) this is the w = μ network a NIR export describes.
+    ``layer_delay=d`` delays the input of every synaptic layer by d steps (zeros first, the
+    last d steps dropped): the spike propagation delay of chips whose synapses buffer one step
+    (Lava/Loihi: d = 1, see :mod:`mesu_snn.export.loihi_fixed`)."""
     stages, input_shape = model_stages(model)
-    return _run(stages, input_shape, x, samples, generator)
+    return _run(stages, input_shape, x, samples, generator, layer_delay)
 
 
-def _run(stages, input_shape, x, samples, generator):
+def _delay(h: torch.Tensor, d: int) -> torch.Tensor:
+    """h (M, T, ...) delayed by d steps along T: zeros first, the last d steps dropped."""
+    if d == 0:
+        return h
+    return torch.cat([torch.zeros_like(h[:, :d]), h[:, :-d]], dim=1) if d < h.shape[1] else torch.zeros_like(h)
+
+
+def _run(stages, input_shape, x, samples, generator, layer_delay=0):
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
+    if not isinstance(layer_delay, int) or layer_delay < 0:
+        raise ValueError(f"layer_delay must be an int >= 0, got {layer_delay!r}")
     if x.dim() < 3 or tuple(x.shape[2:]) != tuple(input_shape):
         raise ValueError(f"expected input of shape (T, B, {', '.join(map(str, input_shape))}), got {tuple(x.shape)}")
     h = x.unsqueeze(0).expand(samples, *x.shape)
     for s in stages:
+        if layer_delay and isinstance(s, BayesianLayer):
+            h = _delay(h, layer_delay)
         h = _apply(s, h, generator)
     return h
