@@ -1,0 +1,99 @@
+"""kernels.native: the compiled loops equal the pure-PyTorch fused kernel (spikes and membranes bit
+for bit, gradients to rounding), are switched by ``fast_paths(native=...)``, and a missing compiler
+falls back to the torch code with a logged warning."""
+from __future__ import annotations
+
+import itertools
+import logging
+
+import pytest
+import torch
+
+import mesu_snn as ms
+from mesu_snn.functional.lif import LIFParameters, lif_sequence
+from mesu_snn.functional.surrogate import ATan, FastSigmoid, Heaviside
+from mesu_snn.kernels import fast_paths, lif_sequence_fused, native
+from mesu_snn.kernels.switch import native_enabled
+
+needs_lib = pytest.mark.skipif(not native.available(), reason="no C++ compiler: native kernels not built")
+
+CONFIGS = list(itertools.product(["subtract", "zero", "none"], [True, False], [True, False],
+                                 [FastSigmoid(25.0), ATan(2.0), Heaviside()]))
+
+
+def _run(x, p, v0, ret, time_dim, native_on):
+    x = x.clone().requires_grad_(True)
+    v = None if v0 is None else v0.clone().requires_grad_(True)
+    with fast_paths(True, native=native_on):
+        out = lif_sequence_fused(x, p, v0=v, return_membrane=ret, time_dim=time_dim)
+        s, m = out if ret else (out, None)
+        gen = torch.Generator().manual_seed(1)
+        loss = (s * torch.randn(s.shape, generator=gen, dtype=s.dtype)).sum()
+        if m is not None:
+            loss = loss + (m * torch.randn(m.shape, generator=gen, dtype=m.dtype)).sum()
+        loss.backward()
+    return s, m, x.grad, (None if v is None else v.grad)
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reset,delay,detach,sur", CONFIGS)
+def test_native_equals_torch_kernel(reset, delay, detach, sur, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(4, 12, 3, 17, dtype=dtype) * 0.8 + 0.3          # time on dim 1, as SpikingMLP runs it
+    p = LIFParameters(beta=0.85, threshold=0.9, reset=reset, reset_delay=delay, detach_reset=detach,
+                      surrogate=sur, v_leak=0.05, v_reset=-0.1, input_scale=1.3)
+    v0 = torch.rand(4, 3, 17, dtype=dtype) * 1.5
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for ret, init in [(False, None), (True, v0)]:
+        nat = _run(x, p, init, ret, 1, True)
+        ref = _run(x, p, init, ret, 1, False)
+        assert ref[0].sum() > 0, "the test input must make neurons fire"
+        assert torch.equal(nat[0], ref[0])
+        if ret:
+            assert torch.equal(nat[1], ref[1])
+            torch.testing.assert_close(nat[3], ref[3], **tol)
+        torch.testing.assert_close(nat[2], ref[2], **tol)
+
+
+@needs_lib
+def test_native_spiking_mlp_equals_reference_path():
+    """The whole network: native loops vs the readable reference (fast_paths(False)), float64."""
+    torch.manual_seed(3)
+    net = ms.SpikingMLP([20, 9, 4], readout="count", sigma_init=1.0).double()
+    x = (torch.rand(8, 2, 20, dtype=torch.float64) < 0.4).double() * 3.0
+    y = torch.tensor([1, 3])
+    outs = []
+    for fp in (True, False):
+        net.zero_grad(set_to_none=True)
+        with fast_paths(fp):
+            o = net(x, samples=3, generator=torch.Generator().manual_seed(4))
+            ms.nll_loss(o, y).backward()
+        outs.append([o.detach()] + [p.grad.clone() for p in net.parameters()])
+    assert outs[0][0].sum() > 0
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_switch_and_fallback(monkeypatch, tmp_path, caplog):
+    assert native_enabled()
+    with fast_paths(native=False):
+        assert not native_enabled() and ms.kernels.fast_paths_enabled()
+    with fast_paths(False):
+        assert not native_enabled()
+    assert native_enabled()
+    # no compiler: library() is None (warned once), and the LIF kernel still runs (torch code)
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    monkeypatch.setenv("MESU_SNN_CACHE", str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="mesu_snn.kernels.native"):
+        assert native.library() is None
+    assert "no C++ compiler" in caplog.text
+    x = torch.randn(5, 2, 3) + 1.0
+    p = LIFParameters(beta=0.9, threshold=1.0)
+    assert torch.equal(lif_sequence_fused(x, p), lif_sequence(x, p))
+    # disabled by the environment: not even a build attempt
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.setenv("MESU_SNN_NATIVE", "0")
+    monkeypatch.setattr(native, "_build", lambda: pytest.fail("must not build"))
+    assert native.library() is None and not native.available()
