@@ -97,3 +97,39 @@ def test_switch_and_fallback(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("MESU_SNN_NATIVE", "0")
     monkeypatch.setattr(native, "_build", lambda: pytest.fail("must not build"))
     assert native.library() is None and not native.available()
+
+
+def _local(x, params, native_on, samples=5, seed=7):
+    from mesu_snn.kernels.local_linear import local_linear
+    for q in params:
+        if q is not None:
+            q.grad = None
+    with fast_paths(True, native=native_on):
+        a = local_linear(x, *params, samples=samples, generator=torch.Generator().manual_seed(seed))
+        w = torch.linspace(-1, 1, a.shape[-1], dtype=a.dtype)
+        (torch.tanh(a) * w).sum().backward()
+    return [a.detach()] + [None if q is None else q.grad.clone() for q in params]
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("singular", [False, True])
+def test_native_local_linear_equals_torch_path(dtype, bias, singular):
+    """Same normals -> the same pre-activations and gradients (Cholesky columns, and with a repeated
+    time step the eigen path for the columns the native loop flags)."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(6, 2, 30, generator=g, dtype=torch.float64) < 0.3).to(dtype) * 1.5
+    if singular:
+        x[3] = x[1]
+    layer = ms.BayesLinear(30, 4, bias=bias, sigma_init=1.0).to(dtype)
+    params = [layer.weight_mu, layer.weight_sigma, layer.bias_mu, layer.bias_sigma]
+    nat = _local(x, params, True)
+    ref = _local(x, params, False)
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
+    assert nat[0].abs().sum() > 0
+    for u, v in zip(nat, ref):
+        if u is None:
+            assert v is None
+        else:
+            torch.testing.assert_close(u, v, **tol)

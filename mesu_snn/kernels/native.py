@@ -9,6 +9,11 @@ nanoseconds of arithmetic. The loops here do a whole op sequence in one call on 
   ``-ffp-contract=off``: no fused multiply-adds), so the spikes and the membranes equal the torch
   kernel's bit for bit; gradients agree to rounding (the torch kernel's in-place ``addcmul_``
   may fuse a multiply-add).
+* ``pair_products``, ``local_factor``, ``local_k``: the small steps of
+  :mod:`mesu_snn.kernels.local_linear` (T > 1) between its matmuls: the pair products x(t)·x(s), the
+  per-neuron T × T Cholesky factor L (float64), L⁻ᵀ, and u = L z, v = L⁻ᵀ z for the M samples, and in
+  backward the T × T sums K = Σ_m g vᵀ folded onto the pairs. Covariances the Cholesky path refuses
+  are flagged and factored by the torch code (eigen path). Results equal the torch path to rounding.
 
 Nothing is built at install time. The first call compiles one small C++ file (no torch headers, a
 second or two) into a cache directory (``$MESU_SNN_CACHE``, else ``$XDG_CACHE_HOME/mesu_snn``, else
@@ -152,6 +157,118 @@ static void lif_bwd(const F* u, const F* gs, const F* gm, F* a, int64_t O, int64
   }
 }
 
+
+// ---- local reparameterisation (mesu_snn.kernels.local_linear, T > 1) ----
+// x (T, E) contiguous (E = B*in) -> zu (P, E), the pairs t <= s in row-major (triu_indices) order.
+template <typename F>
+static void pair_products(const F* x, F* zu, int64_t T, int64_t E) {
+  int64_t p = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t s = t; s < T; ++s, ++p) {
+      const F* a = x + t * E; const F* b = x + s * E; F* o = zu + p * E;
+      for (int64_t e = 0; e < E; ++e) o[e] = a[e] * b[e];
+    }
+}
+
+// cu (P, N): the upper-triangle covariances per column n; z (M, T, N) normals -> uv (M, 2T, N) with
+// u = L z, v = L^-T z (L the float64 Cholesky factor, rounded to F as the torch path does); columns
+// whose Cholesky fails or has a pivot L_kk^2 <= rtol * max diag are flagged in bad (and left zero).
+template <typename F>
+static int64_t local_factor(const F* cu, const F* z, F* uv, unsigned char* bad, int64_t T, int64_t N,
+                            int64_t M, double rtol) {
+  double* c = (double*)std::malloc(sizeof(double) * 3 * T * T);
+  F* lw = (F*)std::malloc(sizeof(F) * 2 * T * T);
+  if (!c || !lw) { std::free(c); std::free(lw); return -1; }
+  double* L = c + T * T; double* Li = L + T * T;
+  int64_t nbad = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    int64_t p = 0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t s = t; s < T; ++s, ++p) { const double v = (double)cu[p * N + n]; c[t * T + s] = v; c[s * T + t] = v; }
+    bool ok = true;
+    double scale = 0.0, piv = INFINITY;
+    for (int64_t j = 0; j < T; ++j) { const double d = c[j * T + j]; if (d > scale || j == 0) scale = d; }
+    for (int64_t j = 0; j < T * T; ++j) L[j] = 0.0;
+    for (int64_t j = 0; j < T && ok; ++j) {
+      double sum = c[j * T + j];
+      for (int64_t k = 0; k < j; ++k) sum -= L[j * T + k] * L[j * T + k];
+      if (!(sum > 0.0)) { ok = false; break; }
+      const double d = std::sqrt(sum);
+      L[j * T + j] = d;
+      if (d * d < piv) piv = d * d;
+      for (int64_t i = j + 1; i < T; ++i) {
+        double v = c[i * T + j];
+        for (int64_t k = 0; k < j; ++k) v -= L[i * T + k] * L[j * T + k];
+        L[i * T + j] = v / d;
+      }
+    }
+    if (!ok || !(piv > rtol * scale)) {
+      bad[n] = 1; ++nbad;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t r = 0; r < 2 * T; ++r) uv[(m * 2 * T + r) * N + n] = (F)0;
+      continue;
+    }
+    bad[n] = 0;
+    // Li = L^-1 (lower triangular), by forward substitution on the columns of I
+    for (int64_t j = 0; j < T * T; ++j) Li[j] = 0.0;
+    for (int64_t col = 0; col < T; ++col)
+      for (int64_t i = col; i < T; ++i) {
+        double v = (i == col) ? 1.0 : 0.0;
+        for (int64_t k = col; k < i; ++k) v -= L[i * T + k] * Li[k * T + col];
+        Li[i * T + col] = v / L[i * T + i];
+      }
+    for (int64_t r = 0; r < T; ++r)
+      for (int64_t k = 0; k < T; ++k) {
+        lw[r * T + k] = (F)L[r * T + k];               // u row r: sum_k L[r,k] z_k
+        lw[(T + r) * T + k] = (F)Li[k * T + r];        // v row r: sum_k (L^-T)[r,k] z_k = Li[k,r] z_k
+      }
+    for (int64_t m = 0; m < M; ++m) {
+      const F* zm = z + m * T * N + n;
+      F* om = uv + m * 2 * T * N + n;
+      for (int64_t r = 0; r < 2 * T; ++r) {
+        const F* row = lw + r * T;
+        F acc = row[0] * zm[0];
+        for (int64_t k = 1; k < T; ++k) { F pr = row[k] * zm[k * N]; acc = acc + pr; }
+        om[r * N] = acc;
+      }
+    }
+  }
+  std::free(c); std::free(lw);
+  return nbad;
+}
+
+// backward: g (M, T, N), v (rows T..2T-1 of uv (M, 2T, N)) -> ks (P, N) with, for the pair p = (t, s),
+// ks = half_p * (K[t,s] + K[s,t]), K[t,s,n] = sum_m g[m,t,n] v[m,s,n], half_p = 1/2 on the diagonal.
+// Also kb (N,): sum_{t,s} K[t,s,n] (for the bias sigma).
+template <typename F>
+static void local_k(const F* g, const F* uv, F* ks, F* kb, int64_t T, int64_t N, int64_t M) {
+  F* K = (F*)std::malloc(sizeof(F) * T * T * N);
+  if (!K) return;
+  for (int64_t j = 0; j < T * T * N; ++j) K[j] = (F)0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t t = 0; t < T; ++t) {
+      const F* gt = g + (m * T + t) * N;
+      for (int64_t s = 0; s < T; ++s) {
+        const F* vs = uv + (m * 2 * T + T + s) * N;
+        F* k = K + (t * T + s) * N;
+        for (int64_t n = 0; n < N; ++n) { F pr = gt[n] * vs[n]; k[n] = k[n] + pr; }
+      }
+    }
+  int64_t p = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t s = t; s < T; ++s, ++p) {
+      const F* a = K + (t * T + s) * N; const F* b = K + (s * T + t) * N; F* o = ks + p * N;
+      const F h = t == s ? (F)0.5 : (F)1;
+      for (int64_t n = 0; n < N; ++n) { F v = a[n] + b[n]; o[n] = v * h; }
+    }
+  if (kb) {
+    for (int64_t n = 0; n < N; ++n) kb[n] = (F)0;
+    for (int64_t q = 0; q < T * T; ++q)
+      for (int64_t n = 0; n < N; ++n) kb[n] = kb[n] + K[q * N + n];
+  }
+  std::free(K);
+}
+
 extern "C" {
 int mesu_abi_version() { return 1; }
 
@@ -181,6 +298,16 @@ int lif_backward_f64(const double* u, const double* gs, const double* gm, double
   lif_bwd<double>(u, gs, gm, a, O, T, I, beta, thr, reset, delay, detach, vreset, sur, p);
   return 0;
 }
+int pair_products_f32(const float* x, float* zu, int64_t T, int64_t E) { pair_products<float>(x, zu, T, E); return 0; }
+int64_t local_factor_f32(const float* cu, const float* z, float* uv, unsigned char* bad, int64_t T, int64_t N, int64_t M,
+                         double rtol) { return local_factor<float>(cu, z, uv, bad, T, N, M, rtol); }
+int local_k_f32(const float* g, const float* uv, float* ks, float* kb, int64_t T, int64_t N, int64_t M) {
+  local_k<float>(g, uv, ks, kb, T, N, M); return 0; }
+int pair_products_f64(const double* x, double* zu, int64_t T, int64_t E) { pair_products<double>(x, zu, T, E); return 0; }
+int64_t local_factor_f64(const double* cu, const double* z, double* uv, unsigned char* bad, int64_t T, int64_t N, int64_t M,
+                         double rtol) { return local_factor<double>(cu, z, uv, bad, T, N, M, rtol); }
+int local_k_f64(const double* g, const double* uv, double* ks, double* kb, int64_t T, int64_t N, int64_t M) {
+  local_k<double>(g, uv, ks, kb, T, N, M); return 0; }
 }
 """
 
@@ -236,6 +363,15 @@ def _build() -> ctypes.CDLL:
         b = getattr(cdll, f"lif_backward_{suffix}")
         b.argtypes = [p, p, p, p, i64, i64, i64, dbl, dbl, cint, cint, cint, dbl, cint, dbl]
         b.restype = cint
+        f = getattr(cdll, f"pair_products_{suffix}")
+        f.argtypes = [p, p, i64, i64]
+        f.restype = cint
+        f = getattr(cdll, f"local_factor_{suffix}")
+        f.argtypes = [p, p, p, p, i64, i64, i64, dbl]
+        f.restype = i64
+        f = getattr(cdll, f"local_k_{suffix}")
+        f.argtypes = [p, p, p, p, i64, i64, i64]
+        f.restype = cint
     return cdll
 
 
