@@ -15,6 +15,8 @@ choice of Cholesky or eigen path) make it not CUDA-graph capturable as written.
 """
 from __future__ import annotations
 
+import ctypes
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -255,15 +257,30 @@ def local_linear(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma: torch.T
     for s in steps:
         t *= s
     xt = x.reshape(t, b, n_in)
-    if not x.is_cuda:
-        # inputs that are zero at every step and batch element do not reach the output: drop their
-        # columns (exact; their gradients are zero, written by index_select's backward)
+    lib, sfx = _native_lib(xt, weight_mu)
+    if lib is not None:
+        # the two checks below in one compiled pass over the input
+        xt = xt.contiguous()
+        active = torch.empty(n_in, dtype=torch.uint8)
+        tconst = ctypes.c_int(0)
+        n_active = getattr(lib, f"scan_input_{sfx}")(xt.data_ptr(), t, b, n_in, active.data_ptr(), ctypes.byref(tconst))
+        time_constant = t > 1 and bool(tconst.value)
+        active = active.bool() if n_active < _SPARSE_FRACTION * n_in else None
+    elif not x.is_cuda:
         active = xt.ne(0).flatten(0, 1).any(0)
-        if int(active.sum()) < _SPARSE_FRACTION * n_in:
-            idx = active.nonzero().squeeze(1)
-            xt, weight_mu, weight_sigma = xt.index_select(2, idx), weight_mu.index_select(1, idx), \
-                weight_sigma.index_select(1, idx)
-    if t > 1 and torch.equal(xt, xt[:1].expand_as(xt)):
+        active = active if int(active.sum()) < _SPARSE_FRACTION * n_in else None
+        time_constant = None
+    else:
+        active = time_constant = None
+    if active is not None:
+        # inputs that are zero at every step and batch element do not reach the output: drop their
+        # columns (exact; their gradients are zero, written by index_select's backward); CPU only
+        idx = active.nonzero().squeeze(1)
+        xt, weight_mu, weight_sigma = xt.index_select(2, idx), weight_mu.index_select(1, idx), \
+            weight_sigma.index_select(1, idx)
+    if time_constant is None:
+        time_constant = t > 1 and torch.equal(xt, xt[:1].expand_as(xt))
+    if time_constant:
         xt, t_run = xt[:1], 1           # time-constant input: rank-1 covariance
     else:
         t_run = t

@@ -14,6 +14,10 @@ nanoseconds of arithmetic. The loops here do a whole op sequence in one call on 
   per-neuron T × T Cholesky factor L (float64), L⁻ᵀ, and u = L z, v = L⁻ᵀ z for the M samples, and in
   backward the T × T sums K = Σ_m g vᵀ folded onto the pairs. Covariances the Cholesky path refuses
   are flagged and factored by the torch code (eigen path). Results equal the torch path to rounding.
+  ``scan_input``: its input checks (silent columns, a time-constant input) in one pass.
+* ``gw_backward``: the backward of :func:`mesu_snn.kernels.gaussian_weight` (Σ_m g, Σ_m g·ε).
+* ``all_finite``, ``mesu_pairs``: the optimizers' NaN/Inf guard over every gradient and the MESU
+  update of :func:`mesu_snn.kernels.fused_update.fused_mesu_step` over all pairs, in one call each.
 
 Nothing is built at install time. The first call compiles one small C++ file (no torch headers, a
 second or two) into a cache directory (``$MESU_SNN_CACHE``, else ``$XDG_CACHE_HOME/mesu_snn``, else
@@ -269,6 +273,76 @@ static void local_k(const F* g, const F* uv, F* ks, F* kb, int64_t T, int64_t N,
   std::free(K);
 }
 
+// ---- Gaussian weights (mesu_snn.kernels.gaussian_weight) backward: g (M, W), eps (M, W) ->
+// gmu = sum_m g_m, gsig = sum_m g_m * eps_m (sample by sample, as the torch loop); either may be null.
+template <typename F>
+static void gw_backward(const F* g, const F* eps, F* gmu, F* gsig, int64_t M, int64_t W) {
+  if (gmu) { for (int64_t w = 0; w < W; ++w) gmu[w] = g[w];
+             for (int64_t m = 1; m < M; ++m) { const F* gm = g + m * W; for (int64_t w = 0; w < W; ++w) gmu[w] = gmu[w] + gm[w]; } }
+  if (gsig) { for (int64_t w = 0; w < W; ++w) gsig[w] = g[w] * eps[w];
+              for (int64_t m = 1; m < M; ++m) { const F* gm = g + m * W; const F* em = eps + m * W;
+                for (int64_t w = 0; w < W; ++w) { F pr = gm[w] * em[w]; gsig[w] = gsig[w] + pr; } } }
+}
+
+// ---- the batch-1 input scan of local_linear: x (T, B*in) viewed as (T, B, in) -> active[i] (input i
+// non-zero at some step and batch element), returns the number of active inputs; *tconst = every
+// step equals the first.
+template <typename F>
+static int64_t scan_input(const F* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst) {
+  for (int64_t i = 0; i < IN; ++i) active[i] = 0;
+  for (int64_t q = 0; q < T * B; ++q) { const F* row = x + q * IN; for (int64_t i = 0; i < IN; ++i) active[i] |= row[i] != (F)0; }
+  int64_t n = 0; for (int64_t i = 0; i < IN; ++i) n += active[i];
+  int c = 1;
+  for (int64_t t = 1; t < T && c; ++t) {
+    const F* a = x; const F* b = x + t * B * IN;
+    for (int64_t e = 0; e < B * IN; ++e) if (!(a[e] == b[e])) { c = 0; break; }
+  }
+  *tconst = c;
+  return n;
+}
+
+// ---- optimizers: every value of n tensors finite?
+template <typename F>
+static int all_finite(void** ptrs, const int64_t* sizes, int64_t n) {
+  for (int64_t q = 0; q < n; ++q) {
+    const F* p = (const F*)ptrs[q];
+    int bad = 0;
+    for (int64_t e = 0; e < sizes[q]; ++e) { const F d = p[e] - p[e]; bad |= (d != d); }   // NaN/Inf -> NaN
+    if (bad) return 0;
+  }
+  return 1;
+}
+
+// MESU on n (mu, sigma) pairs in place, the formulas of mesu_snn.kernels.fused_update (same order).
+// c: nmk = -k, kmp = k*mu_prior (0 if mu_prior is 0), nlm = -lr_mu, nk2 = -k/2, k2p = k/2*sigma_prior^2,
+// nls = -lr_sigma/2, clamp (< 0: none).
+template <typename F>
+static void mesu_pairs(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n,
+                       double nmk_d, double kmp_d, int has_mp, double nlm_d, double nk2_d, double k2p_d, double nls_d,
+                       double clamp_d) {
+  const F nmk = (F)nmk_d, kmp = (F)kmp_d, nlm = (F)nlm_d, nk2 = (F)nk2_d, k2p = (F)k2p_d, nls = (F)nls_d;
+  const bool clip = clamp_d >= 0; const F c = (F)clamp_d, nc = (F)(-clamp_d);
+  for (int64_t q = 0; q < n; ++q) {
+    F* mu = (F*)mus[q]; F* sg = (F*)sigs[q]; const F* gm = (const F*)gmus[q]; const F* gs = (const F*)gsigs[q];
+    for (int64_t e = 0; e < sizes[q]; ++e) {
+      const F s = sg[e];
+      F pmu = mu[e] * nmk;
+      if (has_mp) pmu = pmu + kmp;
+      pmu = pmu * s;
+      F psg = s * s; psg = psg * nk2; psg = psg + k2p;
+      if (!clip) {
+        F t1 = nlm * s; t1 = t1 * gm[e]; pmu = pmu + t1;
+        F t2 = nls * s; t2 = t2 * gs[e]; psg = psg + t2;
+      } else {
+        F a = s * gm[e]; a = a < nc ? nc : a; a = a > c ? c : a; F t1 = a * nlm; pmu = pmu + t1;
+        F b = s * gs[e]; b = b < nc ? nc : b; b = b > c ? c : b; F t2 = b * nls; psg = psg + t2;
+      }
+      F dm = pmu * s; mu[e] = mu[e] + dm;
+      F ds = psg * s; sg[e] = s + ds;
+    }
+  }
+}
+
 extern "C" {
 int mesu_abi_version() { return 1; }
 
@@ -301,6 +375,22 @@ int lif_backward_f64(const double* u, const double* gs, const double* gm, double
 int pair_products_f32(const float* x, float* zu, int64_t T, int64_t E) { pair_products<float>(x, zu, T, E); return 0; }
 int64_t local_factor_f32(const float* cu, const float* z, float* uv, unsigned char* bad, int64_t T, int64_t N, int64_t M,
                          double rtol) { return local_factor<float>(cu, z, uv, bad, T, N, M, rtol); }
+int gw_backward_f32(const float* g, const float* eps, float* gmu, float* gsig, int64_t M, int64_t W) {
+  gw_backward<float>(g, eps, gmu, gsig, M, W); return 0; }
+int64_t scan_input_f32(const float* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst) {
+  return scan_input<float>(x, T, B, IN, active, tconst); }
+int all_finite_f32(void** ptrs, const int64_t* sizes, int64_t n) { return all_finite<float>(ptrs, sizes, n); }
+int mesu_pairs_f32(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n, double nmk,
+                    double kmp, int has_mp, double nlm, double nk2, double k2p, double nls, double clamp) {
+  mesu_pairs<float>(mus, sigs, gmus, gsigs, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp); return 0; }
+int gw_backward_f64(const double* g, const double* eps, double* gmu, double* gsig, int64_t M, int64_t W) {
+  gw_backward<double>(g, eps, gmu, gsig, M, W); return 0; }
+int64_t scan_input_f64(const double* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst) {
+  return scan_input<double>(x, T, B, IN, active, tconst); }
+int all_finite_f64(void** ptrs, const int64_t* sizes, int64_t n) { return all_finite<double>(ptrs, sizes, n); }
+int mesu_pairs_f64(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n, double nmk,
+                    double kmp, int has_mp, double nlm, double nk2, double k2p, double nls, double clamp) {
+  mesu_pairs<double>(mus, sigs, gmus, gsigs, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp); return 0; }
 int local_k_f32(const float* g, const float* uv, float* ks, float* kb, int64_t T, int64_t N, int64_t M) {
   local_k<float>(g, uv, ks, kb, T, N, M); return 0; }
 int pair_products_f64(const double* x, double* zu, int64_t T, int64_t E) { pair_products<double>(x, zu, T, E); return 0; }
@@ -372,6 +462,18 @@ def _build() -> ctypes.CDLL:
         f = getattr(cdll, f"local_k_{suffix}")
         f.argtypes = [p, p, p, p, i64, i64, i64]
         f.restype = cint
+        f = getattr(cdll, f"gw_backward_{suffix}")
+        f.argtypes = [p, p, p, p, i64, i64]
+        f.restype = cint
+        f = getattr(cdll, f"scan_input_{suffix}")
+        f.argtypes = [p, i64, i64, i64, p, p]
+        f.restype = i64
+        f = getattr(cdll, f"all_finite_{suffix}")
+        f.argtypes = [p, p, i64]
+        f.restype = cint
+        f = getattr(cdll, f"mesu_pairs_{suffix}")
+        f.argtypes = [p, p, p, p, p, i64, dbl, dbl, cint, dbl, dbl, dbl, dbl, dbl]
+        f.restype = cint
     return cdll
 
 
@@ -399,6 +501,14 @@ def available() -> bool:
 
 
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def pointers(tensors) -> tuple:
+    """(void* array, int64 array of sizes, n) of a list of contiguous tensors, for the list loops."""
+    n = len(tensors)
+    ptrs = (ctypes.c_void_p * n)(*[t.data_ptr() for t in tensors])
+    sizes = (ctypes.c_int64 * n)(*[t.numel() for t in tensors])
+    return ptrs, sizes, n
 
 
 def suffix(t: torch.Tensor) -> str | None:
