@@ -50,17 +50,15 @@ SOURCE = r"""
 #include <cstdint>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 
 // reset: 0 subtract, 1 zero, 2 none. sur: 0 fast sigmoid, 1 atan, 2 heaviside.
 // Layout: x, s, u are (O, T, I) contiguous; v0 is (O, I) or null.
 
-template <typename F>
-static void lif_fwd(const F* x, const F* v0, F* s, F* u, int64_t O, int64_t T, int64_t I,
-                    double beta_d, double thr_d, int reset, int delay, double vleak_d, double vreset_d,
-                    double scale_d, F* v, F* r) {
-  const F beta = (F)beta_d, thr = (F)thr_d, vleak = (F)vleak_d, vreset = (F)vreset_d, scale = (F)scale_d;
-  const bool scaled = scale_d != 1.0, leak0 = vleak_d == 0.0;
-  const bool delayed = delay && reset != 2;
+template <typename F, int RESET, bool DELAY, bool LEAK0, bool SCALED>
+static void lif_fwd_t(const F* x, const F* v0, F* s, F* u, int64_t O, int64_t T, int64_t I,
+                      F beta, F thr, F vleak, F vreset, F scale, F* v, F* r) {
+  constexpr bool delayed = DELAY && RESET != 2;
   for (int64_t o = 0; o < O; ++o) {
     for (int64_t i = 0; i < I; ++i) {
       v[i] = v0 ? v0[o * I + i] : vleak;
@@ -73,11 +71,11 @@ static void lif_fwd(const F* x, const F* v0, F* s, F* u, int64_t O, int64_t T, i
       F* st = s + off;
       for (int64_t i = 0; i < I; ++i) {
         F vv = v[i];
-        if (delayed && reset == 1) vv = r[i] != (F)0 ? vreset : vv;
+        if (delayed && RESET == 1) vv = r[i] != (F)0 ? vreset : vv;
         F d = xt[i];
-        if (scaled) d = d * scale;
+        if (SCALED) d = d * scale;
         F w;
-        if (leak0) {
+        if (LEAK0) {
           w = vv * beta;
         } else {
           w = vv - vleak;
@@ -85,16 +83,38 @@ static void lif_fwd(const F* x, const F* v0, F* s, F* u, int64_t O, int64_t T, i
           w = w + vleak;
         }
         w = w + d;
-        if (delayed && reset == 0) { F rt = r[i] * thr; w = w - rt; }
+        if (delayed && RESET == 0) { F rt = r[i] * thr; w = w - rt; }
         const F sp = w > thr ? (F)1 : (F)0;
         ut[i] = w;
         st[i] = sp;
-        if (delay || reset == 2) { v[i] = w; r[i] = sp; }
-        else if (reset == 0) { F st_thr = sp * thr; v[i] = w - st_thr; }
+        if (DELAY || RESET == 2) { v[i] = w; r[i] = sp; }
+        else if (RESET == 0) { F st_thr = sp * thr; v[i] = w - st_thr; }
         else { v[i] = sp != (F)0 ? vreset : w; }
       }
     }
   }
+}
+
+template <typename F, int RESET, bool DELAY>
+static void lif_fwd_r(const F* x, const F* v0, F* s, F* u, int64_t O, int64_t T, int64_t I, F beta, F thr,
+                      F vleak, F vreset, F scale, bool leak0, bool scaled, F* v, F* r) {
+  if (leak0 && !scaled) lif_fwd_t<F, RESET, DELAY, true, false>(x, v0, s, u, O, T, I, beta, thr, vleak, vreset, scale, v, r);
+  else if (leak0) lif_fwd_t<F, RESET, DELAY, true, true>(x, v0, s, u, O, T, I, beta, thr, vleak, vreset, scale, v, r);
+  else if (!scaled) lif_fwd_t<F, RESET, DELAY, false, false>(x, v0, s, u, O, T, I, beta, thr, vleak, vreset, scale, v, r);
+  else lif_fwd_t<F, RESET, DELAY, false, true>(x, v0, s, u, O, T, I, beta, thr, vleak, vreset, scale, v, r);
+}
+
+template <typename F>
+static void lif_fwd(const F* x, const F* v0, F* s, F* u, int64_t O, int64_t T, int64_t I,
+                    double beta_d, double thr_d, int reset, int delay, double vleak_d, double vreset_d,
+                    double scale_d, F* v, F* r) {
+  const F beta = (F)beta_d, thr = (F)thr_d, vleak = (F)vleak_d, vreset = (F)vreset_d, scale = (F)scale_d;
+  const bool scaled = scale_d != 1.0, leak0 = vleak_d == 0.0;
+#define MESU_LIF(R, D) lif_fwd_r<F, R, D>(x, v0, s, u, O, T, I, beta, thr, vleak, vreset, scale, leak0, scaled, v, r)
+  if (reset == 0) { if (delay) MESU_LIF(0, true); else MESU_LIF(0, false); }
+  else if (reset == 1) { if (delay) MESU_LIF(1, true); else MESU_LIF(1, false); }
+  else { if (delay) MESU_LIF(2, true); else MESU_LIF(2, false); }
+#undef MESU_LIF
 }
 
 // p: the slope (fast sigmoid) or pi/2*alpha (atan); half: alpha/2 (atan), each rounded to F once
@@ -180,10 +200,10 @@ static void pair_products(const F* x, F* zu, int64_t T, int64_t E) {
 template <typename F>
 static int64_t local_factor(const F* cu, const F* z, F* uv, unsigned char* bad, int64_t T, int64_t N,
                             int64_t M, double rtol) {
-  double* c = (double*)std::malloc(sizeof(double) * 3 * T * T);
-  F* lw = (F*)std::malloc(sizeof(F) * 2 * T * T);
+  double* c = (double*)std::malloc(sizeof(double) * (3 * T * T + T));
+  F* lw = (F*)std::malloc(sizeof(F) * 2 * T * T * N);      // lw[(r * T + k) * N + n]
   if (!c || !lw) { std::free(c); std::free(lw); return -1; }
-  double* L = c + T * T; double* Li = L + T * T;
+  double* L = c + T * T; double* Li = L + T * T; double* dinv = Li + T * T;
   int64_t nbad = 0;
   for (int64_t n = 0; n < N; ++n) {
     int64_t p = 0;
@@ -197,46 +217,50 @@ static int64_t local_factor(const F* cu, const F* z, F* uv, unsigned char* bad, 
       double sum = c[j * T + j];
       for (int64_t k = 0; k < j; ++k) sum -= L[j * T + k] * L[j * T + k];
       if (!(sum > 0.0)) { ok = false; break; }
-      const double d = std::sqrt(sum);
+      const double d = std::sqrt(sum), inv = 1.0 / d;
       L[j * T + j] = d;
+      dinv[j] = inv;
       if (d * d < piv) piv = d * d;
       for (int64_t i = j + 1; i < T; ++i) {
         double v = c[i * T + j];
         for (int64_t k = 0; k < j; ++k) v -= L[i * T + k] * L[j * T + k];
-        L[i * T + j] = v / d;
+        L[i * T + j] = v * inv;
       }
     }
     if (!ok || !(piv > rtol * scale)) {
       bad[n] = 1; ++nbad;
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t r = 0; r < 2 * T; ++r) uv[(m * 2 * T + r) * N + n] = (F)0;
+      for (int64_t q = 0; q < 2 * T * T; ++q) lw[q * N + n] = (F)0;
       continue;
     }
     bad[n] = 0;
     // Li = L^-1 (lower triangular), by forward substitution on the columns of I
     for (int64_t j = 0; j < T * T; ++j) Li[j] = 0.0;
-    for (int64_t col = 0; col < T; ++col)
-      for (int64_t i = col; i < T; ++i) {
-        double v = (i == col) ? 1.0 : 0.0;
+    for (int64_t col = 0; col < T; ++col) {
+      Li[col * T + col] = dinv[col];
+      for (int64_t i = col + 1; i < T; ++i) {
+        double v = 0.0;
         for (int64_t k = col; k < i; ++k) v -= L[i * T + k] * Li[k * T + col];
-        Li[i * T + col] = v / L[i * T + i];
-      }
-    for (int64_t r = 0; r < T; ++r)
-      for (int64_t k = 0; k < T; ++k) {
-        lw[r * T + k] = (F)L[r * T + k];               // u row r: sum_k L[r,k] z_k
-        lw[(T + r) * T + k] = (F)Li[k * T + r];        // v row r: sum_k (L^-T)[r,k] z_k = Li[k,r] z_k
-      }
-    for (int64_t m = 0; m < M; ++m) {
-      const F* zm = z + m * T * N + n;
-      F* om = uv + m * 2 * T * N + n;
-      for (int64_t r = 0; r < 2 * T; ++r) {
-        const F* row = lw + r * T;
-        F acc = row[0] * zm[0];
-        for (int64_t k = 1; k < T; ++k) { F pr = row[k] * zm[k * N]; acc = acc + pr; }
-        om[r * N] = acc;
+        Li[i * T + col] = v * dinv[i];
       }
     }
+    for (int64_t r = 0; r < T; ++r)
+      for (int64_t k = 0; k < T; ++k) {
+        lw[(r * T + k) * N + n] = (F)L[r * T + k];               // u row r: sum_k L[r,k] z_k
+        lw[((T + r) * T + k) * N + n] = (F)Li[k * T + r];        // v row r: sum_k (L^-T)[r,k] z_k = Li[k,r] z_k
+      }
   }
+  // uv[m, r, n] = sum_k lw[r, k, n] z[m, k, n], k = 0, 1, ... in order (vectorised over n)
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t r = 0; r < 2 * T; ++r) {
+      F* o = uv + (m * 2 * T + r) * N;
+      const F* zm = z + m * T * N;
+      const F* l0 = lw + (r * T) * N;
+      for (int64_t n = 0; n < N; ++n) o[n] = l0[n] * zm[n];
+      for (int64_t k = 1; k < T; ++k) {
+        const F* lk = lw + (r * T + k) * N; const F* zk = zm + k * N;
+        for (int64_t n = 0; n < N; ++n) { F pr = lk[n] * zk[n]; o[n] = o[n] + pr; }
+      }
+    }
   std::free(c); std::free(lw);
   return nbad;
 }
@@ -307,7 +331,8 @@ static int all_finite(void** ptrs, const int64_t* sizes, int64_t n) {
   for (int64_t q = 0; q < n; ++q) {
     const F* p = (const F*)ptrs[q];
     int bad = 0;
-    for (int64_t e = 0; e < sizes[q]; ++e) { const F d = p[e] - p[e]; bad |= (d != d); }   // NaN/Inf -> NaN
+    const F big = std::numeric_limits<F>::max();
+    for (int64_t e = 0; e < sizes[q]; ++e) bad |= !(std::fabs(p[e]) <= big);   // false for NaN and ±Inf
     if (bad) return 0;
   }
   return 1;
