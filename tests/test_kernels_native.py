@@ -115,11 +115,16 @@ def _local(x, params, native_on, samples=5, seed=7):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("singular", [False, True])
-def test_native_local_linear_equals_torch_path(dtype, bias, singular):
+@pytest.mark.parametrize("spikes", [True, False])
+def test_native_local_linear_equals_torch_path(dtype, bias, singular, spikes):
     """Same normals -> the same pre-activations and gradients (Cholesky columns, and with a repeated
-    time step the eigen path for the columns the native loop flags)."""
+    time step the eigen path for the columns the native loop flags; sparse spike input: the
+    zero-skipping products, dense currents: BLAS)."""
     g = torch.Generator().manual_seed(5)
-    x = (torch.rand(6, 2, 30, generator=g, dtype=torch.float64) < 0.3).to(dtype) * 1.5
+    if spikes:
+        x = (torch.rand(6, 2, 30, generator=g, dtype=torch.float64) < 0.3).to(dtype) * 1.5
+    else:
+        x = torch.rand(6, 2, 30, generator=g, dtype=torch.float64).to(dtype)
     if singular:
         x[3] = x[1]
     layer = ms.BayesLinear(30, 4, bias=bias, sigma_init=1.0).to(dtype)
