@@ -20,7 +20,7 @@ nanoseconds of arithmetic. The loops here do a whole op sequence in one call on 
   update of :func:`mesu_snn.kernels.fused_update.fused_mesu_step` over all pairs, in one call each.
 
 Nothing is built at install time. The first call compiles one small C++ file (no torch headers, a
-second or two) into a cache directory (``$MESU_SNN_CACHE``, else ``$XDG_CACHE_HOME/mesu_snn``, else
+few seconds; for the x86-64 level torch reports, e.g. ``-march=x86-64-v4`` on AVX-512 machines) into a cache directory (``$MESU_SNN_CACHE``, else ``$XDG_CACHE_HOME/mesu_snn``, else
 ``~/.cache/mesu_snn``; the file name carries a hash of the source and flags) and loads it with
 ctypes. If there is no compiler, the build fails, or ``MESU_SNN_NATIVE=0`` is set, :func:`library`
 returns None once and for all (a warning is logged, once) and the callers use their torch code.
@@ -449,11 +449,20 @@ def _compiler() -> str | None:
     return None
 
 
-def _build() -> ctypes.CDLL:
-    cxx = _compiler()
-    if cxx is None:
-        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
-    key = hashlib.sha256("\0".join([SOURCE, *FLAGS, platform.machine(), platform.system()]).encode()).hexdigest()[:16]
+def _arch_flags() -> list[str]:
+    """The x86-64 micro-architecture level this CPU runs (as torch sees it): vector width for the loops.
+    The flags do not allow fused multiply-adds (``-ffp-contract=off``), so the results do not depend on it."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001
+        return []
+    return {"AVX512": ["-march=x86-64-v4"], "AVX2": ["-march=x86-64-v3"]}.get(cap, [])
+
+
+def _compile(cxx: str, flags: list[str]) -> Path:
+    key = hashlib.sha256("\0".join([SOURCE, *flags, platform.machine(), platform.system()]).encode()).hexdigest()[:16]
     d = cache_dir()
     lib = d / f"mesu_native_{key}.so"
     if not lib.exists():
@@ -462,11 +471,25 @@ def _build() -> ctypes.CDLL:
             src = Path(tmp) / "native.cpp"
             src.write_text(SOURCE)
             out = Path(tmp) / lib.name
-            proc = subprocess.run([cxx, *FLAGS, str(src), "-o", str(out)], capture_output=True, text=True,
+            proc = subprocess.run([cxx, *flags, str(src), "-o", str(out)], capture_output=True, text=True,
                                   timeout=300)
             if proc.returncode != 0:
                 raise RuntimeError(f"{cxx} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
             os.replace(out, lib)          # atomic: a concurrent builder sees the old file or the new one
+    return lib
+
+
+def _build() -> ctypes.CDLL:
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+    arch = _arch_flags()
+    try:
+        lib = _compile(cxx, FLAGS + arch)
+    except RuntimeError:
+        if not arch:
+            raise
+        lib = _compile(cxx, FLAGS)        # an older compiler without the -march level
     cdll = ctypes.CDLL(str(lib))
     if cdll.mesu_abi_version() != 1:
         raise RuntimeError(f"{lib} has an unexpected ABI version")
