@@ -138,3 +138,49 @@ def test_native_local_linear_equals_torch_path(dtype, bias, singular, spikes):
             assert v is None
         else:
             torch.testing.assert_close(u, v, **tol)
+
+
+def _mesu_after_step(groups_spec, native_on, bad=False):
+    torch.manual_seed(8)
+    pairs = [(torch.randn(6, 5, dtype=torch.float64), torch.rand(6, 5, dtype=torch.float64) * 0.2 + 0.05),
+             (torch.randn(6, dtype=torch.float64), torch.rand(6, dtype=torch.float64) * 0.2 + 0.05)]
+    for mu, s in pairs:
+        mu.grad, s.grad = torch.randn_like(mu) * 3, torch.randn_like(s) * 3
+    if bad:
+        pairs[1][1].grad[2] = float("nan")
+    groups = [dict(spec, pairs=[pairs[i] for i in idx]) for spec, idx in groups_spec]
+    opt = ms.MESU(groups, memory=50.0, sigma_prior=0.3)
+    with fast_paths(True, native=native_on):
+        opt.step(batch_size=2)
+    return [t.clone() for pair in pairs for t in pair], opt
+
+
+@needs_lib
+@pytest.mark.parametrize("groups_spec", [
+    [({}, [0, 1])],
+    [({"clamp_grad": None, "mu_prior": 0.2}, [0, 1])],
+    [({"lr_mu": 0.5}, [0]), ({"clamp_grad": None, "lr_sigma": 2.0}, [1])],
+])
+def test_native_mesu_step_equals_fused_update(groups_spec):
+    nat, opt = _mesu_after_step(groups_spec, True)
+    ref, _ = _mesu_after_step(groups_spec, False)
+    for a, b in zip(nat, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert all(g["step"] == 1 for g in opt.param_groups)
+
+
+@needs_lib
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+def test_native_mesu_step_nonfinite_gradient_changes_nothing(mode):
+    mu, s = torch.randn(4, 3), torch.rand(4, 3) + 0.1
+    mu.grad, s.grad = torch.randn(4, 3), torch.randn(4, 3)
+    s.grad[1, 2] = float("inf")
+    saved = mu.clone(), s.clone()
+    opt = ms.MESU([(mu, s)], memory=10.0, on_nonfinite=mode)
+    if mode == "raise":
+        with pytest.raises(FloatingPointError, match="pair0_sigma"):
+            opt.step()
+    else:
+        opt.step()
+        assert opt.skipped_steps == 1
+    assert torch.equal(mu, saved[0]) and torch.equal(s, saved[1])

@@ -416,6 +416,20 @@ int all_finite_f64(void** ptrs, const int64_t* sizes, int64_t n) { return all_fi
 int mesu_pairs_f64(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n, double nmk,
                     double kmp, int has_mp, double nlm, double nk2, double k2p, double nls, double clamp) {
   mesu_pairs<double>(mus, sigs, gmus, gsigs, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp); return 0; }
+// one group: ptrs = [mu_0..mu_n-1, sigma_0.., gmu_0.., gsigma_0..]; returns 0 (nothing changed) if a gradient is
+// not finite, else updates every pair and returns 1
+int mesu_step_f32(void** ptrs, const int64_t* sizes, int64_t n, double nmk, double kmp, int has_mp, double nlm,
+                   double nk2, double k2p, double nls, double clamp) {
+  if (!all_finite<float>(ptrs + 2 * n, sizes, n) || !all_finite<float>(ptrs + 3 * n, sizes, n)) return 0;
+  mesu_pairs<float>(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp);
+  return 1; }
+// one group: ptrs = [mu_0..mu_n-1, sigma_0.., gmu_0.., gsigma_0..]; returns 0 (nothing changed) if a gradient is
+// not finite, else updates every pair and returns 1
+int mesu_step_f64(void** ptrs, const int64_t* sizes, int64_t n, double nmk, double kmp, int has_mp, double nlm,
+                   double nk2, double k2p, double nls, double clamp) {
+  if (!all_finite<double>(ptrs + 2 * n, sizes, n) || !all_finite<double>(ptrs + 3 * n, sizes, n)) return 0;
+  mesu_pairs<double>(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp);
+  return 1; }
 int local_k_f32(const float* g, const float* uv, float* ks, float* kb, int64_t T, int64_t N, int64_t M) {
   local_k<float>(g, uv, ks, kb, T, N, M); return 0; }
 int pair_products_f64(const double* x, double* zu, int64_t T, int64_t E) { pair_products<double>(x, zu, T, E); return 0; }
@@ -518,6 +532,9 @@ def _build() -> ctypes.CDLL:
         f.restype = i64
         f = getattr(cdll, f"all_finite_{suffix}")
         f.argtypes = [p, p, i64]
+        f.restype = cint
+        f = getattr(cdll, f"mesu_step_{suffix}")
+        f.argtypes = [p, p, i64, dbl, dbl, cint, dbl, dbl, dbl, dbl, dbl]
         f.restype = cint
         f = getattr(cdll, f"mesu_pairs_{suffix}")
         f.argtypes = [p, p, p, p, p, i64, dbl, dbl, cint, dbl, dbl, dbl, dbl, dbl]

@@ -146,6 +146,16 @@ class BayesianOptimizer(torch.optim.Optimizer):
         lib = native.library()
         if lib is None:
             return False
+        if len(groups) == 1 and args[0][0] == "mesu_pairs":
+            # one group: guard and update in one call over one pointer array [μ…, σ…, ∂μ…, ∂σ…]
+            g = groups[0]
+            gp = g["params"]
+            mus, sigmas = gp[0::2], gp[1::2]
+            ptrs, sizes, _ = native.pointers(mus + sigmas + [p.grad for p in mus] + [p.grad for p in sigmas])
+            if not getattr(lib, f"mesu_step_{sfx}")(ptrs, sizes, len(mus), *args[0][1:]):
+                return False
+            g["step"] += 1
+            return True
         ptrs, sizes, n = native.pointers([p.grad for p in ps])
         if not getattr(lib, f"all_finite_{sfx}")(ptrs, sizes, n):
             return False
