@@ -3,6 +3,7 @@ for bit, gradients to rounding), are switched by ``fast_paths(native=...)``, and
 falls back to the torch code with a logged warning."""
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 
@@ -14,6 +15,7 @@ from mesu_snn.functional.lif import LIFParameters, lif_sequence
 from mesu_snn.functional.surrogate import ATan, FastSigmoid, Heaviside
 from mesu_snn.kernels import fast_paths, lif_sequence_fused, native
 from mesu_snn.kernels.switch import native_enabled
+from test_kernels import _run as _kernel_run
 
 needs_lib = pytest.mark.skipif(not native.available(), reason="no C++ compiler: native kernels not built")
 
@@ -22,17 +24,9 @@ CONFIGS = list(itertools.product(["subtract", "zero", "none"], [True, False], [T
 
 
 def _run(x, p, v0, ret, time_dim, native_on):
-    x = x.clone().requires_grad_(True)
-    v = None if v0 is None else v0.clone().requires_grad_(True)
+    """test_kernels' spikes/membranes/gradients harness, under fast_paths(native=native_on)."""
     with fast_paths(True, native=native_on):
-        out = lif_sequence_fused(x, p, v0=v, return_membrane=ret, time_dim=time_dim)
-        s, m = out if ret else (out, None)
-        gen = torch.Generator().manual_seed(1)
-        loss = (s * torch.randn(s.shape, generator=gen, dtype=s.dtype)).sum()
-        if m is not None:
-            loss = loss + (m * torch.randn(m.shape, generator=gen, dtype=m.dtype)).sum()
-        loss.backward()
-    return s, m, x.grad, (None if v is None else v.grad)
+        return _kernel_run(functools.partial(lif_sequence_fused, time_dim=time_dim), x, p, v0, ret)
 
 
 @needs_lib

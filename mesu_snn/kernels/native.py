@@ -371,72 +371,41 @@ static void mesu_pairs(void** mus, void** sigs, void** gmus, void** gsigs, const
 extern "C" {
 int mesu_abi_version() { return 1; }
 
-int lif_forward_f32(const float* x, const float* v0, float* s, float* u, int64_t O, int64_t T, int64_t I,
-                    double beta, double thr, int reset, int delay, double vleak, double vreset, double scale) {
-  float* buf = (float*)std::malloc(sizeof(float) * 2 * (I > 0 ? I : 1));
-  if (!buf) return 1;
-  lif_fwd<float>(x, v0, s, u, O, T, I, beta, thr, reset, delay, vleak, vreset, scale, buf, buf + I);
-  std::free(buf);
-  return 0;
-}
-int lif_forward_f64(const double* x, const double* v0, double* s, double* u, int64_t O, int64_t T, int64_t I,
-                    double beta, double thr, int reset, int delay, double vleak, double vreset, double scale) {
-  double* buf = (double*)std::malloc(sizeof(double) * 2 * (I > 0 ? I : 1));
-  if (!buf) return 1;
-  lif_fwd<double>(x, v0, s, u, O, T, I, beta, thr, reset, delay, vleak, vreset, scale, buf, buf + I);
-  std::free(buf);
-  return 0;
-}
-int lif_backward_f32(const float* u, const float* gs, const float* gm, float* a, int64_t O, int64_t T, int64_t I,
-                     double beta, double thr, int reset, int delay, int detach, double vreset, int sur, double p) {
-  lif_bwd<float>(u, gs, gm, a, O, T, I, beta, thr, reset, delay, detach, vreset, sur, p);
-  return 0;
-}
-int lif_backward_f64(const double* u, const double* gs, const double* gm, double* a, int64_t O, int64_t T, int64_t I,
-                     double beta, double thr, int reset, int delay, int detach, double vreset, int sur, double p) {
-  lif_bwd<double>(u, gs, gm, a, O, T, I, beta, thr, reset, delay, detach, vreset, sur, p);
-  return 0;
-}
-int pair_products_f32(const float* x, float* zu, int64_t T, int64_t E) { pair_products<float>(x, zu, T, E); return 0; }
-int64_t local_factor_f32(const float* cu, const float* z, float* uv, unsigned char* bad, int64_t T, int64_t N, int64_t M,
-                         double rtol) { return local_factor<float>(cu, z, uv, bad, T, N, M, rtol); }
-int gw_backward_f32(const float* g, const float* eps, float* gmu, float* gsig, int64_t M, int64_t W) {
-  gw_backward<float>(g, eps, gmu, gsig, M, W); return 0; }
-int64_t scan_input_f32(const float* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst) {
-  return scan_input<float>(x, T, B, IN, active, tconst); }
-int all_finite_f32(void** ptrs, const int64_t* sizes, int64_t n) { return all_finite<float>(ptrs, sizes, n); }
-int mesu_pairs_f32(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n, double nmk,
-                    double kmp, int has_mp, double nlm, double nk2, double k2p, double nls, double clamp) {
-  mesu_pairs<float>(mus, sigs, gmus, gsigs, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp); return 0; }
-int gw_backward_f64(const double* g, const double* eps, double* gmu, double* gsig, int64_t M, int64_t W) {
-  gw_backward<double>(g, eps, gmu, gsig, M, W); return 0; }
-int64_t scan_input_f64(const double* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst) {
-  return scan_input<double>(x, T, B, IN, active, tconst); }
-int all_finite_f64(void** ptrs, const int64_t* sizes, int64_t n) { return all_finite<double>(ptrs, sizes, n); }
-int mesu_pairs_f64(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n, double nmk,
-                    double kmp, int has_mp, double nlm, double nk2, double k2p, double nls, double clamp) {
-  mesu_pairs<double>(mus, sigs, gmus, gsigs, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp); return 0; }
-// one group: ptrs = [mu_0..mu_n-1, sigma_0.., gmu_0.., gsigma_0..]; returns 0 (nothing changed) if a gradient is
-// not finite, else updates every pair and returns 1
-int mesu_step_f32(void** ptrs, const int64_t* sizes, int64_t n, double nmk, double kmp, int has_mp, double nlm,
-                   double nk2, double k2p, double nls, double clamp) {
-  if (!all_finite<float>(ptrs + 2 * n, sizes, n) || !all_finite<float>(ptrs + 3 * n, sizes, n)) return 0;
-  mesu_pairs<float>(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp);
+// one set of entry points per dtype: NAME_f32 (float) and NAME_f64 (double)
+#define MESU_ENTRY_POINTS(SFX, F) \
+int lif_forward_##SFX(const F* x, const F* v0, F* s, F* u, int64_t O, int64_t T, int64_t I, double beta, double thr, \
+                      int reset, int delay, double vleak, double vreset, double scale) { \
+  F* buf = (F*)std::malloc(sizeof(F) * 2 * (I > 0 ? I : 1)); \
+  if (!buf) return 1; \
+  lif_fwd<F>(x, v0, s, u, O, T, I, beta, thr, reset, delay, vleak, vreset, scale, buf, buf + I); \
+  std::free(buf); \
+  return 0; } \
+int lif_backward_##SFX(const F* u, const F* gs, const F* gm, F* a, int64_t O, int64_t T, int64_t I, double beta, \
+                       double thr, int reset, int delay, int detach, double vreset, int sur, double p) { \
+  lif_bwd<F>(u, gs, gm, a, O, T, I, beta, thr, reset, delay, detach, vreset, sur, p); return 0; } \
+int pair_products_##SFX(const F* x, F* zu, int64_t T, int64_t E) { pair_products<F>(x, zu, T, E); return 0; } \
+int64_t local_factor_##SFX(const F* cu, const F* z, F* uv, unsigned char* bad, int64_t T, int64_t N, int64_t M, \
+                           double rtol) { return local_factor<F>(cu, z, uv, bad, T, N, M, rtol); } \
+int local_k_##SFX(const F* g, const F* uv, F* ks, F* kb, int64_t T, int64_t N, int64_t M) { \
+  local_k<F>(g, uv, ks, kb, T, N, M); return 0; } \
+int gw_backward_##SFX(const F* g, const F* eps, F* gmu, F* gsig, int64_t M, int64_t W) { \
+  gw_backward<F>(g, eps, gmu, gsig, M, W); return 0; } \
+int64_t scan_input_##SFX(const F* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst) { \
+  return scan_input<F>(x, T, B, IN, active, tconst); } \
+int all_finite_##SFX(void** ptrs, const int64_t* sizes, int64_t n) { return all_finite<F>(ptrs, sizes, n); } \
+int mesu_pairs_##SFX(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n, double nmk, \
+                     double kmp, int has_mp, double nlm, double nk2, double k2p, double nls, double clamp) { \
+  mesu_pairs<F>(mus, sigs, gmus, gsigs, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp); return 0; } \
+/* one group: ptrs = [mu..., sigma..., gmu..., gsigma...]; 0 (nothing changed) if a gradient is not finite */ \
+int mesu_step_##SFX(void** ptrs, const int64_t* sizes, int64_t n, double nmk, double kmp, int has_mp, double nlm, \
+                    double nk2, double k2p, double nls, double clamp) { \
+  if (!all_finite<F>(ptrs + 2 * n, sizes, n) || !all_finite<F>(ptrs + 3 * n, sizes, n)) return 0; \
+  mesu_pairs<F>(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp); \
   return 1; }
-// one group: ptrs = [mu_0..mu_n-1, sigma_0.., gmu_0.., gsigma_0..]; returns 0 (nothing changed) if a gradient is
-// not finite, else updates every pair and returns 1
-int mesu_step_f64(void** ptrs, const int64_t* sizes, int64_t n, double nmk, double kmp, int has_mp, double nlm,
-                   double nk2, double k2p, double nls, double clamp) {
-  if (!all_finite<double>(ptrs + 2 * n, sizes, n) || !all_finite<double>(ptrs + 3 * n, sizes, n)) return 0;
-  mesu_pairs<double>(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp);
-  return 1; }
-int local_k_f32(const float* g, const float* uv, float* ks, float* kb, int64_t T, int64_t N, int64_t M) {
-  local_k<float>(g, uv, ks, kb, T, N, M); return 0; }
-int pair_products_f64(const double* x, double* zu, int64_t T, int64_t E) { pair_products<double>(x, zu, T, E); return 0; }
-int64_t local_factor_f64(const double* cu, const double* z, double* uv, unsigned char* bad, int64_t T, int64_t N, int64_t M,
-                         double rtol) { return local_factor<double>(cu, z, uv, bad, T, N, M, rtol); }
-int local_k_f64(const double* g, const double* uv, double* ks, double* kb, int64_t T, int64_t N, int64_t M) {
-  local_k<double>(g, uv, ks, kb, T, N, M); return 0; }
+
+MESU_ENTRY_POINTS(f32, float)
+MESU_ENTRY_POINTS(f64, double)
+#undef MESU_ENTRY_POINTS
 }
 """
 
