@@ -75,6 +75,12 @@ def test_switch_and_fallback(monkeypatch, tmp_path, caplog):
         assert not native_enabled() and ms.kernels.fast_paths_enabled()
     with fast_paths(False):
         assert not native_enabled()
+        with fast_paths(native=False):
+            assert not ms.kernels.fast_paths_enabled()      # native= alone leaves the other switch alone
+        with fast_paths(native=True):
+            assert not native_enabled() and not ms.kernels.fast_paths_enabled()
+    with fast_paths():
+        assert native_enabled()
     assert native_enabled()
     # no compiler: library() is None (warned once), and the LIF kernel still runs (torch code)
     monkeypatch.setattr(native, "_STATE", {})

@@ -31,12 +31,18 @@ def native_enabled() -> bool:
     return _ENABLED[0] and _NATIVE[0]
 
 
+_UNSET = object()
+
+
 @contextmanager
-def fast_paths(enabled: bool = True, native: bool | None = None):
-    """``with fast_paths(False):`` runs the reference code everywhere; ``with fast_paths(native=False):``
-    keeps the fast paths but not their compiled loops (``native=None`` leaves that setting as it is).
-    Restores the previous settings on exit."""
+def fast_paths(enabled: bool = _UNSET, native: bool | None = None):
+    """``with fast_paths(False):`` runs the reference code everywhere (``fast_paths()`` or
+    ``fast_paths(True)``: the fast paths); ``with fast_paths(native=False):`` switches off only their
+    compiled loops and leaves the other setting as it is (``native=None`` leaves the compiled loops'
+    setting as it is). Restores the previous settings on exit."""
     saved = _ENABLED[0], _NATIVE[0]
+    if enabled is _UNSET:
+        enabled = True if native is None else _ENABLED[0]
     _ENABLED[0] = bool(enabled)
     if native is not None:
         _NATIVE[0] = bool(native)
