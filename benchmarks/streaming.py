@@ -5,15 +5,19 @@
 
 Rows, for the LIF MLPs 784-50-10 and 784-100-10 (workloads ``stream-50``, ``stream-100``):
 ``mesu_snn_weights`` / ``mesu_snn_local`` (SpikingMLP(readout="count") + MESU, input layer
-estimator "weights" or "local"), ``det_snntorch`` and ``det_norse`` (deterministic, Adam),
+estimator "weights" or "local"; ``mesu_snn_local_torch``: "local" without the compiled loops),
+``det_snntorch`` and ``det_norse`` (deterministic, Adam),
 ``bayes_naive_snntorch`` (the hand-written Bayesian loop); for the ANN 784-50-10 (ReLU, no bias):
-``ann_mesu_weights`` / ``ann_mesu_local`` (BayesLinear layers + MESU) and ``ann_det_adam``;
+``ann_mesu_weights`` / ``ann_mesu_local`` / ``ann_mesu_local_torch`` (BayesLinear layers + MESU) and
+``ann_det_adam``;
 and ``multistream5_*``: K = 5 independent SpikingMLP 784-50-10 streams, one by one vs stacked
 (:class:`mesu_snn.multistream.StackedSpikingMLP`), ms per step of all 5 streams.
 Timing as in ``bench.py`` (rows interleaved round by round, median over rounds). Writes
 ``results/cpu_streaming_<date>[_tag].json`` and ``.md``. Ratios: ``x_det_snntorch`` = ms of the
 deterministic snnTorch row of the same workload / ms of the row (the ANN rows: of ``ann_det_adam``),
-``x_naive`` the same for the hand-written Bayesian loop, ``x_weights`` for the weights estimator.
+``x_naive`` the same for the hand-written Bayesian loop, ``x_weights`` for the weights estimator,
+``x_torch`` for the same row without the compiled loops (``*_torch`` rows: ``fast_paths(native=False)``,
+the pure-PyTorch fast path; :mod:`mesu_snn.kernels.native`).
 """
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ def rows(device: str, multistream: bool = True):
         out += [
             ("mesu_snn_weights", "delayed", w, lambda w=w: wl.mesu_snn_step(w, device)),
             ("mesu_snn_local", "delayed", w, lambda w=w: wl.mesu_snn_step(w, device, estimator="local")),
+            ("mesu_snn_local_torch", "delayed", w,
+             lambda w=w: wl.mesu_snn_step(w, device, estimator="local", native=False)),
             ("det_snntorch", "delayed (snnTorch)", w, lambda w=w: wl.det_snntorch(w, device)),
             ("det_norse", "immediate (Norse)", w, lambda w=w: wl.det_norse(w, device)),
             ("bayes_naive_snntorch", "delayed (snnTorch)", w, lambda w=w: wl.bayes_naive_snntorch(w, device)),
@@ -49,6 +55,8 @@ def rows(device: str, multistream: bool = True):
     out += [
         ("ann_mesu_weights", "ReLU", ANN_50, lambda: wl.mesu_ann_step(ANN_50, device)),
         ("ann_mesu_local", "ReLU", ANN_50, lambda: wl.mesu_ann_step(ANN_50, device, estimator="local")),
+        ("ann_mesu_local_torch", "ReLU", ANN_50, lambda: wl.mesu_ann_step(ANN_50, device, estimator="local",
+                                                                           native=False)),
         ("ann_det_adam", "ReLU", ANN_50, lambda: wl.det_ann_step(ANN_50, device)),
     ]
     if multistream:
@@ -70,7 +78,10 @@ def add_ratios(results):
         wname, row = r["name"].split("/", 1)
         det = f"{wname}/ann_det_adam" if row.startswith("ann_") else f"{wname}/det_snntorch"
         refs = {"x_det_snntorch": det, "x_naive": f"{wname}/bayes_naive_snntorch",
-                "x_weights": f"{wname}/{row.replace('local', 'weights')}"}
+                "x_weights": f"{wname}/{row.replace('local', 'weights')}",
+                "x_torch": f"{wname}/{row}_torch"}
+        if row.endswith("_torch"):
+            refs.pop("x_weights")
         if row.startswith("multistream"):
             r["samples_per_s"] = round(r["samples_per_s"] * STREAMS, 1)   # one update per stream per step
             refs = {"x_one_by_one": f"{wname}/{row.replace('stacked', 'one_by_one')}"}
@@ -86,12 +97,13 @@ def markdown(meta, results) -> str:
             f"{meta['iters']} steps; load average (1/5/15 min) {meta.get('loadavg_start')} at start, "
             f"{meta.get('loadavg_end')} at end.\nCommand: `{meta['command']}`\n\n"
             "| workload | row | ms/step (median) | ms/step (min) | updates/s | × det. snnTorch (ANN: det. Adam) "
-            "| × hand-written Bayes | × weights estimator | × one by one |\n|---|---|---|---|---|---|---|---|---|\n")
+            "| × hand-written Bayes | × weights estimator | × one by one | × without native loops |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in results:
         wname, row = r["name"].split("/", 1)
         if "error" in r:
-            lines.append(f"| {wname} | {row} | error: {r['error'][:80]} | | | | | | |")
+            lines.append(f"| {wname} | {row} | error: {r['error'][:80]} | | | | | | | |")
             continue
 
         def f(k, fmt="{:.2f}"):
@@ -99,7 +111,7 @@ def markdown(meta, results) -> str:
             return "" if v is None else fmt.format(v)
         lines.append(f"| {wname} | {row} | {f('ms_per_step', '{:.3f}')} | {f('ms_min', '{:.3f}')} | "
                      f"{f('samples_per_s', '{:.0f}')} | {f('x_det_snntorch')} | {f('x_naive')} | "
-                     f"{f('x_weights')} | {f('x_one_by_one')} |")
+                     f"{f('x_weights')} | {f('x_one_by_one')} | {f('x_torch')} |")
     return head + "\n".join(lines) + "\n"
 
 

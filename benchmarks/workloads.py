@@ -204,12 +204,25 @@ def bayes_batched(w: Workload, device, compile_=False, mode=None, bf16=False):
     return _steps(loss, lambda: _anchor_mesu(pairs))
 
 
+def _native(steps, native: bool):
+    """(step, forward_backward) run under ``fast_paths(native=native)`` (the compiled loops on or off)."""
+    from mesu_snn.kernels import fast_paths
+
+    def wrap(f):
+        def g():
+            with fast_paths(True, native=native):
+                f()
+        return g
+    return tuple(wrap(f) for f in steps)
+
+
 def mesu_snn_step(w: Workload, device, reset_delay=True, compile_=False, mode=None, fused=True,
-                  estimator="weights"):
+                  estimator="weights", native=True):
     """mesu_snn: SpikingMLP(readout="count") + MESU (fused update), the public API only.
 
     ``fused=False`` runs the reference LIF loop and per-pair update (the readable path);
-    ``estimator``: the input layer's ("weights" or "local", see ``mesu_snn.BayesLinear``)."""
+    ``estimator``: the input layer's ("weights" or "local", see ``mesu_snn.BayesLinear``);
+    ``native=False``: the fast paths without their compiled loops (``mesu_snn.kernels.native``)."""
     import mesu_snn as ms
     net = ms.SpikingMLP([w.n_in, w.hidden, w.n_out], beta=BETA, threshold=THR, readout="count",
                         bias=False, surrogate=("fast_sigmoid", SLOPE), estimator=estimator).to(device)
@@ -233,7 +246,8 @@ def mesu_snn_step(w: Workload, device, reset_delay=True, compile_=False, mode=No
     def step():
         with fast_paths(fused):
             opt.step()
-    return _steps(loss, step)
+    steps = _steps(loss, step)
+    return steps if native or not fused else _native(steps, False)
 
 
 def mesu_snn_graphed(w: Workload, device, compile_=False):
@@ -276,8 +290,9 @@ def ann_data(w: Workload, device, seed: int = 0):
     return x.mean(0), y
 
 
-def mesu_ann_step(w: Workload, device, estimator="weights"):
-    """mesu_snn Bayesian ANN (:class:`BayesANN`) + MESU, M = w.M samples."""
+def mesu_ann_step(w: Workload, device, estimator="weights", native=True):
+    """mesu_snn Bayesian ANN (:class:`BayesANN`) + MESU, M = w.M samples (``native``: as in
+    :func:`mesu_snn_step`)."""
     import mesu_snn as ms
     net = BayesANN(w, estimator).to(device)
     opt = ms.MESU(net, memory=N_MEM, sigma_prior=SP, clamp_grad=None)
@@ -286,7 +301,8 @@ def mesu_ann_step(w: Workload, device, estimator="weights"):
     def loss():
         opt.zero_grad(set_to_none=True)
         return ms.nll_loss(net(x, w.M), y)
-    return _steps(loss, opt.step)
+    steps = _steps(loss, opt.step)
+    return steps if native else _native(steps, False)
 
 
 def det_ann_step(w: Workload, device):

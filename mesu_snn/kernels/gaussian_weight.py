@@ -16,6 +16,9 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import native
+from .switch import native_enabled
+
 __all__ = ["gaussian_weight"]
 
 
@@ -29,6 +32,17 @@ class _GaussianWeightFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         (eps,) = ctx.saved_tensors
+        sfx = native.suffix(g) if native_enabled() and g.dtype == eps.dtype else None
+        lib = native.library() if sfx is not None else None
+        if lib is not None:
+            # both sums in one compiled pass (Σ_m g, Σ_m g·ε, sample by sample as below)
+            g, eps = g.contiguous(), eps.contiguous()
+            m = g.shape[0]
+            g_mu = g.new_empty(g.shape[1:]) if ctx.needs_input_grad[0] else None
+            g_sigma = g.new_empty(g.shape[1:]) if ctx.needs_input_grad[1] else None
+            getattr(lib, f"gw_backward_{sfx}")(g.data_ptr(), eps.data_ptr(), 0 if g_mu is None else g_mu.data_ptr(),
+                                              0 if g_sigma is None else g_sigma.data_ptr(), m, g[0].numel())
+            return g_mu, g_sigma, None
         g_mu = g.sum(0) if ctx.needs_input_grad[0] else None
         g_sigma = None
         if ctx.needs_input_grad[1]:

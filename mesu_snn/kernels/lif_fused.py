@@ -33,6 +33,8 @@ from torch.autograd.function import once_differentiable
 
 from ..functional.lif import LIFParameters, _beta, lif_sequence
 from ..functional.surrogate import ATan, FastSigmoid, Heaviside
+from . import native
+from .switch import native_enabled
 
 __all__ = ["supports", "lif_sequence_fused", "LIFConfig"]
 
@@ -83,8 +85,60 @@ def _decay_into(out: torch.Tensor, v: torch.Tensor, c: LIFConfig) -> torch.Tenso
     return out.mul_(c.beta).add_(c.v_leak)
 
 
+_RESET_CODE = {"subtract": 0, "zero": 1, "none": 2}
+
+
+def _native_lib(x: torch.Tensor):
+    """The compiled library and dtype suffix if the native loops may run on x, else (None, None)."""
+    if not native_enabled():
+        return None, None
+    sfx = native.suffix(x)
+    if sfx is None:
+        return None, None
+    lib = native.library()
+    return (lib, sfx) if lib is not None else (None, None)
+
+
+def _otI(shape, time_dim: int):
+    o = 1
+    for n in shape[:time_dim]:
+        o *= n
+    i = 1
+    for n in shape[time_dim + 1:]:
+        i *= n
+    return o, shape[time_dim], i
+
+
+def _forward_native(lib, sfx, x, c: LIFConfig, v0, time_dim: int):
+    """:func:`_forward` in one compiled pass (same float operations, same order: equal bit for bit)."""
+    x = x.contiguous()
+    spikes, u = torch.empty_like(x), torch.empty_like(x)
+    o, t, i = _otI(x.shape, time_dim)
+    v0c = None
+    if v0 is not None:
+        step_shape = x.shape[:time_dim] + x.shape[time_dim + 1:]
+        v0c = v0.detach().to(x.dtype).expand(step_shape).contiguous()
+    rc = getattr(lib, f"lif_forward_{sfx}")(x.data_ptr(), None if v0c is None else v0c.data_ptr(), spikes.data_ptr(),
+                                            u.data_ptr(), o, t, i, c.beta, c.threshold, _RESET_CODE[c.reset],
+                                            int(c.reset_delay), c.v_leak, c.v_reset, c.input_scale)
+    if rc != 0:
+        raise MemoryError("lif_forward (native) could not allocate its state")
+    return spikes, u
+
+
+def _surrogate_code(sur):
+    if isinstance(sur, FastSigmoid):
+        return 0, float(sur.slope)
+    if isinstance(sur, ATan):
+        return 1, float(sur.alpha)
+    return 2, 0.0
+
+
 def _forward(x: torch.Tensor, c: LIFConfig, v0: torch.Tensor | None, time_dim: int):
     """Run the recurrence. Returns (spikes, pre-reset membranes u), both shaped like x."""
+    lib, sfx = _native_lib(x)
+    if lib is not None and (v0 is None or v0.dtype == x.dtype):
+        return _forward_native(lib, sfx, x, c, v0, time_dim)
     xt = x.movedim(time_dim, 0)
     drive = xt if c.input_scale == 1.0 else xt * c.input_scale
     # outputs in x's memory layout, so that every per-step op runs on matching strides
@@ -151,6 +205,10 @@ class _LIFSequenceFn(torch.autograd.Function):
     def backward(ctx, g_spikes, g_mem=None):
         u, v0 = ctx.saved_tensors
         c, td = ctx.c, ctx.time_dim
+        lib, sfx = _native_lib(u)
+        if lib is not None and u.is_contiguous() and g_spikes.dtype == u.dtype and \
+                (g_mem is None or g_mem.dtype == u.dtype):
+            return _backward_native(ctx, lib, sfx, u, v0, g_spikes, g_mem)
         ut = u.movedim(td, 0)
         sg = _surrogate_grad(c.surrogate, ut - c.threshold)           # dS_t/du_t, all steps at once
         sgv = None if c.detach_reset else sg.clone()
@@ -186,6 +244,31 @@ class _LIFSequenceFn(torch.autograd.Function):
             g_v0 = _sum_to(g_v0, v0.shape)
         g_x = a if c.input_scale == 1.0 else a.mul_(c.input_scale)
         return g_x.movedim(0, td), g_v0, None, None, None
+
+
+def _backward_native(ctx, lib, sfx, u, v0, g_spikes, g_mem):
+    """The backward of :class:`_LIFSequenceFn` in one compiled pass (same formulas)."""
+    c, td = ctx.c, ctx.time_dim
+    gs = g_spikes.contiguous()
+    gm = None if g_mem is None else g_mem.contiguous()
+    a = torch.empty_like(u)
+    o, t, i = _otI(u.shape, td)
+    sur, p = _surrogate_code(c.surrogate)
+    getattr(lib, f"lif_backward_{sfx}")(u.data_ptr(), gs.data_ptr(), None if gm is None else gm.data_ptr(),
+                                        a.data_ptr(), o, t, i, c.beta, c.threshold, _RESET_CODE[c.reset],
+                                        int(c.reset_delay), int(c.detach_reset), c.v_reset, sur, p)
+    g_v0 = None
+    if ctx.has_v0 and ctx.needs_input_grad[1]:
+        a0 = a.select(td, 0)
+        if c.reset_delay and c.reset != "none":
+            s0 = (v0 > c.threshold).to(u.dtype) if c.reset == "zero" else None
+            sg0 = None if c.detach_reset else _surrogate_grad(c.surrogate, v0 - c.threshold)
+            g_v0 = a0 * _delayed_coef(v0, s0, sg0, c)
+        else:
+            g_v0 = a0 * c.beta
+        g_v0 = _sum_to(g_v0, v0.shape)
+    g_x = a if c.input_scale == 1.0 else a.mul_(c.input_scale)
+    return g_x, g_v0, None, None, None
 
 
 def _delayed_coef(u, s, sg, c: LIFConfig):

@@ -15,10 +15,14 @@ choice of Cholesky or eigen path) make it not CUDA-graph capturable as written.
 """
 from __future__ import annotations
 
+import ctypes
+
 import torch
 from torch.autograd.function import once_differentiable
 
 from ..functional.local_reparam import factor_covariance, pair_products
+from . import native
+from .switch import native_enabled
 
 __all__ = ["local_linear"]
 
@@ -66,6 +70,9 @@ class _LocalLinearT(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, wmu, wsig, bmu, bsig, z):
+        lib, sfx = _native_lib(x, z)
+        if lib is not None:
+            return _forward_native(ctx, lib, sfx, x, wmu, wsig, bmu, bsig, z)
         t, b, n_in = x.shape
         m, j = z.shape[0], wmu.shape[0]
         n = b * j
@@ -108,7 +115,19 @@ class _LocalLinearT(torch.autograd.Function):
         gsum = g.sum(0)                                     # (T, B, J)
         g_wmu = gsum.reshape(t * b, j).t() @ x.reshape(t * b, n_in) if ni[1] else None
         g_wsig = g_bsig = None
-        if ni[2] or (ctx.has_bias and ni[4]):
+        lib, sfx = _native_lib(x, g)
+        if (ni[2] or (ctx.has_bias and ni[4])) and lib is not None and g.dtype == x.dtype:
+            gc = g.reshape(m, t, b * j).contiguous()
+            ks = x.new_empty((t * (t + 1) // 2, b * j))
+            kb = x.new_empty((b * j,)) if ctx.has_bias and ni[4] else None
+            uvc = uv.contiguous()
+            getattr(lib, f"local_k_{sfx}")(gc.data_ptr(), uvc.data_ptr(), ks.data_ptr(),
+                                           None if kb is None else kb.data_ptr(), t, b * j, m)
+            if ni[2]:
+                g_wsig = wsig * (ks.reshape(-1, j).t() @ zu.reshape(-1, n_in))
+            if kb is not None:
+                g_bsig = bsig * kb.reshape(b, j).sum(0)
+        elif ni[2] or (ctx.has_bias and ni[4]):
             iu, flat_u, flat_l, half = _triangle(t, x.device, x.dtype)
             v = uv[:, t:]                                   # (M, T, N)
             k = (g.reshape(m, t, 1, b * j) * v.unsqueeze(1)).sum(0)      # K[t, s, n] = Σ_m g[m,t,n] v[m,s,n]
@@ -120,6 +139,75 @@ class _LocalLinearT(torch.autograd.Function):
                 g_bsig = bsig * k.sum((0, 1)).reshape(b, j).sum(0)
         g_bmu = gsum.sum((0, 1)) if ctx.has_bias and ni[3] else None
         return None, g_wmu, g_wsig, g_bmu, g_bsig, None
+
+
+def _native_lib(x: torch.Tensor, other: torch.Tensor):
+    """The compiled library and dtype suffix if its loops may run on x (and other), else (None, None)."""
+    if not native_enabled():
+        return None, None
+    sfx = native.suffix(x)
+    if sfx is None or other.dtype != x.dtype:
+        return None, None
+    lib = native.library()
+    return (lib, sfx) if lib is not None else (None, None)
+
+
+def _forward_native(ctx, lib, sfx, x, wmu, wsig, bmu, bsig, z):
+    """:meth:`_LocalLinearT.forward` with its small steps in compiled loops (the same maths: float64
+    Cholesky where it is well conditioned, the torch eigen path for the columns it flags)."""
+    t, b, n_in = x.shape
+    m, j = z.shape[0], wmu.shape[0]
+    n = b * j
+    x = x.contiguous()
+    mean = (x.reshape(t * b, n_in) @ wmu.t()).reshape(t, b, j)
+    if bmu is not None:
+        mean = mean + bmu
+    p = t * (t + 1) // 2
+    zu = x.new_empty((p, b, n_in))                                       # pairs t <= s
+    getattr(lib, f"pair_products_{sfx}")(x.data_ptr(), zu.data_ptr(), t, b * n_in)
+    cu = (zu.reshape(-1, n_in) @ wsig.square().t()).reshape(-1, n)      # (P, B·J)
+    if bsig is not None:
+        cu = (cu.reshape(-1, b, j) + bsig.square()).reshape(-1, n)
+    cu = cu.contiguous()
+    z = z.contiguous()
+    uv = x.new_empty((m, 2 * t, n))
+    bad = torch.empty(n, dtype=torch.uint8)
+    nbad = getattr(lib, f"local_factor_{sfx}")(cu.data_ptr(), z.data_ptr(), uv.data_ptr(), bad.data_ptr(),
+                                               t, n, m, _CHOL_RTOL)
+    if nbad < 0:
+        raise MemoryError("local_factor (native) could not allocate its work space")
+    if nbad:
+        _factor_flagged(x, wsig, bsig, cu, z, uv, bad.bool(), t, j)
+    a = torch.add(uv[:, :t].reshape(m, t, b, j), mean)
+    ctx.save_for_backward(x, wsig, bsig if bsig is not None else wsig.new_empty(0), uv, zu)
+    ctx.has_bias = bmu is not None
+    return a
+
+
+#: factor_covariance's default chol_rtol (the native loop applies the same test)
+_CHOL_RTOL = 1e-4
+
+
+def _factor_flagged(x, wsig, bsig, cu, z, uv, mask, t, j):
+    """Columns the native Cholesky refused: factor_covariance (eigen path, float64 covariances) and
+    u = L z, v = W z written into uv[:, :, those columns]."""
+    iu, flat_u, flat_l, half = _triangle(t, x.device, x.dtype)
+    idx = mask.nonzero().squeeze(1)
+    sub = cu.index_select(1, idx).t()                                   # (k, P)
+    cov = sub.new_empty((idx.numel(), t * t))
+    cov.index_copy_(1, flat_u, sub).index_copy_(1, flat_l, sub)
+    cov = cov.view(-1, t, t)
+
+    def exact_cov(m2):
+        sel = idx[m2]
+        bi, ji = sel // j, sel % j
+        zz = pair_products(x.double())[bi]
+        c = torch.einsum("ktsi,ki->kts", zz, wsig.double()[ji].square())
+        return c if bsig is None else c + bsig.double()[ji].square()[:, None, None]
+    lf, wf = factor_covariance(cov, exact_cov, chol_rtol=_CHOL_RTOL)    # (k, T, T)
+    zs = z.index_select(2, idx)                                         # (M, T, k)
+    uv[:, :t, idx] = torch.einsum("nrk,mkn->mrn", lf, zs)
+    uv[:, t:, idx] = torch.einsum("nrk,mkn->mrn", wf, zs)
 
 
 _TRIANGLES: dict = {}
@@ -169,15 +257,30 @@ def local_linear(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma: torch.T
     for s in steps:
         t *= s
     xt = x.reshape(t, b, n_in)
-    if not x.is_cuda:
-        # inputs that are zero at every step and batch element do not reach the output: drop their
-        # columns (exact; their gradients are zero, written by index_select's backward)
+    lib, sfx = _native_lib(xt, weight_mu)
+    if lib is not None:
+        # the two checks below in one compiled pass over the input
+        xt = xt.contiguous()
+        active = torch.empty(n_in, dtype=torch.uint8)
+        tconst = ctypes.c_int(0)
+        n_active = getattr(lib, f"scan_input_{sfx}")(xt.data_ptr(), t, b, n_in, active.data_ptr(), ctypes.byref(tconst))
+        time_constant = t > 1 and bool(tconst.value)
+        active = active.bool() if n_active < _SPARSE_FRACTION * n_in else None
+    elif not x.is_cuda:
         active = xt.ne(0).flatten(0, 1).any(0)
-        if int(active.sum()) < _SPARSE_FRACTION * n_in:
-            idx = active.nonzero().squeeze(1)
-            xt, weight_mu, weight_sigma = xt.index_select(2, idx), weight_mu.index_select(1, idx), \
-                weight_sigma.index_select(1, idx)
-    if t > 1 and torch.equal(xt, xt[:1].expand_as(xt)):
+        active = active if int(active.sum()) < _SPARSE_FRACTION * n_in else None
+        time_constant = None
+    else:
+        active = time_constant = None
+    if active is not None:
+        # inputs that are zero at every step and batch element do not reach the output: drop their
+        # columns (exact; their gradients are zero, written by index_select's backward); CPU only
+        idx = active.nonzero().squeeze(1)
+        xt, weight_mu, weight_sigma = xt.index_select(2, idx), weight_mu.index_select(1, idx), \
+            weight_sigma.index_select(1, idx)
+    if time_constant is None:
+        time_constant = t > 1 and torch.equal(xt, xt[:1].expand_as(xt))
+    if time_constant:
         xt, t_run = xt[:1], 1           # time-constant input: rank-1 covariance
     else:
         t_run = t

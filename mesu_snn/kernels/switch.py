@@ -4,14 +4,20 @@ Every module that has a fast path (``LIF``, ``BayesLinear``, the MESU/BGD optimi
 :func:`fast_paths_enabled` when it runs; ``with fast_paths(False):`` makes all of them run the
 reference code of :mod:`mesu_snn.functional` (for comparisons, debugging, and double
 backward, e.g. Hessian-vector products). Nothing else changes the choice.
+
+The optional compiled loops of :mod:`mesu_snn.kernels.native` are one more fast path under the
+same switch: ``with fast_paths(native=False):`` keeps the other fast paths and runs their pure-
+PyTorch code instead of the compiled loops (:func:`native_enabled` is False under ``fast_paths(False)``
+too).
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 
-__all__ = ["fast_paths", "fast_paths_enabled"]
+__all__ = ["fast_paths", "fast_paths_enabled", "native_enabled"]
 
 _ENABLED = [True]
+_NATIVE = [True]
 
 
 def fast_paths_enabled() -> bool:
@@ -19,13 +25,28 @@ def fast_paths_enabled() -> bool:
     return _ENABLED[0]
 
 
+def native_enabled() -> bool:
+    """Whether fast paths may use the compiled loops (default True; they are used only where the
+    library could be built, see :mod:`mesu_snn.kernels.native`)."""
+    return _ENABLED[0] and _NATIVE[0]
+
+
+_UNSET = object()
+
+
 @contextmanager
-def fast_paths(enabled: bool = True):
-    """``with fast_paths(False):`` runs the reference code everywhere; restores the previous
-    setting on exit."""
-    saved = _ENABLED[0]
+def fast_paths(enabled: bool = _UNSET, native: bool | None = None):
+    """``with fast_paths(False):`` runs the reference code everywhere (``fast_paths()`` or
+    ``fast_paths(True)``: the fast paths); ``with fast_paths(native=False):`` switches off only their
+    compiled loops and leaves the other setting as it is (``native=None`` leaves the compiled loops'
+    setting as it is). Restores the previous settings on exit."""
+    saved = _ENABLED[0], _NATIVE[0]
+    if enabled is _UNSET:
+        enabled = True if native is None else _ENABLED[0]
     _ENABLED[0] = bool(enabled)
+    if native is not None:
+        _NATIVE[0] = bool(native)
     try:
         yield
     finally:
-        _ENABLED[0] = saved
+        _ENABLED[0], _NATIVE[0] = saved

@@ -14,8 +14,9 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from ..kernels import native
 from ..kernels.fused_update import all_finite
-from ..kernels.switch import fast_paths_enabled
+from ..kernels.switch import fast_paths_enabled, native_enabled
 from ..synapses import bayesian_pairs
 
 NONFINITE = ("raise", "skip")
@@ -116,12 +117,67 @@ class BayesianOptimizer(torch.optim.Optimizer):
         """Optional: update the group's pairs in place; return False to use ``_update`` instead."""
         raise NotImplementedError
 
+    def _native_args(self, group) -> tuple | None:
+        """Optional: the constants of the compiled update (:mod:`mesu_snn.kernels.native`) for this
+        group, or None to use the torch code."""
+        return None
+
+    def _native_step(self) -> bool:
+        """The whole step (guard and update) in two compiled calls when every tensor is a contiguous
+        CPU tensor of one dtype with a gradient, and every group has :meth:`_native_args`; returns
+        False (nothing done) otherwise, and also when a gradient is not finite (the torch code then
+        names it and raises or skips)."""
+        groups = self.param_groups
+        ps = [p for g in groups for p in g["params"]]
+        if not ps or any(g["kind"] != "bayes" for g in groups):
+            return False
+        sfx = native.suffix(ps[0])
+        if sfx is None:
+            return False
+        dt = ps[0].dtype
+        for p in ps:
+            gr = p.grad
+            if gr is None or p.dtype != dt or gr.dtype != dt or gr.device.type != "cpu" or \
+                    not (p.is_contiguous() and gr.is_contiguous()):
+                return False
+        args = [self._native_args(g) for g in groups]
+        if any(a is None for a in args):
+            return False
+        lib = native.library()
+        if lib is None:
+            return False
+        if len(groups) == 1 and args[0][0] == "mesu_pairs":
+            # one group: guard and update in one call over one pointer array [μ…, σ…, ∂μ…, ∂σ…]
+            g = groups[0]
+            gp = g["params"]
+            mus, sigmas = gp[0::2], gp[1::2]
+            ptrs, sizes, _ = native.pointers(mus + sigmas + [p.grad for p in mus] + [p.grad for p in sigmas])
+            if not getattr(lib, f"mesu_step_{sfx}")(ptrs, sizes, len(mus), *args[0][1:]):
+                return False
+            g["step"] += 1
+            return True
+        ptrs, sizes, n = native.pointers([p.grad for p in ps])
+        if not getattr(lib, f"all_finite_{sfx}")(ptrs, sizes, n):
+            return False
+        for g, a in zip(groups, args):
+            g["step"] += 1
+            gp = g["params"]
+            mus, sigmas = gp[0::2], gp[1::2]
+            pm, sz, k = native.pointers(mus)
+            psg, _, _ = native.pointers(sigmas)
+            pgm, _, _ = native.pointers([p.grad for p in mus])
+            pgs, _, _ = native.pointers([p.grad for p in sigmas])
+            getattr(lib, f"{a[0]}_{sfx}")(pm, psg, pgm, pgs, sz, k, *a[1:])
+        return True
+
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if fast_paths_enabled() and native_enabled() and self._native_step():
+            return loss
         bad = self._grads_finite()
         if bad is not None:
             if self.on_nonfinite == "skip":

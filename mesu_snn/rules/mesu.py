@@ -122,6 +122,18 @@ class MESU(BayesianOptimizer):
                         clamp_grad=g["clamp_grad"], batch_size=self._batch(g))
         return True
 
+    def _native_args(self, g):
+        if type(self)._update is not MESU._update or type(self)._fused_update is not MESU._fused_update:
+            return None   # a subclass changed the rule
+        if any(isinstance(g[k], torch.Tensor) for k in ("sigma_prior", "mu_prior", "memory", "lr_mu", "lr_sigma")):
+            return None
+        # the constants of fused_mesu_step's rearranged formulas (mesu_snn.kernels.fused_update)
+        k = float(self._batch(g)) / (float(g["memory"]) * float(g["sigma_prior"]) ** 2)
+        mp = float(g["mu_prior"])
+        c = g["clamp_grad"]
+        return ("mesu_pairs", -k, k * mp, int(mp != 0.0), -float(g["lr_mu"]), -k / 2.0,
+                k / 2.0 * float(g["sigma_prior"]) ** 2, -float(g["lr_sigma"]) / 2.0, -1.0 if c is None else float(c))
+
     def load_state_dict(self, state_dict):
         for i, g in enumerate(state_dict.get("param_groups", [])):
             if g.get("kind", "bayes") == "bayes" and g.get("memory_unit") != MEMORY_UNIT:

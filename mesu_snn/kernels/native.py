@@ -1,0 +1,550 @@
+"""Optional compiled loops for the batch-1 hot path, built lazily with the system C++ compiler.
+
+At batch 1 a training step is hundreds of tiny tensor ops, each costing a few µs of dispatch for
+nanoseconds of arithmetic. The loops here do a whole op sequence in one call on raw CPU memory:
+
+* ``lif_forward`` / ``lif_backward``: the fused LIF sequence of :mod:`mesu_snn.kernels.lif_fused`
+  (its ``_forward`` loop over time, and its vectorised surrogate pass plus the backward recurrence)
+  in one pass each. The arithmetic is the same float operations in the same order (compiled with
+  ``-ffp-contract=off``: no fused multiply-adds), so the spikes and the membranes equal the torch
+  kernel's bit for bit; gradients agree to rounding (the torch kernel's in-place ``addcmul_``
+  may fuse a multiply-add).
+* ``pair_products``, ``local_factor``, ``local_k``: the small steps of
+  :mod:`mesu_snn.kernels.local_linear` (T > 1) between its matmuls: the pair products x(t)·x(s), the
+  per-neuron T × T Cholesky factor L (float64), L⁻ᵀ, and u = L z, v = L⁻ᵀ z for the M samples, and in
+  backward the T × T sums K = Σ_m g vᵀ folded onto the pairs. Covariances the Cholesky path refuses
+  are flagged and factored by the torch code (eigen path). Results equal the torch path to rounding.
+  ``scan_input``: its input checks (silent columns, a time-constant input) in one pass.
+* ``gw_backward``: the backward of :func:`mesu_snn.kernels.gaussian_weight` (Σ_m g, Σ_m g·ε).
+* ``all_finite``, ``mesu_pairs``: the optimizers' NaN/Inf guard over every gradient and the MESU
+  update of :func:`mesu_snn.kernels.fused_update.fused_mesu_step` over all pairs, in one call each.
+
+Nothing is built at install time. The first call compiles one small C++ file (no torch headers, a
+few seconds; for the x86-64 level torch reports, e.g. ``-march=x86-64-v4`` on AVX-512 machines) into a cache directory (``$MESU_SNN_CACHE``, else ``$XDG_CACHE_HOME/mesu_snn``, else
+``~/.cache/mesu_snn``; the file name carries a hash of the source and flags) and loads it with
+ctypes. If there is no compiler, the build fails, or ``MESU_SNN_NATIVE=0`` is set, :func:`library`
+returns None once and for all (a warning is logged, once) and the callers use their torch code.
+``with fast_paths(native=False):`` (:mod:`mesu_snn.kernels.switch`) switches these loops off
+without switching off the other fast paths; ``fast_paths(False)`` switches off everything.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+__all__ = ["library", "available", "cache_dir", "SOURCE"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = r"""
+#include <cstdint>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+// reset: 0 subtract, 1 zero, 2 none. sur: 0 fast sigmoid, 1 atan, 2 heaviside.
+// Layout: x, s, u are (O, T, I) contiguous; v0 is (O, I) or null.
+
+template <typename F, int RESET, bool DELAY, bool LEAK0, bool SCALED>
+static void lif_fwd_t(const F* x, const F* v0, F* s, F* u, int64_t O, int64_t T, int64_t I,
+                      F beta, F thr, F vleak, F vreset, F scale, F* v, F* r) {
+  constexpr bool delayed = DELAY && RESET != 2;
+  for (int64_t o = 0; o < O; ++o) {
+    for (int64_t i = 0; i < I; ++i) {
+      v[i] = v0 ? v0[o * I + i] : vleak;
+      r[i] = v[i] > thr ? (F)1 : (F)0;
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t off = (o * T + t) * I;
+      const F* xt = x + off;
+      F* ut = u + off;
+      F* st = s + off;
+      for (int64_t i = 0; i < I; ++i) {
+        F vv = v[i];
+        if (delayed && RESET == 1) vv = r[i] != (F)0 ? vreset : vv;
+        F d = xt[i];
+        if (SCALED) d = d * scale;
+        F w;
+        if (LEAK0) {
+          w = vv * beta;
+        } else {
+          w = vv - vleak;
+          w = w * beta;
+          w = w + vleak;
+        }
+        w = w + d;
+        if (delayed && RESET == 0) { F rt = r[i] * thr; w = w - rt; }
+        const F sp = w > thr ? (F)1 : (F)0;
+        ut[i] = w;
+        st[i] = sp;
+        if (DELAY || RESET == 2) { v[i] = w; r[i] = sp; }
+        else if (RESET == 0) { F st_thr = sp * thr; v[i] = w - st_thr; }
+        else { v[i] = sp != (F)0 ? vreset : w; }
+      }
+    }
+  }
+}
+
+template <typename F, int RESET, bool DELAY>
+static void lif_fwd_r(const F* x, const F* v0, F* s, F* u, int64_t O, int64_t T, int64_t I, F beta, F thr,
+                      F vleak, F vreset, F scale, bool leak0, bool scaled, F* v, F* r) {
+  if (leak0 && !scaled) lif_fwd_t<F, RESET, DELAY, true, false>(x, v0, s, u, O, T, I, beta, thr, vleak, vreset, scale, v, r);
+  else if (leak0) lif_fwd_t<F, RESET, DELAY, true, true>(x, v0, s, u, O, T, I, beta, thr, vleak, vreset, scale, v, r);
+  else if (!scaled) lif_fwd_t<F, RESET, DELAY, false, false>(x, v0, s, u, O, T, I, beta, thr, vleak, vreset, scale, v, r);
+  else lif_fwd_t<F, RESET, DELAY, false, true>(x, v0, s, u, O, T, I, beta, thr, vleak, vreset, scale, v, r);
+}
+
+template <typename F>
+static void lif_fwd(const F* x, const F* v0, F* s, F* u, int64_t O, int64_t T, int64_t I,
+                    double beta_d, double thr_d, int reset, int delay, double vleak_d, double vreset_d,
+                    double scale_d, F* v, F* r) {
+  const F beta = (F)beta_d, thr = (F)thr_d, vleak = (F)vleak_d, vreset = (F)vreset_d, scale = (F)scale_d;
+  const bool scaled = scale_d != 1.0, leak0 = vleak_d == 0.0;
+#define MESU_LIF(R, D) lif_fwd_r<F, R, D>(x, v0, s, u, O, T, I, beta, thr, vleak, vreset, scale, leak0, scaled, v, r)
+  if (reset == 0) { if (delay) MESU_LIF(0, true); else MESU_LIF(0, false); }
+  else if (reset == 1) { if (delay) MESU_LIF(1, true); else MESU_LIF(1, false); }
+  else { if (delay) MESU_LIF(2, true); else MESU_LIF(2, false); }
+#undef MESU_LIF
+}
+
+// p: the slope (fast sigmoid) or pi/2*alpha (atan); half: alpha/2 (atan), each rounded to F once
+template <typename F>
+static inline F surrogate(F z, int sur, F p, F half) {
+  if (sur == 0) { z = std::fabs(z); z = z * p; z = z + (F)1; z = z * z; return (F)1 / z; }
+  if (sur == 1) { z = z * p; z = z * z; z = z + (F)1; z = (F)1 / z; return z * half; }
+  return (F)1;
+}
+
+// a (O, T, I) out: dC/du (before any input_scale factor). gs: dC/dspikes, gm: dC/dmem (or null).
+template <typename F>
+static void lif_bwd(const F* u, const F* gs, const F* gm, F* a, int64_t O, int64_t T, int64_t I,
+                    double beta_d, double thr_d, int reset, int delay, int detach, double vreset_d,
+                    int sur, double sur_p) {
+  const F beta = (F)beta_d, thr = (F)thr_d, vreset = (F)vreset_d;
+  const F p = sur == 1 ? (F)(3.14159265358979323846 / 2 * sur_p) : (F)sur_p, half = (F)(sur_p / 2);
+  const bool delayed_model = delay || reset == 2;
+  for (int64_t o = 0; o < O; ++o) {
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t off = (o * T + t) * I;
+      const F* ut = u + off;
+      const F* gst = gs + off;
+      const F* gmt = gm ? gm + off : nullptr;
+      F* at = a + off;
+      const F* an = t + 1 < T ? a + off + I : nullptr;
+      for (int64_t i = 0; i < I; ++i) {
+        const F uu = ut[i];
+        const F sg = surrogate(uu - thr, sur, p, half);
+        F acc = sg * gst[i];
+        F coef;
+        bool unit = false;     // coef is the plain scalar beta (torch: add_ with alpha)
+        if (delayed_model) {
+          if (gmt) acc = acc + gmt[i];
+          if (reset == 2) { coef = beta; unit = true; }
+          else if (reset == 0) {
+            if (detach) { coef = beta; unit = true; }
+            else { F ts = thr * sg; coef = beta - ts; }
+          } else {
+            const F s = uu > thr ? (F)1 : (F)0;
+            F e = (F)1 - s;
+            if (!detach) { F dv = vreset - uu; dv = dv * sg; e = e + dv; }
+            coef = e * beta;
+          }
+        } else {
+          F e;
+          bool e_one = false;
+          if (reset == 0) {
+            if (detach) { e = (F)1; e_one = true; }
+            else { F ts = thr * sg; e = (F)1 - ts; }
+          } else {
+            const F s = uu > thr ? (F)1 : (F)0;
+            e = (F)1 - s;
+            if (!detach) { F dv = vreset - uu; dv = dv * sg; e = e + dv; }
+          }
+          if (gmt) acc = e_one ? acc + gmt[i] : acc + gmt[i] * e;
+          if (e_one) { coef = beta; unit = true; } else coef = e * beta;
+        }
+        (void)unit;
+        if (an) { F c = coef * an[i]; acc = acc + c; }
+        at[i] = acc;
+      }
+    }
+  }
+}
+
+
+// ---- local reparameterisation (mesu_snn.kernels.local_linear, T > 1) ----
+// x (T, E) contiguous (E = B*in) -> zu (P, E), the pairs t <= s in row-major (triu_indices) order.
+template <typename F>
+static void pair_products(const F* x, F* zu, int64_t T, int64_t E) {
+  int64_t p = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t s = t; s < T; ++s, ++p) {
+      const F* a = x + t * E; const F* b = x + s * E; F* o = zu + p * E;
+      for (int64_t e = 0; e < E; ++e) o[e] = a[e] * b[e];
+    }
+}
+
+// cu (P, N): the upper-triangle covariances per column n; z (M, T, N) normals -> uv (M, 2T, N) with
+// u = L z, v = L^-T z (L the float64 Cholesky factor, rounded to F as the torch path does); columns
+// whose Cholesky fails or has a pivot L_kk^2 <= rtol * max diag are flagged in bad (and left zero).
+template <typename F>
+static int64_t local_factor(const F* cu, const F* z, F* uv, unsigned char* bad, int64_t T, int64_t N,
+                            int64_t M, double rtol) {
+  double* c = (double*)std::malloc(sizeof(double) * (3 * T * T + T));
+  F* lw = (F*)std::malloc(sizeof(F) * 2 * T * T * N);      // lw[(r * T + k) * N + n]
+  if (!c || !lw) { std::free(c); std::free(lw); return -1; }
+  double* L = c + T * T; double* Li = L + T * T; double* dinv = Li + T * T;
+  int64_t nbad = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    int64_t p = 0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t s = t; s < T; ++s, ++p) { const double v = (double)cu[p * N + n]; c[t * T + s] = v; c[s * T + t] = v; }
+    bool ok = true;
+    double scale = 0.0, piv = INFINITY;
+    for (int64_t j = 0; j < T; ++j) { const double d = c[j * T + j]; if (d > scale || j == 0) scale = d; }
+    for (int64_t j = 0; j < T * T; ++j) L[j] = 0.0;
+    for (int64_t j = 0; j < T && ok; ++j) {
+      double sum = c[j * T + j];
+      for (int64_t k = 0; k < j; ++k) sum -= L[j * T + k] * L[j * T + k];
+      if (!(sum > 0.0)) { ok = false; break; }
+      const double d = std::sqrt(sum), inv = 1.0 / d;
+      L[j * T + j] = d;
+      dinv[j] = inv;
+      if (d * d < piv) piv = d * d;
+      for (int64_t i = j + 1; i < T; ++i) {
+        double v = c[i * T + j];
+        for (int64_t k = 0; k < j; ++k) v -= L[i * T + k] * L[j * T + k];
+        L[i * T + j] = v * inv;
+      }
+    }
+    if (!ok || !(piv > rtol * scale)) {
+      bad[n] = 1; ++nbad;
+      for (int64_t q = 0; q < 2 * T * T; ++q) lw[q * N + n] = (F)0;
+      continue;
+    }
+    bad[n] = 0;
+    // Li = L^-1 (lower triangular), by forward substitution on the columns of I
+    for (int64_t j = 0; j < T * T; ++j) Li[j] = 0.0;
+    for (int64_t col = 0; col < T; ++col) {
+      Li[col * T + col] = dinv[col];
+      for (int64_t i = col + 1; i < T; ++i) {
+        double v = 0.0;
+        for (int64_t k = col; k < i; ++k) v -= L[i * T + k] * Li[k * T + col];
+        Li[i * T + col] = v * dinv[i];
+      }
+    }
+    for (int64_t r = 0; r < T; ++r)
+      for (int64_t k = 0; k < T; ++k) {
+        lw[(r * T + k) * N + n] = (F)L[r * T + k];               // u row r: sum_k L[r,k] z_k
+        lw[((T + r) * T + k) * N + n] = (F)Li[k * T + r];        // v row r: sum_k (L^-T)[r,k] z_k = Li[k,r] z_k
+      }
+  }
+  // uv[m, r, n] = sum_k lw[r, k, n] z[m, k, n], k = 0, 1, ... in order (vectorised over n)
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t r = 0; r < 2 * T; ++r) {
+      F* o = uv + (m * 2 * T + r) * N;
+      const F* zm = z + m * T * N;
+      const F* l0 = lw + (r * T) * N;
+      for (int64_t n = 0; n < N; ++n) o[n] = l0[n] * zm[n];
+      for (int64_t k = 1; k < T; ++k) {
+        const F* lk = lw + (r * T + k) * N; const F* zk = zm + k * N;
+        for (int64_t n = 0; n < N; ++n) { F pr = lk[n] * zk[n]; o[n] = o[n] + pr; }
+      }
+    }
+  std::free(c); std::free(lw);
+  return nbad;
+}
+
+// backward: g (M, T, N), v (rows T..2T-1 of uv (M, 2T, N)) -> ks (P, N) with, for the pair p = (t, s),
+// ks = half_p * (K[t,s] + K[s,t]), K[t,s,n] = sum_m g[m,t,n] v[m,s,n], half_p = 1/2 on the diagonal.
+// Also kb (N,): sum_{t,s} K[t,s,n] (for the bias sigma).
+template <typename F>
+static void local_k(const F* g, const F* uv, F* ks, F* kb, int64_t T, int64_t N, int64_t M) {
+  F* K = (F*)std::malloc(sizeof(F) * T * T * N);
+  if (!K) return;
+  for (int64_t j = 0; j < T * T * N; ++j) K[j] = (F)0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t t = 0; t < T; ++t) {
+      const F* gt = g + (m * T + t) * N;
+      for (int64_t s = 0; s < T; ++s) {
+        const F* vs = uv + (m * 2 * T + T + s) * N;
+        F* k = K + (t * T + s) * N;
+        for (int64_t n = 0; n < N; ++n) { F pr = gt[n] * vs[n]; k[n] = k[n] + pr; }
+      }
+    }
+  int64_t p = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t s = t; s < T; ++s, ++p) {
+      const F* a = K + (t * T + s) * N; const F* b = K + (s * T + t) * N; F* o = ks + p * N;
+      const F h = t == s ? (F)0.5 : (F)1;
+      for (int64_t n = 0; n < N; ++n) { F v = a[n] + b[n]; o[n] = v * h; }
+    }
+  if (kb) {
+    for (int64_t n = 0; n < N; ++n) kb[n] = (F)0;
+    for (int64_t q = 0; q < T * T; ++q)
+      for (int64_t n = 0; n < N; ++n) kb[n] = kb[n] + K[q * N + n];
+  }
+  std::free(K);
+}
+
+// ---- Gaussian weights (mesu_snn.kernels.gaussian_weight) backward: g (M, W), eps (M, W) ->
+// gmu = sum_m g_m, gsig = sum_m g_m * eps_m (sample by sample, as the torch loop); either may be null.
+template <typename F>
+static void gw_backward(const F* g, const F* eps, F* gmu, F* gsig, int64_t M, int64_t W) {
+  if (gmu) { for (int64_t w = 0; w < W; ++w) gmu[w] = g[w];
+             for (int64_t m = 1; m < M; ++m) { const F* gm = g + m * W; for (int64_t w = 0; w < W; ++w) gmu[w] = gmu[w] + gm[w]; } }
+  if (gsig) { for (int64_t w = 0; w < W; ++w) gsig[w] = g[w] * eps[w];
+              for (int64_t m = 1; m < M; ++m) { const F* gm = g + m * W; const F* em = eps + m * W;
+                for (int64_t w = 0; w < W; ++w) { F pr = gm[w] * em[w]; gsig[w] = gsig[w] + pr; } } }
+}
+
+// ---- the batch-1 input scan of local_linear: x (T, B*in) viewed as (T, B, in) -> active[i] (input i
+// non-zero at some step and batch element), returns the number of active inputs; *tconst = every
+// step equals the first.
+template <typename F>
+static int64_t scan_input(const F* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst) {
+  for (int64_t i = 0; i < IN; ++i) active[i] = 0;
+  for (int64_t q = 0; q < T * B; ++q) { const F* row = x + q * IN; for (int64_t i = 0; i < IN; ++i) active[i] |= row[i] != (F)0; }
+  int64_t n = 0; for (int64_t i = 0; i < IN; ++i) n += active[i];
+  int c = 1;
+  for (int64_t t = 1; t < T && c; ++t) {
+    const F* a = x; const F* b = x + t * B * IN;
+    for (int64_t e = 0; e < B * IN; ++e) if (!(a[e] == b[e])) { c = 0; break; }
+  }
+  *tconst = c;
+  return n;
+}
+
+// ---- optimizers: every value of n tensors finite?
+template <typename F>
+static int all_finite(void** ptrs, const int64_t* sizes, int64_t n) {
+  for (int64_t q = 0; q < n; ++q) {
+    const F* p = (const F*)ptrs[q];
+    int bad = 0;
+    const F big = std::numeric_limits<F>::max();
+    for (int64_t e = 0; e < sizes[q]; ++e) bad |= !(std::fabs(p[e]) <= big);   // false for NaN and ±Inf
+    if (bad) return 0;
+  }
+  return 1;
+}
+
+// MESU on n (mu, sigma) pairs in place, the formulas of mesu_snn.kernels.fused_update (same order).
+// c: nmk = -k, kmp = k*mu_prior (0 if mu_prior is 0), nlm = -lr_mu, nk2 = -k/2, k2p = k/2*sigma_prior^2,
+// nls = -lr_sigma/2, clamp (< 0: none).
+template <typename F>
+static void mesu_pairs(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n,
+                       double nmk_d, double kmp_d, int has_mp, double nlm_d, double nk2_d, double k2p_d, double nls_d,
+                       double clamp_d) {
+  const F nmk = (F)nmk_d, kmp = (F)kmp_d, nlm = (F)nlm_d, nk2 = (F)nk2_d, k2p = (F)k2p_d, nls = (F)nls_d;
+  const bool clip = clamp_d >= 0; const F c = (F)clamp_d, nc = (F)(-clamp_d);
+  for (int64_t q = 0; q < n; ++q) {
+    F* mu = (F*)mus[q]; F* sg = (F*)sigs[q]; const F* gm = (const F*)gmus[q]; const F* gs = (const F*)gsigs[q];
+    for (int64_t e = 0; e < sizes[q]; ++e) {
+      const F s = sg[e];
+      F pmu = mu[e] * nmk;
+      if (has_mp) pmu = pmu + kmp;
+      pmu = pmu * s;
+      F psg = s * s; psg = psg * nk2; psg = psg + k2p;
+      if (!clip) {
+        F t1 = nlm * s; t1 = t1 * gm[e]; pmu = pmu + t1;
+        F t2 = nls * s; t2 = t2 * gs[e]; psg = psg + t2;
+      } else {
+        F a = s * gm[e]; a = a < nc ? nc : a; a = a > c ? c : a; F t1 = a * nlm; pmu = pmu + t1;
+        F b = s * gs[e]; b = b < nc ? nc : b; b = b > c ? c : b; F t2 = b * nls; psg = psg + t2;
+      }
+      F dm = pmu * s; mu[e] = mu[e] + dm;
+      F ds = psg * s; sg[e] = s + ds;
+    }
+  }
+}
+
+extern "C" {
+int mesu_abi_version() { return 1; }
+
+// one set of entry points per dtype: NAME_f32 (float) and NAME_f64 (double)
+#define MESU_ENTRY_POINTS(SFX, F) \
+int lif_forward_##SFX(const F* x, const F* v0, F* s, F* u, int64_t O, int64_t T, int64_t I, double beta, double thr, \
+                      int reset, int delay, double vleak, double vreset, double scale) { \
+  F* buf = (F*)std::malloc(sizeof(F) * 2 * (I > 0 ? I : 1)); \
+  if (!buf) return 1; \
+  lif_fwd<F>(x, v0, s, u, O, T, I, beta, thr, reset, delay, vleak, vreset, scale, buf, buf + I); \
+  std::free(buf); \
+  return 0; } \
+int lif_backward_##SFX(const F* u, const F* gs, const F* gm, F* a, int64_t O, int64_t T, int64_t I, double beta, \
+                       double thr, int reset, int delay, int detach, double vreset, int sur, double p) { \
+  lif_bwd<F>(u, gs, gm, a, O, T, I, beta, thr, reset, delay, detach, vreset, sur, p); return 0; } \
+int pair_products_##SFX(const F* x, F* zu, int64_t T, int64_t E) { pair_products<F>(x, zu, T, E); return 0; } \
+int64_t local_factor_##SFX(const F* cu, const F* z, F* uv, unsigned char* bad, int64_t T, int64_t N, int64_t M, \
+                           double rtol) { return local_factor<F>(cu, z, uv, bad, T, N, M, rtol); } \
+int local_k_##SFX(const F* g, const F* uv, F* ks, F* kb, int64_t T, int64_t N, int64_t M) { \
+  local_k<F>(g, uv, ks, kb, T, N, M); return 0; } \
+int gw_backward_##SFX(const F* g, const F* eps, F* gmu, F* gsig, int64_t M, int64_t W) { \
+  gw_backward<F>(g, eps, gmu, gsig, M, W); return 0; } \
+int64_t scan_input_##SFX(const F* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst) { \
+  return scan_input<F>(x, T, B, IN, active, tconst); } \
+int all_finite_##SFX(void** ptrs, const int64_t* sizes, int64_t n) { return all_finite<F>(ptrs, sizes, n); } \
+int mesu_pairs_##SFX(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n, double nmk, \
+                     double kmp, int has_mp, double nlm, double nk2, double k2p, double nls, double clamp) { \
+  mesu_pairs<F>(mus, sigs, gmus, gsigs, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp); return 0; } \
+/* one group: ptrs = [mu..., sigma..., gmu..., gsigma...]; 0 (nothing changed) if a gradient is not finite */ \
+int mesu_step_##SFX(void** ptrs, const int64_t* sizes, int64_t n, double nmk, double kmp, int has_mp, double nlm, \
+                    double nk2, double k2p, double nls, double clamp) { \
+  if (!all_finite<F>(ptrs + 2 * n, sizes, n) || !all_finite<F>(ptrs + 3 * n, sizes, n)) return 0; \
+  mesu_pairs<F>(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp); \
+  return 1; }
+
+MESU_ENTRY_POINTS(f32, float)
+MESU_ENTRY_POINTS(f64, double)
+#undef MESU_ENTRY_POINTS
+}
+"""
+
+#: compiler flags; -ffp-contract=off keeps every multiply and add separately rounded (as torch's ops)
+FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-std=c++14"]
+
+_LOCK = threading.Lock()
+_STATE: dict = {}
+
+
+def cache_dir() -> Path:
+    """Where the compiled library is kept (see the module docstring)."""
+    root = os.environ.get("MESU_SNN_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mesu_snn"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _arch_flags() -> list[str]:
+    """The x86-64 micro-architecture level this CPU runs (as torch sees it): vector width for the loops.
+    The flags do not allow fused multiply-adds (``-ffp-contract=off``), so the results do not depend on it."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001
+        return []
+    return {"AVX512": ["-march=x86-64-v4"], "AVX2": ["-march=x86-64-v3"]}.get(cap, [])
+
+
+def _compile(cxx: str, flags: list[str]) -> Path:
+    key = hashlib.sha256("\0".join([SOURCE, *flags, platform.machine(), platform.system()]).encode()).hexdigest()[:16]
+    d = cache_dir()
+    lib = d / f"mesu_native_{key}.so"
+    if not lib.exists():
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=d) as tmp:
+            src = Path(tmp) / "native.cpp"
+            src.write_text(SOURCE)
+            out = Path(tmp) / lib.name
+            proc = subprocess.run([cxx, *flags, str(src), "-o", str(out)], capture_output=True, text=True,
+                                  timeout=300)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cxx} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+            os.replace(out, lib)          # atomic: a concurrent builder sees the old file or the new one
+    return lib
+
+
+def _build() -> ctypes.CDLL:
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+    arch = _arch_flags()
+    try:
+        lib = _compile(cxx, FLAGS + arch)
+    except RuntimeError:
+        if not arch:
+            raise
+        lib = _compile(cxx, FLAGS)        # an older compiler without the -march level
+    cdll = ctypes.CDLL(str(lib))
+    if cdll.mesu_abi_version() != 1:
+        raise RuntimeError(f"{lib} has an unexpected ABI version")
+    p, i64, dbl, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+    for suffix in ("f32", "f64"):
+        f = getattr(cdll, f"lif_forward_{suffix}")
+        f.argtypes = [p, p, p, p, i64, i64, i64, dbl, dbl, cint, cint, dbl, dbl, dbl]
+        f.restype = cint
+        b = getattr(cdll, f"lif_backward_{suffix}")
+        b.argtypes = [p, p, p, p, i64, i64, i64, dbl, dbl, cint, cint, cint, dbl, cint, dbl]
+        b.restype = cint
+        f = getattr(cdll, f"pair_products_{suffix}")
+        f.argtypes = [p, p, i64, i64]
+        f.restype = cint
+        f = getattr(cdll, f"local_factor_{suffix}")
+        f.argtypes = [p, p, p, p, i64, i64, i64, dbl]
+        f.restype = i64
+        f = getattr(cdll, f"local_k_{suffix}")
+        f.argtypes = [p, p, p, p, i64, i64, i64]
+        f.restype = cint
+        f = getattr(cdll, f"gw_backward_{suffix}")
+        f.argtypes = [p, p, p, p, i64, i64]
+        f.restype = cint
+        f = getattr(cdll, f"scan_input_{suffix}")
+        f.argtypes = [p, i64, i64, i64, p, p]
+        f.restype = i64
+        f = getattr(cdll, f"all_finite_{suffix}")
+        f.argtypes = [p, p, i64]
+        f.restype = cint
+        f = getattr(cdll, f"mesu_step_{suffix}")
+        f.argtypes = [p, p, i64, dbl, dbl, cint, dbl, dbl, dbl, dbl, dbl]
+        f.restype = cint
+        f = getattr(cdll, f"mesu_pairs_{suffix}")
+        f.argtypes = [p, p, p, p, p, i64, dbl, dbl, cint, dbl, dbl, dbl, dbl, dbl]
+        f.restype = cint
+    return cdll
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library, building it on first call; None if it cannot be had (logged once)."""
+    if "lib" in _STATE:
+        return _STATE["lib"]
+    with _LOCK:
+        if "lib" not in _STATE:
+            lib = None
+            if os.environ.get("MESU_SNN_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+                log.info("mesu_snn native kernels disabled by MESU_SNN_NATIVE")
+            else:
+                try:
+                    lib = _build()
+                except Exception as e:  # noqa: BLE001 - any failure means: use the torch code
+                    log.warning("mesu_snn: native kernels unavailable, using the pure-PyTorch path (%s)", e)
+            _STATE["lib"] = lib
+    return _STATE["lib"]
+
+
+def available() -> bool:
+    """Whether the compiled library can be used (builds it on first call)."""
+    return library() is not None
+
+
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def pointers(tensors) -> tuple:
+    """(void* array, int64 array of sizes, n) of a list of contiguous tensors, for the list loops."""
+    n = len(tensors)
+    ptrs = (ctypes.c_void_p * n)(*[t.data_ptr() for t in tensors])
+    sizes = (ctypes.c_int64 * n)(*[t.numel() for t in tensors])
+    return ptrs, sizes, n
+
+
+def suffix(t: torch.Tensor) -> str | None:
+    """'f32'/'f64' for a CPU tensor the loops handle, else None."""
+    return _DTYPES.get(t.dtype) if t.device.type == "cpu" else None
