@@ -5,13 +5,17 @@
   message names the ``pip install 'mesu-snn[EXTRA]'`` that brings it.
 * :class:`CLIError`: a user error the command line reports as one line, without a traceback.
 * :class:`DiskFullError`: a write failed for lack of space (also an OSError); names the path.
+* :class:`NonFiniteStepError`: an optimizer step refused because it would make a μ or σ
+  non-finite or a σ ≤ 0 (also a FloatingPointError); names the parameter.
+* :class:`DivergedError`: a training run diverged (a CLIError: one line); names the reason.
 """
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
-__all__ = ["MesuError", "MissingExtraError", "CLIError", "DiskFullError", "require"]
+__all__ = ["MesuError", "MissingExtraError", "CLIError", "DiskFullError", "NonFiniteStepError", "DivergedError",
+           "require"]
 
 
 class MesuError(Exception):
@@ -48,3 +52,13 @@ def require(module: str, feature: str) -> ModuleType:
 class DiskFullError(MesuError, OSError):
     """A write failed because the disk (or quota) is full; the message names the path. Files
     written before stay intact (every run file is written to a temporary file and renamed)."""
+
+
+class NonFiniteStepError(MesuError, FloatingPointError):
+    """An optimizer step was refused before it changed anything: its gradients, or the μ/σ it
+    would write, are non-finite, or a σ would be ≤ 0. The message names the parameter."""
+
+
+class DivergedError(CLIError):
+    """A training run diverged (accuracy at chance, a non-finite or absurd parameter); the
+    message gives the reason and says which checkpoint was kept."""

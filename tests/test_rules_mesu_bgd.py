@@ -330,7 +330,7 @@ def test_legacy_mesu_state_dict_is_refused_and_converted_on_request():
     sd = opt.state_dict()
     legacy = {**sd, "param_groups": [{k: v for k, v in g.items() if k not in ("memory_unit", "batch_size")}
                                      for g in sd["param_groups"]]}
-    opt2 = ms.MESU(_tiny_model(), memory=1.0)
+    opt2 = ms.MESU(_tiny_model(), memory=10.0)
     with pytest.raises(ValueError, match="memory counted updates.*upgrade_legacy_state_dict"):
         opt2.load_state_dict(legacy)
     opt2.load_state_dict(upgrade_legacy_state_dict(legacy, batch_size=16))

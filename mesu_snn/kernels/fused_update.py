@@ -22,7 +22,8 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["fused_mesu_step", "fused_bgd_step", "mesu_deltas", "bgd_factors", "all_finite"]
+__all__ = ["fused_mesu_step", "fused_bgd_step", "mesu_deltas", "bgd_factors", "all_finite", "mesu_new_values",
+           "bgd_new_values", "values_ok"]
 
 Tensors = Sequence[torch.Tensor]
 
@@ -101,6 +102,23 @@ def fused_mesu_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigm
     torch._foreach_addcmul_(sigmas, psig, sigmas)  # σ += σ·(Δσ/σ), elementwise in place
 
 
+@torch.no_grad()
+def mesu_new_values(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
+                    memory: float, sigma_prior: float, mu_prior: float = 0.0, lr_mu: float = 1.0,
+                    lr_sigma: float = 1.0, clamp_grad: float | None = 0.5,
+                    batch_size: int = 1) -> tuple[list, list]:
+    """The new (μ list, σ list) of one MESU step, computed into new tensors (nothing is
+    modified): the same operations as :func:`fused_mesu_step`, so copying them into μ and σ
+    gives bit for bit its result. Lets a caller check the step before applying it."""
+    mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
+    if not mus:
+        return [], []
+    pmu, psig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
+                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad,
+                                 batch_size=batch_size)
+    return torch._foreach_addcmul(mus, pmu, sigmas), torch._foreach_addcmul(sigmas, psig, sigmas)
+
+
 def bgd_factors(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors) -> tuple[list, list]:
     """BGD as (σ·(σ·∂C/∂μ) list, σ multiplier list): μ ← μ − lr·first, σ ← σ·second."""
     mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
@@ -125,6 +143,40 @@ def fused_bgd_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma
     if dmu:
         torch._foreach_add_(list(mus), dmu, alpha=-lr)
         torch._foreach_mul_(list(sigmas), root)
+
+
+@torch.no_grad()
+def bgd_new_values(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
+                   lr: float = 1.0) -> tuple[list, list]:
+    """The new (μ list, σ list) of one BGD step in new tensors, equal bit for bit to
+    :func:`fused_bgd_step`'s in-place result; nothing is modified."""
+    dmu, root = bgd_factors(mus, sigmas, grads_mu, grads_sigma)
+    if not dmu:
+        return [], []
+    return torch._foreach_add(list(mus), dmu, alpha=-lr), torch._foreach_mul(list(sigmas), root)
+
+
+@torch.no_grad()
+def values_ok(finite: Tensors, positive: Tensors = ()) -> bool:
+    """True if every tensor of ``finite`` holds only finite values and every tensor of
+    ``positive`` only finite values > 0. One min/max pass per tensor (NaN propagates through
+    both) and one host sync; exact (no sum that could overflow)."""
+    lows, highs, n = [], [], 0
+    for i, t in enumerate([*finite, *positive]):
+        if t.numel() == 0:
+            continue
+        n += i < len(finite)
+        lo, hi = torch.aminmax(t.detach())
+        lows.append(lo.to(torch.float32))
+        highs.append(hi.to(torch.float32))
+    if not lows:
+        return True
+    lo, hi = torch.stack(lows), torch.stack(highs)
+    inf = float("inf")
+    ok = (hi < inf).all() & (lo[:n] > -inf).all()
+    if len(lows) > n:
+        ok = ok & (lo[n:] > 0).all()
+    return bool(ok)
 
 
 @torch.no_grad()
