@@ -159,24 +159,26 @@ def bgd_new_values(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma
 @torch.no_grad()
 def values_ok(finite: Tensors, positive: Tensors = ()) -> bool:
     """True if every tensor of ``finite`` holds only finite values and every tensor of
-    ``positive`` only finite values > 0. One min/max pass per tensor (NaN propagates through
-    both) and one host sync; exact (no sum that could overflow)."""
-    lows, highs, n = [], [], 0
-    for i, t in enumerate([*finite, *positive]):
-        if t.numel() == 0:
-            continue
-        n += i < len(finite)
-        lo, hi = torch.aminmax(t.detach())
-        lows.append(lo.to(torch.float32))
-        highs.append(hi.to(torch.float32))
-    if not lows:
+    ``positive`` only finite values > 0. Fast path: one sum per tensor (NaN/Inf propagate)
+    and one min per ``positive`` tensor (NaN propagates), one host sync; only if that fails
+    (a bad value, or finite values whose sum overflows) is each tensor checked exactly.
+    (``isfinite(t).all()`` is avoided: on CPU it costs ~25 sums.)"""
+    finite = [t.detach() for t in finite if t.numel()]
+    positive = [t.detach() for t in positive if t.numel()]
+    if not finite and not positive:
         return True
-    lo, hi = torch.stack(lows), torch.stack(highs)
+    total = torch.stack([t.sum().to(torch.float32) for t in [*finite, *positive]]).sum()
+    ok = torch.isfinite(total)
+    if positive:
+        ok = ok & (torch.stack([t.amin().to(torch.float32) for t in positive]).amin() > 0)
+    if bool(ok):
+        return True
     inf = float("inf")
-    ok = (hi < inf).all() & (lo[:n] > -inf).all()
-    if len(lows) > n:
-        ok = ok & (lo[n:] > 0).all()
-    return bool(ok)
+    for t in [*finite, *positive]:
+        lo, hi = torch.aminmax(t)
+        if not (bool(lo > -inf) and bool(hi < inf)):
+            return False
+    return all(bool(t.amin() > 0) for t in positive)
 
 
 @torch.no_grad()
