@@ -374,7 +374,7 @@ def estimate_memory(cfg: "RunConfig") -> dict[str, int]:
     f = 4
     return {"train": f * m_train * (3 * weights + 4 * cfg.stream.batch_size * T * units),
             "evaluation": f * m_eval * (3 * weights + 4 * sch.eval_batch_size * T * units + n_test * N_CLASSES),
-            "weights": f * weights, "samples_train": m_train, "samples_eval": m_eval}
+            "weights": f * weights, "samples_train": m_train, "samples_evaluation": m_eval}
 
 
 def check_memory(cfg: "RunConfig", available: int | None = None) -> None:
