@@ -311,7 +311,7 @@ class ScheduleConfig:
     ood: bool = True                     # OOD AUROC on a never-seen pixel/address permutation
     device: str = "cpu"
     threads: int | None = None           # torch.set_num_threads (None: torch's default)
-    chance_patience: int = 2             # diverged: the just-learned task at chance at K task ends in a row (0: off)
+    chance_patience: int = 3             # diverged: the just-learned task at chance at K task ends in a row (0: off)
     max_abs_parameter: float = 1e4       # diverged: a |μ| or σ above this (or non-finite, or σ <= 0)
 
     def validate(self, p="schedule"):

@@ -93,7 +93,7 @@ class Trainer:
                  batch_size: int = 16, epochs_per_task: int = 1, boundary: str = "sharp", transition: float = 0.2,
                  stream_seed: int = 0, train_samples: int = 4, eval_samples: int = 8, eval_every: int = 0,
                  eval_batch_size: int = 256, eval_mask: str | None = None, eval_average: str = "probs",
-                 seed: int = 0, last_k: int = 3, chance_patience: int = 2, max_abs_parameter: float = 1e4,
+                 seed: int = 0, last_k: int = 3, chance_patience: int = 3, max_abs_parameter: float = 1e4,
                  ood_inputs=None, ood_description: str = "inputs never trained on",
                  callbacks: Iterable[Callback] = (), desc: str | None = None,
                  device: str | torch.device = "cpu", config: dict | None = None):
@@ -335,9 +335,9 @@ class Trainer:
         acc = ev.accuracy[k]
         band = max(0.05, 3.0 * math.sqrt(c * (1.0 - c) / n))
         self._at_chance = self._at_chance + 1 if acc <= c + band else 0
-        patience = min(self.chance_patience, self.n_tasks)
+        patience = self.chance_patience
         if self._at_chance >= patience:
-            self._diverge(self.update, f"accuracy at chance on the task just learned at {patience} task end(s) in a "
+            self._diverge(self.update, f"accuracy at chance on the task just learned at {patience} task ends in a "
                                        f"row (task {k}: {acc:.3f}, chance {c:.3f} + {band:.3f})")
 
     def _train_step(self, x_raw, y: torch.Tensor) -> tuple[float, float]:

@@ -177,8 +177,9 @@ def test_absurd_settings_from_a_config_are_one_line_and_keep_the_last_good_check
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["diverged"] is True and "in magnitude" in metrics["diverged_reason"]
     assert not (out / "checkpoints" / "last.pt").exists()
-    # a run that stops learning (at chance at 2 task ends in a row) keeps its checkpoint from before
-    cfg.write_text(CONFIG.replace("memory = 10000.0", "memory = 10000.0\nlr_mu = 0.0\nlr_sigma = 0.0"))
+    # a run that stops learning (at chance at 3 task ends in a row) keeps its checkpoint from before
+    cfg.write_text(CONFIG.replace("memory = 10000.0", "memory = 10000.0\nlr_mu = 0.0\nlr_sigma = 0.0")
+                   .replace("n_tasks = 3", "n_tasks = 4").replace("epochs_per_task = 2", "epochs_per_task = 1"))
     out = tmp_path / "chance"
     line = _one_error_line(_run("train", cfg, "--out", out, "--quiet", cwd=tmp_path))
     assert "accuracy at chance" in line and "is the last good checkpoint" in line
