@@ -71,16 +71,26 @@ def _mesu_over_sigma(mus: list, sigmas: list, gmus: list, gsigmas: list, *, memo
     return pmu, psig
 
 
+def _mesu_factors(mus, sigmas, grads_mu, grads_sigma, memory, sigma_prior, mu_prior, lr_mu, lr_sigma,
+                  clamp_grad, batch_size) -> tuple[list, list, list, list]:
+    """Checked lists of μ and σ, and (Δμ/σ, Δσ/σ) for every pair (empty lists for no pairs)."""
+    mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
+    if not mus:
+        return [], [], [], []
+    pmu, psig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
+                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad,
+                                 batch_size=batch_size)
+    return mus, sigmas, pmu, psig
+
+
 def mesu_deltas(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
                 memory: float, sigma_prior: float, mu_prior: float = 0.0, lr_mu: float = 1.0,
                 lr_sigma: float = 1.0, clamp_grad: float | None = 0.5, batch_size: int = 1) -> tuple[list, list]:
     """The MESU increments (Δμ list, Δσ list) for every pair; nothing is modified."""
-    mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
+    mus, sigmas, dmu, dsig = _mesu_factors(mus, sigmas, grads_mu, grads_sigma, memory, sigma_prior, mu_prior, lr_mu,
+                                          lr_sigma, clamp_grad, batch_size)
     if not mus:
         return [], []
-    dmu, dsig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
-                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad,
-                                 batch_size=batch_size)
     torch._foreach_mul_(dmu, sigmas)
     torch._foreach_mul_(dsig, sigmas)
     return dmu, dsig
@@ -92,12 +102,10 @@ def fused_mesu_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigm
                     lr_sigma: float = 1.0, clamp_grad: float | None = 0.5, batch_size: int = 1) -> None:
     """One MESU step on every pair, in place. Same arguments as
     :func:`mesu_snn.functional.mesu.mesu_update` (scalars only), lists instead of tensors."""
-    mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
+    mus, sigmas, pmu, psig = _mesu_factors(mus, sigmas, grads_mu, grads_sigma, memory, sigma_prior, mu_prior, lr_mu,
+                                          lr_sigma, clamp_grad, batch_size)
     if not mus:
         return
-    pmu, psig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
-                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad,
-                                 batch_size=batch_size)
     torch._foreach_addcmul_(mus, pmu, sigmas)      # μ += σ·(Δμ/σ), with the old σ
     torch._foreach_addcmul_(sigmas, psig, sigmas)  # σ += σ·(Δσ/σ), elementwise in place
 
@@ -110,12 +118,10 @@ def mesu_new_values(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigm
     """The new (μ list, σ list) of one MESU step, computed into new tensors (nothing is
     modified): the same operations as :func:`fused_mesu_step`, so copying them into μ and σ
     gives bit for bit its result. Lets a caller check the step before applying it."""
-    mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
+    mus, sigmas, pmu, psig = _mesu_factors(mus, sigmas, grads_mu, grads_sigma, memory, sigma_prior, mu_prior, lr_mu,
+                                          lr_sigma, clamp_grad, batch_size)
     if not mus:
         return [], []
-    pmu, psig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
-                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad,
-                                 batch_size=batch_size)
     return torch._foreach_addcmul(mus, pmu, sigmas), torch._foreach_addcmul(sigmas, psig, sigmas)
 
 
