@@ -8,6 +8,7 @@ seed, so two configs that differ only in ``[rule]`` train the same network on th
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .callbacks import Progress, SigmaWatch
-from .config import RunConfig
+from .config import ConfigWarning, RunConfig
 from .datasets import EventDataset, load_digits, load_mnist, load_nmnist, load_shd
 from .encoders import (CurrentEncoder, EventFrameEncoder, LatencyEncoder, RateEncoder, check_tonic_transforms,
                        current_encode, standardization_stats, standardize, to_unit_interval, tonic_frames,
@@ -151,6 +152,13 @@ def build_tasks(cfg: RunConfig, raw=None) -> TaskStream:
         else:
             tasks = class_incremental_tasks(xtr, ytr, xte, yte, s.classes_per_task, seed=seed)
     d = cfg.data
+    for name, want, sizes in (("train_per_task", d.train_per_task, [len(t.train_y) for t in tasks]),
+                              ("test_per_task", d.test_per_task, [len(t.test_y) for t in tasks])):
+        if want is not None and want > min(sizes):     # never capped silently
+            k = sizes.index(min(sizes))
+            warnings.warn(ConfigWarning(
+                f"config field data.{name}: {want} is more than the {min(sizes)} {name.split('_')[0]} samples of task {k} "
+                f"({tasks[k].name}); tasks with fewer samples keep all of theirs"), stacklevel=2)
     if d.train_per_task is not None or d.test_per_task is not None:
         tasks = tasks.subsample(d.train_per_task or _ALL, d.test_per_task, seed=derive_seed(seed, "subsample") % 2**31)
     return tasks
@@ -270,7 +278,8 @@ def build_trainer(cfg: RunConfig, progress: bool = False, callbacks=(), tasks: T
                    stream_seed=stream_seed(cfg), train_samples=sch.train_samples, eval_samples=sch.eval_samples,
                    eval_every=sch.eval_every, eval_batch_size=sch.eval_batch_size, eval_mask=eval_mask_for(cfg),
                    eval_average=sch.eval_average,
-                   seed=cfg.seed, last_k=sch.last_k, ood_inputs=build_ood(cfg, tasks),
+                   seed=cfg.seed, last_k=sch.last_k, chance_patience=sch.chance_patience,
+                   max_abs_parameter=sch.max_abs_parameter, ood_inputs=build_ood(cfg, tasks),
                    ood_description=OOD_DESCRIPTION,
                    callbacks=[*callbacks, *([SigmaWatch()] if rule.bayesian else []),
                               *([Progress(desc)] if progress else [])], desc=desc,

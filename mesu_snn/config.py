@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .bounds import BOUNDS, check_number, describe
+from .errors import MesuError
 from .functional.lif import RESETS
 from .encoders import check_tonic_transforms
 from .functional.surrogate import SURROGATES
@@ -64,7 +66,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ConfigError", "RunConfig", "DataConfig", "StreamConfig", "EncoderConfig", "ModelConfig",
+__all__ = ["ConfigError", "ConfigWarning", "estimate_memory", "check_memory", "RunConfig", "DataConfig", "StreamConfig", "EncoderConfig", "ModelConfig",
            "RuleConfig", "ScheduleConfig", "load_config", "parse_config", "dump_toml"]
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "nmnist", "shd")
@@ -79,10 +81,20 @@ INITS = tuple(_SYN_INITS)
 ACTIVATIONS = tuple(_MODEL_ACTIVATIONS)
 EVAL_AVERAGES = ("probs", "log_probs")
 DEVICES = ("cpu", "cuda", "auto")
+#: every dataset has 10 classes; sample shape (channels, height, width) and test-set size,
+#: for the memory estimate made before any data is loaded
+N_CLASSES = 10
+SAMPLE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "nmnist": (2, 34, 34)}
+TEST_SIZES = {"digits": 450, "mnist": 10_000, "fashion_mnist": 10_000, "nmnist": 10_000}
 
 
-class ConfigError(ValueError):
+class ConfigError(MesuError, ValueError):
     """A configuration value is missing, of the wrong type or out of range (names the field)."""
+
+
+class ConfigWarning(UserWarning):
+    """A configuration value that cannot be honoured exactly (e.g. more samples per task than
+    the data has): the run goes on, and this says what it does instead."""
 
 
 def _err(path: str, msg: str) -> ConfigError:
@@ -91,13 +103,19 @@ def _err(path: str, msg: str) -> ConfigError:
 
 # -- field checkers -----------------------------------------------------------------------
 
-def _int(path, v, lo=None, allow_none=False):
+#: the largest integer a field takes (sizes, counts, steps: int32 indices); seeds take int64
+INT_MAX, SEED_MAX = 2**31 - 1, 2**63 - 1
+
+
+def _int(path, v, lo=None, allow_none=False, hi=INT_MAX):
     if v is None and allow_none:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
         raise _err(path, f"must be an integer{'' if lo is None else f' >= {lo}'}, got {v!r}")
     if lo is not None and v < lo:
         raise _err(path, f"must be an integer >= {lo}, got {v!r}")
+    if v > hi:
+        raise _err(path, f"must be an integer <= {hi}, got {v!r}")
     return v
 
 
@@ -131,6 +149,10 @@ def _str(path, v, allow_none=False):
         return None
     if not isinstance(v, str) or not v.strip():
         raise _err(path, f"must be a non-empty string, got {v!r}")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _err(path, f"must be valid Unicode text (no lone surrogates), got {v!r}") from None
     return v
 
 
@@ -166,8 +188,8 @@ class DataConfig:
 class StreamConfig:
     """``[stream]``: the task sequence and how it is presented (always task-free to the learner)."""
     kind: str = "permuted"
-    n_tasks: int = 5                     # permuted
-    classes_per_task: int = 2            # split / class_incremental
+    n_tasks: int | None = None           # permuted (default 5); split/class_incremental: fixed by the classes
+    classes_per_task: int | None = None  # split / class_incremental (default 2)
     boundary: str = "sharp"
     transition: float = 0.2              # blurred: width of the mixing window (share of a task)
     epochs_per_task: int = 1
@@ -176,13 +198,27 @@ class StreamConfig:
 
     def validate(self, p="stream"):
         _choice(f"{p}.kind", self.kind, STREAM_KINDS)
-        _int(f"{p}.n_tasks", self.n_tasks, 1)
-        _int(f"{p}.classes_per_task", self.classes_per_task, 1)
+        _int(f"{p}.n_tasks", self.n_tasks, 1, allow_none=True, hi=100_000)
+        _int(f"{p}.classes_per_task", self.classes_per_task, 1, allow_none=True, hi=N_CLASSES)
+        if self.kind == "permuted":       # nothing given is silently ignored
+            if self.classes_per_task is not None:
+                raise _err(f"{p}.classes_per_task", "applies to split and class_incremental streams only (a permuted "
+                           "stream keeps all classes in every task): remove it")
+            if self.n_tasks is None:
+                self.n_tasks = 5
+        else:
+            if self.classes_per_task is None:
+                self.classes_per_task = 2
+            fixed = -(-N_CLASSES // self.classes_per_task)
+            if self.n_tasks is not None and self.n_tasks != fixed:
+                raise _err(f"{p}.n_tasks", f"a {self.kind} stream has one task per {self.classes_per_task} classes, so "
+                           f"{fixed} tasks for {N_CLASSES} classes; n_tasks = {self.n_tasks} cannot be honoured: remove "
+                           "it or change classes_per_task")
         _choice(f"{p}.boundary", self.boundary, BOUNDARIES)
         self.transition = _float(f"{p}.transition", self.transition, 0.0, True, 1.0)
         _int(f"{p}.epochs_per_task", self.epochs_per_task, 1)
         _int(f"{p}.batch_size", self.batch_size, 1)
-        _int(f"{p}.seed", self.seed, 0, allow_none=True)
+        _int(f"{p}.seed", self.seed, 0, allow_none=True, hi=SEED_MAX)
 
 
 @dataclass
@@ -263,10 +299,6 @@ class ModelConfig:
             _bool(f"{p}.bias", self.bias)
 
 
-_BOUNDS = {">0": dict(lo=0.0, lo_open=True), ">=0": dict(lo=0.0), "[0,1]": dict(lo=0.0, hi=1.0),
-           "[0,1)": dict(lo=0.0, hi=1.0, hi_open=True), "real": {}}
-
-
 @dataclass
 class RuleConfig:
     """``[rule]``: ``name`` and the rule's hyperparameters (see :func:`mesu_snn.rules.make_rule`)."""
@@ -280,13 +312,13 @@ class RuleConfig:
             if k not in known:
                 raise _err(f"{p}.{k}", f"unknown hyperparameter for rule {self.name!r} "
                            f"(known: {', '.join(sorted(known))})")
-            bound = known[k][1]
-            if isinstance(bound, tuple):
-                _choice(f"{p}.{k}", v, bound)
-            elif bound == "int>=1":
-                _int(f"{p}.{k}", v, 1)
-            else:
-                self.params[k] = _float(f"{p}.{k}", v, **_BOUNDS[bound])
+            bound = known[k][1]             # one home of the bounds: mesu_snn.bounds, via Rule.bounds
+            try:
+                check_number(k, v, bound)
+            except ValueError:
+                raise _err(f"{p}.{k}", f"must be {describe(bound)}, got {v!r}") from None
+            if not isinstance(bound, tuple) and not BOUNDS[bound][4]:
+                self.params[k] = float(v)
 
 
 @dataclass
@@ -302,6 +334,8 @@ class ScheduleConfig:
     ood: bool = True                     # OOD AUROC on a never-seen pixel/address permutation
     device: str = "cpu"
     threads: int | None = None           # torch.set_num_threads (None: torch's default)
+    chance_patience: int = 3             # diverged: the just-learned task at chance at K task ends in a row (0: off)
+    max_abs_parameter: float = 1e4       # diverged: a |μ| or σ above this (or non-finite, or σ <= 0)
 
     def validate(self, p="schedule"):
         _int(f"{p}.train_samples", self.train_samples, 1)
@@ -313,7 +347,77 @@ class ScheduleConfig:
         _int(f"{p}.last_k", self.last_k, 1)
         _bool(f"{p}.ood", self.ood)
         _choice(f"{p}.device", self.device, DEVICES)
-        _int(f"{p}.threads", self.threads, 1, allow_none=True)
+        _int(f"{p}.threads", self.threads, 1, allow_none=True, hi=4096)
+        _int(f"{p}.chance_patience", self.chance_patience, 0)
+        self.max_abs_parameter = _float(f"{p}.max_abs_parameter", self.max_abs_parameter, 0.0, True)
+
+
+# -- memory ------------------------------------------------------------------------------
+
+def _fmt_bytes(n: float) -> str:
+    for unit, k in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= k:
+            return f"{n / k:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def available_memory() -> int | None:
+    """Physical memory of this machine in bytes (None if the OS does not say)."""
+    import os
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
+def estimate_memory(cfg: "RunConfig") -> dict[str, int]:
+    """Rough peak bytes of one training update and of one evaluation batch (float32), from the
+    sizes alone: Monte-Carlo weight draws (ε, w, its gradient: 3 tensors per sample), the
+    activations of every layer at every time step (currents, membranes, spikes, gradients: 4),
+    and for the evaluation the (M, test samples, classes) outputs the last one collects."""
+    m, e, sch = cfg.model, cfg.encoder, cfg.schedule
+    c, h, w = SAMPLE_SHAPES[cfg.data.dataset]
+    n_in, T = c * h * w, (1 if m.kind == "ann" else e.num_steps)
+    if m.kind == "conv":
+        chans = [c, *m.channels]
+        weights = sum(a * b * m.kernel_size ** 2 for a, b in zip(chans, chans[1:])) + chans[-1] * h * w * N_CLASSES
+        units = h * w * sum(chans) + N_CLASSES
+    else:
+        sizes = [n_in, *m.hidden, N_CLASSES]
+        weights = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+        units = sum(sizes)
+    bayesian = cfg.rule.name in ("mesu", "bgd")
+    m_train, m_eval = (sch.train_samples, sch.eval_samples) if bayesian else (1, 1)
+    n_test = cfg.data.test_per_task or TEST_SIZES[cfg.data.dataset]
+    tasks = cfg.stream.n_tasks or -(-N_CLASSES // (cfg.stream.classes_per_task or 2))
+    if cfg.stream.kind != "permuted":
+        n_test = min(n_test, TEST_SIZES[cfg.data.dataset])
+    else:
+        n_test *= tasks
+    f = 4
+    return {"train": f * m_train * (3 * weights + 4 * cfg.stream.batch_size * T * units),
+            "evaluation": f * m_eval * (3 * weights + 4 * sch.eval_batch_size * T * units + n_test * N_CLASSES),
+            "weights": f * weights, "samples_train": m_train, "samples_evaluation": m_eval}
+
+
+def check_memory(cfg: "RunConfig", available: int | None = None) -> None:
+    """Refuse, before any data is loaded, a configuration whose training update or evaluation
+    would need more memory than the machine has (the estimate is in the message)."""
+    available = available_memory() if available is None else available
+    if not available:
+        return
+    est = estimate_memory(cfg)
+    for part, fields_ in (("train", "schedule.train_samples, stream.batch_size"),
+                          ("evaluation", "schedule.eval_samples, schedule.eval_batch_size")):
+        need = est[part]
+        if need > available:
+            what = "a training update" if part == "train" else "an evaluation batch"
+            raise ConfigError(
+                f"config: {what} would need about {_fmt_bytes(need)} ({need:.3g} bytes: "
+                f"{est['samples_' + part]} weight samples of {_fmt_bytes(est['weights'])} of weights, model "
+                f"{cfg.model.kind} {cfg.model.hidden if cfg.model.kind != 'conv' else cfg.model.channels}, "
+                f"{cfg.encoder.num_steps} time steps), more than the {_fmt_bytes(available)} of memory of this "
+                f"machine; lower {fields_} or the model size")
 
 
 SECTIONS = {"data": DataConfig, "stream": StreamConfig, "encoder": EncoderConfig, "model": ModelConfig,
@@ -332,7 +436,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def validate(self) -> "RunConfig":
-        _int("seed", self.seed, 0)
+        _int("seed", self.seed, 0, hi=SEED_MAX)
         for name in SECTIONS:
             getattr(self, name).validate(name)
         # cross-field checks
@@ -350,6 +454,7 @@ class RunConfig:
                        f"got {self.encoder.kind!r}")
         if self.encoder.kind == "rate" and self.encoder.gain > 1.0:
             raise _err("encoder.gain", f"a rate code's gain scales a probability: must be <= 1, got {self.encoder.gain}")
+        check_memory(self)
         return self
 
     def to_dict(self) -> dict:
@@ -416,6 +521,9 @@ def load_config(path: str | Path) -> RunConfig:
 
 # -- writing ------------------------------------------------------------------------------
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -423,8 +531,9 @@ def _toml_value(v) -> str:
         return str(v)
     if isinstance(v, float):
         return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, str):      # a TOML basic string: \\, \" and every control character escaped
+        return '"' + "".join(_TOML_ESCAPES.get(ch) or (f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7f else ch)
+                             for ch in v) + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):                       # an inline table (encoder.transforms entries)

@@ -7,13 +7,17 @@
 * :class:`DiskFullError`: a write failed for lack of space (also an OSError); names the path.
 * :class:`ChipConstraintError`: a network does not fit a neuromorphic target (also a
   ValueError); the message lists every violation found, one per line.
+* :class:`NonFiniteStepError`: an optimizer step refused because it would make a μ or σ
+  non-finite or a σ ≤ 0 (also a FloatingPointError); names the parameter.
+* :class:`DivergedError`: a training run diverged (a CLIError: one line); names the reason.
 """
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
-__all__ = ["MesuError", "MissingExtraError", "CLIError", "DiskFullError", "ChipConstraintError", "require"]
+__all__ = ["MesuError", "MissingExtraError", "CLIError", "DiskFullError", "ChipConstraintError",
+           "NonFiniteStepError", "DivergedError", "require"]
 
 
 class MesuError(Exception):
@@ -62,3 +66,11 @@ class ChipConstraintError(MesuError, ValueError):
         lines = "\n".join(f"  - {v}" for v in self.violations)
         super().__init__(f"the network does not fit {target} ({len(self.violations)} violation"
                          f"{'s' if len(self.violations) != 1 else ''}):\n{lines}")
+class NonFiniteStepError(MesuError, FloatingPointError):
+    """An optimizer step was refused before it changed anything: its gradients, or the μ/σ it
+    would write, are non-finite, or a σ would be ≤ 0. The message names the parameter."""
+
+
+class DivergedError(CLIError):
+    """A training run diverged (accuracy at chance, a non-finite or absurd parameter); the
+    message gives the reason and says which checkpoint was kept."""

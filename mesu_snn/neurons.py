@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .bounds import check_number
 from .functional.lif import RESETS, LIFParameters, initial_membrane, lif_sequence, lif_step
 from .functional.surrogate import FastSigmoid, make_surrogate
 from .kernels.lif_fused import lif_sequence_fused, supports
@@ -32,11 +33,11 @@ class LIF(nn.Module):
         if reset not in RESETS:
             raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
         b = torch.as_tensor(beta, dtype=torch.get_default_dtype())
-        if torch.any(b < 0) or torch.any(b > 1):
-            raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
+        check_number("LIF beta", b, "[0,1]", "the membrane decay per step")
         th = torch.as_tensor(threshold, dtype=torch.get_default_dtype())
-        if torch.any(th <= 0):
-            raise ValueError(f"threshold must be > 0, got {threshold!r}")
+        check_number("LIF threshold", th, ">0")
+        for name, v in (("v_leak", v_leak), ("v_reset", v_reset), ("input_scale", input_scale)):
+            check_number(f"LIF {name}", torch.as_tensor(v, dtype=torch.get_default_dtype()), "real")
         # plain numbers stay exact Python floats (no float32 rounding) for the functional core
         self._scalar_beta = None if (learn_beta or b.dim() > 0) else \
             (float(beta) if isinstance(beta, (int, float)) else float(b))

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .bounds import check_number
 from .kernels.gaussian_weight import gaussian_weight
 from .kernels.spike_linear import spike_linear
 from .kernels.switch import fast_paths_enabled
@@ -65,10 +66,8 @@ class BayesianLayer(nn.Module):
     weight_sigma: nn.Parameter
 
     def _init_bayes(self, weight_shape, out_features, fan_in, bias, mu_init, sigma_init):
-        if not (isinstance(sigma_init, (int, float)) and sigma_init > 0):
-            raise ValueError(f"sigma_init must be a positive number (σ = sigma_init/√fan_in), got {sigma_init!r}")
-        if not (isinstance(mu_init, (int, float)) and mu_init >= 0):
-            raise ValueError(f"mu_init must be a non-negative number, got {mu_init!r}")
+        check_number("sigma_init", sigma_init, ">0", "σ = sigma_init/√fan_in")
+        check_number("mu_init", mu_init, ">=0", "μ ~ U(±mu_init/√fan_in)")
         self.mode = "sample"
         self._frozen: tuple | None = None
         bound, sig = mu_init / math.sqrt(fan_in), sigma_init / math.sqrt(fan_in)

@@ -38,7 +38,10 @@ from . import metrics as M
 from .callbacks import Callback
 from .evaluation import EVAL_MASKS, Evaluation, Evaluator
 from .models import model_spec
+from .bounds import check_number
+from .errors import NonFiniteStepError
 from .rules.rule import Rule
+from .synapses import bayesian_pairs
 from .seeding import capture_rng, derive_seed, generator, restore_rng
 from .streams import TaskStream
 
@@ -70,6 +73,17 @@ class Trainer:
         The uncertainty metrics (entropies, ECE, OOD AUROC) always use the single-head
         prediction over all classes.
     ood_inputs: raw inputs never trained on (e.g. a fresh pixel permutation); gives OOD AUROC.
+    chance_patience: K; the run *diverges* when the accuracy on the task just learned is at chance
+        (within max(0.05, 3 binomial standard errors) of 1/classes) at K task ends in a row
+        (fewer if the stream has fewer tasks; 0: never on accuracy alone).
+    max_abs_parameter: a μ or σ above this in magnitude (or non-finite, or a σ <= 0) is a
+        diverged run; checked at every evaluation and before every checkpoint.
+    Divergence (those two, a non-finite loss, or a step the rule refused as non-finite): the
+    trainer stops updating; the remaining updates of the stream are skipped (their log rows
+    have no loss), the task-end evaluations still run, so the metrics are complete and say
+    ``"diverged": true`` with ``"diverged_reason"`` and ``"diverged_at_update"``. The
+    checkpointer (:class:`mesu_snn.runs.Checkpointer`) writes no checkpoint after it, so the
+    last one on disk is the last good state.
     callbacks: observers (:class:`~mesu_snn.callbacks.Callback`): the σ recorder, the progress
         bar, and the run-file writers of :mod:`mesu_snn.runs` (log, checkpoints, metrics). The
         trainer itself writes no file.
@@ -79,15 +93,16 @@ class Trainer:
                  batch_size: int = 16, epochs_per_task: int = 1, boundary: str = "sharp", transition: float = 0.2,
                  stream_seed: int = 0, train_samples: int = 4, eval_samples: int = 8, eval_every: int = 0,
                  eval_batch_size: int = 256, eval_mask: str | None = None, eval_average: str = "probs",
-                 seed: int = 0, last_k: int = 3,
+                 seed: int = 0, last_k: int = 3, chance_patience: int = 3, max_abs_parameter: float = 1e4,
                  ood_inputs=None, ood_description: str = "inputs never trained on",
                  callbacks: Iterable[Callback] = (), desc: str | None = None,
                  device: str | torch.device = "cpu", config: dict | None = None):
         for name, v, lo in (("train_samples", train_samples, 1), ("eval_samples", eval_samples, 1),
                             ("eval_every", eval_every, 0), ("eval_batch_size", eval_batch_size, 1),
-                            ("last_k", last_k, 1)):
+                            ("last_k", last_k, 1), ("chance_patience", chance_patience, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        check_number("max_abs_parameter", max_abs_parameter, ">0")
         if eval_mask not in EVAL_MASKS:
             raise ValueError(f"eval_mask must be None or 'task', got {eval_mask!r}")
         if not isinstance(rule, Rule):
@@ -100,6 +115,7 @@ class Trainer:
         self.train_samples, self.eval_samples = train_samples, eval_samples
         self.eval_every, self.eval_batch_size, self.eval_mask = eval_every, eval_batch_size, eval_mask
         self.seed, self.last_k = int(seed), last_k
+        self.chance_patience, self.max_abs_parameter = chance_patience, float(max_abs_parameter)
         self.ood_inputs = ood_inputs
         self.callbacks = list(callbacks)
         self.desc = desc or rule.name
@@ -145,6 +161,9 @@ class Trainer:
         self.train_acc_ema: float | None = None
         self.final_metrics: dict | None = None
         self._diverged = False
+        self.diverged_reason: str | None = None
+        self.diverged_at: int | None = None
+        self._at_chance = 0           # task ends in a row with the just-learned task at chance
 
     # -- encoding and evaluation ------------------------------------------------------------
     def _encoded(self, x_raw, generator) -> torch.Tensor:
@@ -175,7 +194,8 @@ class Trainer:
                 "n_updates": self.n_updates, "rule_name": self.rule.name,
                 "state": {"R": self.R, "history": self.history, "log_rows": self.log_rows,
                           "train_acc_ema": self.train_acc_ema, "final_metrics": self.final_metrics,
-                          "diverged": self._diverged},
+                          "diverged": self._diverged, "diverged_reason": self.diverged_reason,
+                          "diverged_at": self.diverged_at, "at_chance": self._at_chance},
                 "config": self.config}
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -192,6 +212,8 @@ class Trainer:
         self.R, self.history, self.log_rows = st["R"], st["history"], st["log_rows"]
         self.train_acc_ema, self.final_metrics = st["train_acc_ema"], st["final_metrics"]
         self._diverged = bool(st.get("diverged", False))
+        self.diverged_reason, self.diverged_at = st.get("diverged_reason"), st.get("diverged_at")
+        self._at_chance = int(st.get("at_chance", 0))
 
     def log_fields(self) -> list[str]:
         """Columns of the per-update log rows (``self.log_rows``)."""
@@ -225,14 +247,22 @@ class Trainer:
             batches = itertools.islice(iter(self.stream), start, None)
             for u, (x_raw, y) in enumerate(batches, start=start + 1):
                 self.update = u
-                loss, acc = self._train_step(x_raw, y)
-                self._diverged = self._diverged or not math.isfinite(loss)
-                self.train_acc_ema = acc if self.train_acc_ema is None else 0.9 * self.train_acc_ema + 0.1 * acc
+                loss = acc = None
+                if not self._diverged:
+                    try:
+                        loss, acc = self._train_step(x_raw, y)
+                    except NonFiniteStepError as e:          # refused: nothing was written
+                        self._diverge(u, str(e))
+                if loss is not None:
+                    if not math.isfinite(loss):
+                        self._diverge(u, f"non-finite loss {loss}")
+                    self.train_acc_ema = acc if self.train_acc_ema is None else 0.9 * self.train_acc_ema + 0.1 * acc
                 for cb in self.callbacks:
                     cb.on_update(u, self.model, self.rule.optimizer)
                 ev = self._maybe_evaluate(u)
                 row = {"update": u, "samples": min(u * self.batch_size, self.n_samples),
-                       "task": self.batch_task[u - 1], "loss": f"{loss:.6g}", "train_acc": f"{acc:.4f}",
+                       "task": self.batch_task[u - 1], "loss": "" if loss is None else f"{loss:.6g}",
+                       "train_acc": "" if acc is None else f"{acc:.4f}",
                        "eval_avg_acc": "", **{f"acc_task_{k}": "" for k in range(self.n_tasks)}}
                 if ev is not None:
                     row["eval_avg_acc"] = f"{float(np.mean(list(ev.accuracy.values()))):.4f}"
@@ -258,6 +288,57 @@ class Trainer:
     def last_evaluation(self) -> float | None:
         """Average accuracy of the latest evaluation (None before the first)."""
         return self._last_eval_avg()
+
+    # -- divergence ---------------------------------------------------------------------------
+    @property
+    def diverged(self) -> bool:
+        return self._diverged
+
+    def _diverge(self, update: int, reason: str) -> None:
+        if not self._diverged:
+            self._diverged, self.diverged_reason, self.diverged_at = True, reason, update
+
+    def check_parameters(self) -> bool:
+        """Mark the run diverged if a parameter is non-finite, a σ <= 0, or a μ/σ larger than
+        ``max_abs_parameter`` in magnitude; True if the run has diverged."""
+        if self._diverged:
+            return True
+        sigma_ids = {id(s) for _, _, s in bayesian_pairs(self.model)}
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                if p.numel() == 0:
+                    continue
+                lo, hi = (float(v) for v in torch.aminmax(p.detach()))
+                if not (math.isfinite(lo) and math.isfinite(hi)):
+                    why = "is non-finite"
+                elif id(p) in sigma_ids and lo <= 0:
+                    why = f"is <= 0 (min {lo:.3g})"
+                elif max(-lo, hi) > self.max_abs_parameter:
+                    why = f"reached {max(-lo, hi):.3g} in magnitude (> max_abs_parameter = {self.max_abs_parameter:g})"
+                else:
+                    continue
+                self._diverge(self.update, f"parameter {name} {why}")
+                return True
+        return False
+
+    def _chance(self, k: int) -> float:
+        if self.eval_mask == "task":
+            return 1.0 / len(self.tasks[k].classes)
+        return 1.0 / (max(self.tasks.classes) + 1)
+
+    def _check_chance(self, ended: list[int], ev: Evaluation) -> None:
+        """The just-learned task at chance at ``chance_patience`` task ends in a row: diverged."""
+        if not self.chance_patience or self._diverged:
+            return
+        k = max(ended)
+        c, n = self._chance(k), max(1, len(self.tasks[k].test_y))
+        acc = ev.accuracy[k]
+        band = max(0.05, 3.0 * math.sqrt(c * (1.0 - c) / n))
+        self._at_chance = self._at_chance + 1 if acc <= c + band else 0
+        patience = self.chance_patience
+        if self._at_chance >= patience:
+            self._diverge(self.update, f"accuracy at chance on the task just learned at {patience} task ends in a "
+                                       f"row (task {k}: {acc:.3f}, chance {c:.3f} + {band:.3f})")
 
     def _train_step(self, x_raw, y: torch.Tensor) -> tuple[float, float]:
         x = self._encoded(x_raw, self._enc)
@@ -286,6 +367,9 @@ class Trainer:
         if ended:
             seen = sorted(set(seen) | set(range(max(ended) + 1)))
         ev = self.evaluate(seen, u, collect=(u == self.n_updates))
+        self.check_parameters()
+        if ended:
+            self._check_chance(ended, ev)
         for k in ended:
             self.R[k] = [ev.accuracy[j] if j <= k else None for j in range(self.n_tasks)]
         self.history.append({"update": u, "samples": min(u * self.batch_size, self.n_samples),
@@ -320,5 +404,7 @@ class Trainer:
             "accuracy_over_time": self.history,
             "skipped_steps": int(getattr(self.rule.optimizer, "skipped_steps", 0)),
             "diverged": bool(self._diverged),
+            "diverged_reason": self.diverged_reason,
+            "diverged_at_update": self.diverged_at,
             "seed": self.seed,
         }

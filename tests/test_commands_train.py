@@ -177,3 +177,35 @@ def test_resume_of_a_finished_run_says_so_and_rewrites_nothing(tmp_path, capsys)
     assert main(["train", str(cfg), "--out", str(out), "--resume", "--quiet"]) == 0
     assert "is finished" not in capsys.readouterr().out and (out / "learning_accuracy.png").is_file()
     assert (out / "metrics.json").read_bytes() == before[out / "metrics.json"][0]
+
+
+def test_absurd_settings_from_a_config_are_one_line_and_keep_the_last_good_checkpoint(tmp_path):
+    # refused at construction / before training: one line, no run directory
+    for i, (old, new, words) in enumerate([("memory = 10000.0", "memory = 10000.0\nlr_sigma = 1e6", "lr_sigma·clamp_grad"),
+                                           ("memory = 10000.0", "memory = 1e-9", "rule.memory"),
+                                           ("eval_samples = 4", "eval_samples = 100000000", "bytes")]):
+        bad = tmp_path / f"bad{i}.toml"
+        bad.write_text(CONFIG.replace(old, new))
+        assert words in _one_error_line(_run("train", bad, "--out", tmp_path / f"o{i}", "--quiet", cwd=tmp_path))
+        assert not (tmp_path / f"o{i}" / "checkpoints").exists()
+    # diverges during training: metrics say so, one error line, the checkpoint is from before
+    cfg = tmp_path / "diverge.toml"
+    cfg.write_text(CONFIG.replace("memory = 10000.0", "memory = 10000.0\nlr_mu = 1e12")
+                   .replace("checkpoint_every = 10", "checkpoint_every = 5"))
+    out = tmp_path / "div"
+    line = _one_error_line(_run("train", cfg, "--out", out, "--quiet", cwd=tmp_path))
+    assert "diverged at update" in line and "no checkpoint was kept" in line    # μ is absurd after one update
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["diverged"] is True and "in magnitude" in metrics["diverged_reason"]
+    assert not (out / "checkpoints" / "last.pt").exists()
+    # a run that stops learning (at chance at 3 task ends in a row) keeps its checkpoint from before
+    cfg.write_text(CONFIG.replace("memory = 10000.0", "memory = 10000.0\nlr_mu = 0.0\nlr_sigma = 0.0")
+                   .replace("n_tasks = 3", "n_tasks = 4").replace("epochs_per_task = 2", "epochs_per_task = 1"))
+    out = tmp_path / "chance"
+    line = _one_error_line(_run("train", cfg, "--out", out, "--quiet", cwd=tmp_path))
+    assert "accuracy at chance" in line and "is the last good checkpoint" in line
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["diverged"] is True and metrics["diverged_at_update"] < metrics["updates"]
+    model, position, _ = _state(out)
+    assert position < metrics["diverged_at_update"]
+    assert not load_checkpoint(out / "checkpoints" / "last.pt")["state"]["diverged"]

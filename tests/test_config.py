@@ -65,6 +65,13 @@ def test_round_trip_through_toml(tmp_path):
     ("schedule", "eval_samples = 0", "schedule.eval_samples"),
     ("schedule", "ood = 1", "schedule.ood"),
     ("schedule", "colour = 1", "schedule.colour"),
+    # non-finite, unsafe and huge values (issue 12)
+    ("rule", "lr_mu = nan", "rule.lr_mu"), ("rule", "sigma_prior = inf", "rule.sigma_prior"),
+    ("rule", "mu_prior = nan", "rule.mu_prior"), ("rule", "memory = 0.5", "rule.memory"),
+    ("model", "beta = nan", "model.beta"), ("model", "threshold = inf", "model.threshold"),
+    ("stream", "batch_size = 99999999999", "stream.batch_size"),
+    ("schedule", "max_abs_parameter = 0", "schedule.max_abs_parameter"),
+    ("schedule", "chance_patience = -1", "schedule.chance_patience"),
 ])
 def test_bad_field_named_in_error(tmp_path, section, line, field):
     text = GOOD.replace(f"[{section}]\n", f"[{section}]\n{line}\n")
@@ -180,3 +187,76 @@ def test_list_messages_read_plainly():
     assert "model.hidden: must be a list of integers, got '64'" in str(e.value) and "at least 0" not in str(e.value)
     with pytest.raises(ConfigError, match="model.channels: must be a list of at least 1 integer, got"):
         parse_config({"model": {"channels": []}, "rule": {"name": "sgd"}})
+
+
+# -- every field bounded, nothing silently ignored or capped, strings round-trip ------------
+
+@pytest.mark.parametrize("section,line,what", [("schedule", "eval_samples = 100000000", "an evaluation batch"),
+                                               ("model", "hidden = [1000000000]", "a training update")])
+def test_sizes_beyond_memory_are_refused_before_training_with_the_estimate(tmp_path, section, line, what):
+    text = GOOD.replace(f"[{section}]\n", f"[{section}]\n{line}\n").replace("hidden = [64]\n", "") \
+        if section == "model" else GOOD.replace(f"[{section}]\n", f"[{section}]\n{line}\n")
+    with pytest.raises(ConfigError, match=rf"{what} would need about [\d.e+]+ [TGMk]?B \([\d.e+]+ bytes.*more than the"):
+        load_config(_write(tmp_path, text))
+    from mesu_snn.config import check_memory, estimate_memory
+    cfg = load_config(_write(tmp_path, GOOD))
+    est = estimate_memory(cfg)
+    assert 0 < est["train"] < 1e9 and 0 < est["evaluation"] < 1e10
+    with pytest.raises(ConfigError, match="more than the 1 kB"):
+        check_memory(cfg, available=1000)
+
+
+def test_task_counts_are_never_silently_ignored(tmp_path):
+    split = GOOD.replace('kind = "permuted"', 'kind = "split"')
+    with pytest.raises(ConfigError, match=r"stream.n_tasks: a split stream has one task per 2 classes, so 5 tasks"):
+        load_config(_write(tmp_path, split))
+    assert load_config(_write(tmp_path, split.replace("n_tasks = 10", "n_tasks = 5"))).stream.n_tasks == 5
+    cfg = load_config(_write(tmp_path, split.replace("n_tasks = 10\n", "")))
+    assert cfg.stream.n_tasks is None and cfg.stream.classes_per_task == 2
+    with pytest.raises(ConfigError, match="stream.classes_per_task: applies to split"):
+        load_config(_write(tmp_path, GOOD.replace("n_tasks = 10", "n_tasks = 10\nclasses_per_task = 2")))
+    assert load_config(_write(tmp_path, GOOD.replace("n_tasks = 10\n", ""))).stream.n_tasks == 5
+
+
+def test_more_samples_per_task_than_the_data_has_is_a_warning_not_a_silent_cap():
+    from mesu_snn.build import build_tasks
+    from mesu_snn.config import ConfigWarning
+    cfg = parse_config({"data": {"dataset": "digits", "train_per_task": 100000, "test_per_task": 20},
+                        "stream": {"kind": "permuted", "n_tasks": 1}, "rule": {"name": "sgd"}})
+    with pytest.warns(ConfigWarning, match=r"data.train_per_task: 100000 is more than the \d+ train samples of task 0"):
+        tasks = build_tasks(cfg)
+    assert len(tasks[0].train_y) < 100000
+
+
+def test_rule_bounds_come_from_the_rules():
+    from mesu_snn.bounds import describe
+    from mesu_snn.rules import RULES, hyperparameters
+    for name in RULES:
+        for hp, (default, bound) in hyperparameters(name).items():
+            describe(bound)          # every declared bound is known to mesu_snn.bounds
+    with pytest.raises(ConfigError, match=r"rule.fisher_samples: must be an integer >= 1, got 2.5"):
+        parse_config({"rule": {"name": "ewc", "fisher_samples": 2.5}})
+    with pytest.raises(ConfigError, match=r"rule.base: must be one of 'sgd', 'adam'"):
+        parse_config({"rule": {"name": "ewc", "base": "rmsprop"}})
+
+
+def test_strings_with_control_characters_round_trip(tmp_path):
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(min_size=1).filter(lambda s: s.strip()))
+    def check(root):
+        cfg = load_config(_write(tmp_path, GOOD))
+        cfg.data.root = root
+        path = tmp_path / "rt.toml"
+        path.write_bytes(dump_toml(cfg).encode("utf-8"))
+        again = load_config(path)
+        assert again.data.root == root and again.to_dict() == cfg.to_dict()
+
+    check()
+    for root in ["a\x00b", "tab\there", "line\nbreak\r\n", "\x7f\x1b[31m", 'quote"back\\slash', "\u2028\ufeff"]:
+        cfg = load_config(_write(tmp_path, GOOD))
+        cfg.data.root = root
+        assert load_config(_write(tmp_path, dump_toml(cfg), "x.toml")).data.root == root
+    with pytest.raises(ConfigError, match="data.root: must be valid Unicode"):
+        parse_config({"data": {"root": "bad\ud800"}, "rule": {"name": "sgd"}})

@@ -330,7 +330,7 @@ def test_legacy_mesu_state_dict_is_refused_and_converted_on_request():
     sd = opt.state_dict()
     legacy = {**sd, "param_groups": [{k: v for k, v in g.items() if k not in ("memory_unit", "batch_size")}
                                      for g in sd["param_groups"]]}
-    opt2 = ms.MESU(_tiny_model(), memory=1.0)
+    opt2 = ms.MESU(_tiny_model(), memory=10.0)
     with pytest.raises(ValueError, match="memory counted updates.*upgrade_legacy_state_dict"):
         opt2.load_state_dict(legacy)
     opt2.load_state_dict(upgrade_legacy_state_dict(legacy, batch_size=16))
@@ -345,3 +345,126 @@ def test_bgd_rule_sums_the_loss_over_the_batch_as_zeno_et_al():
     y = torch.randint(0, 3, (8,))
     assert rule.reduction == "sum"
     torch.testing.assert_close(rule.data_loss(out, y), ms.nll_loss(out, y))
+
+
+# -- absurd hyperparameters: refused at construction, or the step refused before it writes ----
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(memory=1e-9), "memory must be a finite number >= 1.*overshoots"),
+    (dict(sigma_prior=1e-30), "sigma_prior=1e-30 is too small.*σ <= 0"),
+    (dict(lr_sigma=1e6), "lr_sigma·clamp_grad must be < 2"),
+    (dict(sigma_prior=float("inf")), "sigma_prior must be a finite number > 0"),
+    (dict(lr_mu=float("nan")), "lr_mu must be a finite number >= 0"),
+    (dict(lr_mu=float("inf")), "lr_mu must be a finite number >= 0"),
+    (dict(mu_prior=float("nan")), "mu_prior must be a finite number"),
+    (dict(memory=float("inf")), "memory must be a finite number"),
+    (dict(clamp_grad=float("nan")), "clamp_grad")])
+def test_mesu_refuses_absurd_hyperparameters_at_construction(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        ms.MESU(_tiny_model(), **kw)
+    from mesu_snn.rules import make_rule
+    with pytest.raises(ValueError, match=msg.split("=")[0].split(" ")[0]):
+        make_rule("mesu", _tiny_model(), **kw)
+
+
+def test_every_rule_refuses_non_finite_hyperparameters():
+    from mesu_snn.rules import RULES, hyperparameters, make_rule
+    for name in RULES:
+        for hp, (default, bound) in hyperparameters(name).items():
+            if isinstance(bound, tuple):
+                continue
+            for bad in (float("nan"), float("inf"), -float("inf")):
+                with pytest.raises(ValueError, match=hp):
+                    make_rule(name, _tiny_model(), **{hp: bad})
+    with pytest.raises(ValueError, match="lr"):
+        ms.BGD(_tiny_model(), lr=float("inf"))
+
+
+def _assert_state(net, before):
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_step_that_would_poison_the_model_is_refused_before_anything_changes():
+    # lr_sigma = 1e6 without a clamp is not refused at construction (no bound on the gradients):
+    # the step computes new σ <= 0 and is refused whole; nothing is half-written
+    net = _tiny_model()
+    opt = ms.MESU(net, lr_sigma=1e6, clamp_grad=None)
+    _loss(net).backward()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(FloatingPointError, match=r"would make layers\.\d\.(weight|bias)_sigma (<= 0|non-finite)"
+                                                 r".*μ and σ left untouched"):
+        opt.step()
+    _assert_state(net, before)
+    assert opt.param_groups[0]["step"] == 0
+    from mesu_snn.errors import MesuError, NonFiniteStepError
+    with pytest.raises(NonFiniteStepError) as e:
+        opt.step()
+    assert isinstance(e.value, MesuError)
+    skip = ms.MESU(net, lr_sigma=1e6, clamp_grad=None, on_nonfinite="skip")
+    for _ in range(3):
+        skip.step()
+    assert skip.skipped_steps == 3
+    _assert_state(net, before)
+    # BGD with a huge lr and gradients: μ overflows to inf, σ rounds to 0 -> refused
+    for p in net.parameters():
+        p.grad.mul_(1e30)
+    bgd = ms.BGD(net, lr=1e10)
+    with pytest.raises(FloatingPointError, match=r"would make layers\.\d\.(weight|bias)_(mu|sigma) (non-finite|<= 0)"):
+        bgd.step()
+    _assert_state(net, before)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_checked_step_equals_unchecked_update_bit_for_bit(fast):
+    from mesu_snn.kernels import fast_paths
+    from mesu_snn.kernels.fused_update import fused_mesu_step, fused_bgd_step
+    for rule in ("mesu", "bgd"):
+        net, ref = _tiny_model(), _tiny_model()
+        opt = ms.MESU(net, memory=50.0) if rule == "mesu" else ms.BGD(net, lr=0.5)
+        _loss(net).backward()
+        with fast_paths(fast):
+            opt.step()
+        _loss(ref).backward()
+        pairs = [(m, s) for _, m, s in ms.synapses.bayesian_pairs(ref)]
+        args = ([m for m, _ in pairs], [s for _, s in pairs], [m.grad for m, _ in pairs], [s.grad for _, s in pairs])
+        with torch.no_grad():
+            fused_mesu_step(*args, memory=50.0, sigma_prior=0.1) if rule == "mesu" else fused_bgd_step(*args, lr=0.5)
+        for (k, v), w in zip(net.state_dict().items(), ref.state_dict().values()):
+            if fast:
+                assert torch.equal(v, w), k
+            else:
+                torch.testing.assert_close(v, w)
+
+
+def test_guarded_update_also_refuses_a_poisoning_step():
+    from mesu_snn.rules import guarded_update
+    net = _tiny_model()
+    opt = ms.MESU(net, lr_sigma=1e6, clamp_grad=None)
+    _loss(net).backward()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert not bool(guarded_update(opt))
+    _assert_state(net, before)
+
+
+def test_loaded_optimizer_state_with_a_bad_hyperparameter_is_refused():
+    net = _tiny_model()
+    sd = ms.MESU(net).state_dict()
+    sd["param_groups"][0]["lr_mu"] = float("nan")
+    opt = ms.MESU(net)
+    with pytest.raises(ValueError, match="invalid hyperparameter.*lr_mu"):
+        opt.load_state_dict(sd)
+    assert opt.param_groups[0]["lr_mu"] == 1.0
+
+
+def test_lif_and_layers_refuse_non_finite_numbers():
+    for kw, msg in [(dict(beta=float("nan")), "beta"), (dict(beta=1.5), "beta"), (dict(threshold=float("inf")), "threshold"),
+                    (dict(threshold=0.0), "threshold"), (dict(v_leak=float("nan")), "v_leak"),
+                    (dict(input_scale=float("inf")), "input_scale"), (dict(beta=torch.tensor([0.5, float("nan")])), "beta")]:
+        with pytest.raises(ValueError, match=msg):
+            ms.LIF(**kw)
+    for kw, msg in [(dict(sigma_init=float("inf")), "sigma_init"), (dict(sigma_init=float("nan")), "sigma_init"),
+                    (dict(mu_init=float("inf")), "mu_init")]:
+        with pytest.raises(ValueError, match=msg):
+            ms.BayesLinear(3, 2, **kw)
+    ms.LIF(beta=torch.tensor([0.0, 1.0]), threshold=0.5)      # the bounds themselves are fine

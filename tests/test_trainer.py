@@ -1,6 +1,7 @@
 """The trainer on small real streams (embedded digits, N-MNIST): accuracy matrix, task-free
 learning, boundaries only for EWC/SI, callbacks, determinism and in-process resume."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -157,7 +158,7 @@ def test_resume_in_process_is_bit_exact(digits_tasks, tmp_path, rule):
 
 
 def test_split_stream_scores_task_incrementally(digits_tasks):
-    cfg = digits_cfg("sgd", stream={"kind": "split", "classes_per_task": 2}, rule={"lr": 0.05},
+    cfg = digits_cfg("sgd", stream={"kind": "split", "classes_per_task": 2, "n_tasks": None}, rule={"lr": 0.05},
                      data={"train_per_task": 80, "test_per_task": 40})
     tr = build_trainer(cfg)
     assert tr.eval_mask == "task" and len(tr.tasks) == 5
@@ -200,3 +201,42 @@ def test_nmnist_split_tasks_end_to_end_with_event_frames(shared_data, tmp_path):
     assert all(0.0 <= a <= 1.0 for a in m["accuracy_matrix"][-1])
     assert np.mean(m["learning_accuracy_per_task"]) > 0.55     # above the 0.5 chance of a class pair
     assert (tmp_path / "metrics.json").is_file()
+
+
+# -- divergence: accuracy at chance, a non-finite or absurd parameter, a refused step ---------
+
+@pytest.mark.parametrize("rule, hp, reason", [("mesu", {"lr_mu": 1e12}, r"parameter layers\.\d\.\w+ reached .* in magnitude"),
+                                              ("bgd", {"lr": 1e9}, r"parameter layers\.\d\.\w+ reached .* in magnitude"),
+                                              ("mesu", {"lr_mu": 0.0, "lr_sigma": 0.0}, "accuracy at chance"),
+                                              ("mesu", {"lr_sigma": 1e6, "clamp_grad": 0}, "step refused")])
+def test_divergence_is_reported_and_the_last_good_checkpoint_kept(digits_tasks, tmp_path, rule, hp, reason):
+    from mesu_snn.runs.checkpoint import load_checkpoint
+    cfg = digits_cfg(rule, rule=hp, schedule={"checkpoint_every": 3})
+    tr = build_run(cfg, tmp_path / "run", tasks=digits_tasks)
+    m = tr.fit()
+    assert m["diverged"] is True and re.search(reason, m["diverged_reason"]), m["diverged_reason"]
+    at = m["diverged_at_update"]
+    assert 1 <= at <= tr.n_updates
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["diverged"] is True and on_disk["diverged_reason"] == m["diverged_reason"]
+    # training stopped there: no later update has a loss; the metrics are complete all the same
+    rows = tr.log_rows
+    assert all(r["loss"] == "" for r in rows[at:]) and len(rows) == tr.n_updates
+    assert len(m["learning_accuracy_per_task"]) == tr.n_tasks
+    # the checkpoint on disk is from before the divergence, and its parameters are sane
+    ck = tmp_path / "run" / "checkpoints" / "last.pt"
+    if at > 3:
+        state = load_checkpoint(ck)
+        assert state["position"] < at and not state["state"]["diverged"]
+        for k, v in state["model"].items():
+            assert torch.isfinite(v).all() and v.abs().max() <= 1e4, k
+    else:
+        assert not ck.exists()
+
+
+def test_healthy_run_is_not_diverged_and_chance_check_can_be_switched_off(digits_tasks):
+    m = build_trainer(digits_cfg("mesu", schedule={"chance_patience": 0}, rule={"lr_mu": 0.0, "lr_sigma": 0.0}),
+                      tasks=digits_tasks).fit()
+    assert m["diverged"] is False and m["diverged_reason"] is None
+    with pytest.raises(ValueError, match="chance_patience"):
+        build_trainer(digits_cfg("mesu", schedule={"chance_patience": -1}), tasks=digits_tasks)

@@ -8,6 +8,8 @@ writes) from its last checkpoint and ends with exactly the μ, σ, metrics, log 
 uninterrupted run (on CPU); it first deletes the temporary files a killed writer left. The
 config must be the one the run was started with. ``--resume`` on a finished run changes nothing: it
 says so and exits. A full disk is one error naming the file.
+A run that diverges (see :class:`mesu_snn.Trainer`) writes its metrics with ``"diverged": true``
+and the reason, keeps its last good checkpoint, and exits with one error line (status 1).
 """
 from __future__ import annotations
 
@@ -94,4 +96,13 @@ def run(args) -> int:
     write_run_plots(out, metrics)
     print(format_table({cfg.rule.name: metrics}))
     print(f"run directory: {out}")
+    if metrics.get("diverged"):
+        from ..errors import DivergedError
+        from ..runs.checkpoint import load_checkpoint
+        kept = out / CHECKPOINT
+        at = f" (update {load_checkpoint(kept)['position']})" if kept.is_file() else ""
+        raise DivergedError(f"the run diverged at update {metrics.get('diverged_at_update')}: "
+                            f"{metrics.get('diverged_reason')}; {out / 'metrics.json'} says so, and "
+                            + (f"{kept} is the last good checkpoint{at}" if kept.is_file() else "no checkpoint was kept")
+                            + " (lower the learning rates, raise rule.memory, or check the data)")
     return 0

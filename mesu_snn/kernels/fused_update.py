@@ -22,7 +22,8 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["fused_mesu_step", "fused_bgd_step", "mesu_deltas", "bgd_factors", "all_finite"]
+__all__ = ["fused_mesu_step", "fused_bgd_step", "mesu_deltas", "bgd_factors", "all_finite", "mesu_new_values",
+           "bgd_new_values", "values_ok"]
 
 Tensors = Sequence[torch.Tensor]
 
@@ -70,16 +71,26 @@ def _mesu_over_sigma(mus: list, sigmas: list, gmus: list, gsigmas: list, *, memo
     return pmu, psig
 
 
+def _mesu_factors(mus, sigmas, grads_mu, grads_sigma, memory, sigma_prior, mu_prior, lr_mu, lr_sigma,
+                  clamp_grad, batch_size) -> tuple[list, list, list, list]:
+    """Checked lists of μ and σ, and (Δμ/σ, Δσ/σ) for every pair (empty lists for no pairs)."""
+    mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
+    if not mus:
+        return [], [], [], []
+    pmu, psig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
+                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad,
+                                 batch_size=batch_size)
+    return mus, sigmas, pmu, psig
+
+
 def mesu_deltas(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
                 memory: float, sigma_prior: float, mu_prior: float = 0.0, lr_mu: float = 1.0,
                 lr_sigma: float = 1.0, clamp_grad: float | None = 0.5, batch_size: int = 1) -> tuple[list, list]:
     """The MESU increments (Δμ list, Δσ list) for every pair; nothing is modified."""
-    mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
+    mus, sigmas, dmu, dsig = _mesu_factors(mus, sigmas, grads_mu, grads_sigma, memory, sigma_prior, mu_prior, lr_mu,
+                                          lr_sigma, clamp_grad, batch_size)
     if not mus:
         return [], []
-    dmu, dsig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
-                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad,
-                                 batch_size=batch_size)
     torch._foreach_mul_(dmu, sigmas)
     torch._foreach_mul_(dsig, sigmas)
     return dmu, dsig
@@ -91,14 +102,27 @@ def fused_mesu_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigm
                     lr_sigma: float = 1.0, clamp_grad: float | None = 0.5, batch_size: int = 1) -> None:
     """One MESU step on every pair, in place. Same arguments as
     :func:`mesu_snn.functional.mesu.mesu_update` (scalars only), lists instead of tensors."""
-    mus, sigmas, gmus, gsigmas = _check(mus, sigmas, grads_mu, grads_sigma)
+    mus, sigmas, pmu, psig = _mesu_factors(mus, sigmas, grads_mu, grads_sigma, memory, sigma_prior, mu_prior, lr_mu,
+                                          lr_sigma, clamp_grad, batch_size)
     if not mus:
         return
-    pmu, psig = _mesu_over_sigma(mus, sigmas, gmus, gsigmas, memory=memory, sigma_prior=sigma_prior,
-                                 mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad,
-                                 batch_size=batch_size)
     torch._foreach_addcmul_(mus, pmu, sigmas)      # μ += σ·(Δμ/σ), with the old σ
     torch._foreach_addcmul_(sigmas, psig, sigmas)  # σ += σ·(Δσ/σ), elementwise in place
+
+
+@torch.no_grad()
+def mesu_new_values(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
+                    memory: float, sigma_prior: float, mu_prior: float = 0.0, lr_mu: float = 1.0,
+                    lr_sigma: float = 1.0, clamp_grad: float | None = 0.5,
+                    batch_size: int = 1) -> tuple[list, list]:
+    """The new (μ list, σ list) of one MESU step, computed into new tensors (nothing is
+    modified): the same operations as :func:`fused_mesu_step`, so copying them into μ and σ
+    gives bit for bit its result. Lets a caller check the step before applying it."""
+    mus, sigmas, pmu, psig = _mesu_factors(mus, sigmas, grads_mu, grads_sigma, memory, sigma_prior, mu_prior, lr_mu,
+                                          lr_sigma, clamp_grad, batch_size)
+    if not mus:
+        return [], []
+    return torch._foreach_addcmul(mus, pmu, sigmas), torch._foreach_addcmul(sigmas, psig, sigmas)
 
 
 def bgd_factors(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors) -> tuple[list, list]:
@@ -125,6 +149,42 @@ def fused_bgd_step(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma
     if dmu:
         torch._foreach_add_(list(mus), dmu, alpha=-lr)
         torch._foreach_mul_(list(sigmas), root)
+
+
+@torch.no_grad()
+def bgd_new_values(mus: Tensors, sigmas: Tensors, grads_mu: Tensors, grads_sigma: Tensors, *,
+                   lr: float = 1.0) -> tuple[list, list]:
+    """The new (μ list, σ list) of one BGD step in new tensors, equal bit for bit to
+    :func:`fused_bgd_step`'s in-place result; nothing is modified."""
+    dmu, root = bgd_factors(mus, sigmas, grads_mu, grads_sigma)
+    if not dmu:
+        return [], []
+    return torch._foreach_add(list(mus), dmu, alpha=-lr), torch._foreach_mul(list(sigmas), root)
+
+
+@torch.no_grad()
+def values_ok(finite: Tensors, positive: Tensors = ()) -> bool:
+    """True if every tensor of ``finite`` holds only finite values and every tensor of
+    ``positive`` only finite values > 0. Fast path: one sum per tensor (NaN/Inf propagate)
+    and one min per ``positive`` tensor (NaN propagates), one host sync; only if that fails
+    (a bad value, or finite values whose sum overflows) is each tensor checked exactly.
+    (``isfinite(t).all()`` is avoided: on CPU it costs ~25 sums.)"""
+    finite = [t.detach() for t in finite if t.numel()]
+    positive = [t.detach() for t in positive if t.numel()]
+    if not finite and not positive:
+        return True
+    total = torch.stack([t.sum().to(torch.float32) for t in [*finite, *positive]]).sum()
+    ok = torch.isfinite(total)
+    if positive:
+        ok = ok & (torch.stack([t.amin().to(torch.float32) for t in positive]).amin() > 0)
+    if bool(ok):
+        return True
+    inf = float("inf")
+    for t in [*finite, *positive]:
+        lo, hi = torch.aminmax(t)
+        if not (bool(lo > -inf) and bool(hi < inf)):
+            return False
+    return all(bool(t.amin() > 0) for t in positive)
 
 
 @torch.no_grad()

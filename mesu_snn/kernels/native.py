@@ -338,15 +338,20 @@ static int all_finite(void** ptrs, const int64_t* sizes, int64_t n) {
   return 1;
 }
 
-// MESU on n (mu, sigma) pairs in place, the formulas of mesu_snn.kernels.fused_update (same order).
+// MESU on n (mu, sigma) pairs, the formulas of mesu_snn.kernels.fused_update (same order).
+// write = 0: nothing is written; returns 1 if every new mu is finite and every new sigma finite
+// and > 0, else 0 (the optimizers' "refuse a step that would poison the model" check, done
+// before anything changes). write = 1: the pairs are updated in place; returns 1.
 // c: nmk = -k, kmp = k*mu_prior (0 if mu_prior is 0), nlm = -lr_mu, nk2 = -k/2, k2p = k/2*sigma_prior^2,
 // nls = -lr_sigma/2, clamp (< 0: none).
 template <typename F>
-static void mesu_pairs(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n,
-                       double nmk_d, double kmp_d, int has_mp, double nlm_d, double nk2_d, double k2p_d, double nls_d,
-                       double clamp_d) {
+static int mesu_pairs(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n,
+                      double nmk_d, double kmp_d, int has_mp, double nlm_d, double nk2_d, double k2p_d, double nls_d,
+                      double clamp_d, int write) {
   const F nmk = (F)nmk_d, kmp = (F)kmp_d, nlm = (F)nlm_d, nk2 = (F)nk2_d, k2p = (F)k2p_d, nls = (F)nls_d;
   const bool clip = clamp_d >= 0; const F c = (F)clamp_d, nc = (F)(-clamp_d);
+  const F big = std::numeric_limits<F>::max();
+  int bad = 0;
   for (int64_t q = 0; q < n; ++q) {
     F* mu = (F*)mus[q]; F* sg = (F*)sigs[q]; const F* gm = (const F*)gmus[q]; const F* gs = (const F*)gsigs[q];
     for (int64_t e = 0; e < sizes[q]; ++e) {
@@ -362,14 +367,18 @@ static void mesu_pairs(void** mus, void** sigs, void** gmus, void** gsigs, const
         F a = s * gm[e]; a = a < nc ? nc : a; a = a > c ? c : a; F t1 = a * nlm; pmu = pmu + t1;
         F b = s * gs[e]; b = b < nc ? nc : b; b = b > c ? c : b; F t2 = b * nls; psg = psg + t2;
       }
-      F dm = pmu * s; mu[e] = mu[e] + dm;
-      F ds = psg * s; sg[e] = s + ds;
+      F dm = pmu * s; const F nmu = mu[e] + dm;
+      F ds = psg * s; const F nsg = s + ds;
+      if (write) { mu[e] = nmu; sg[e] = nsg; }
+      else bad |= !(std::fabs(nmu) <= big) | !(nsg > 0 && nsg <= big);    // NaN fails every compare
     }
+    if (bad) return 0;
   }
+  return 1;
 }
 
 extern "C" {
-int mesu_abi_version() { return 1; }
+int mesu_abi_version() { return 2; }
 
 // one set of entry points per dtype: NAME_f32 (float) and NAME_f64 (double)
 #define MESU_ENTRY_POINTS(SFX, F) \
@@ -394,13 +403,16 @@ int64_t scan_input_##SFX(const F* x, int64_t T, int64_t B, int64_t IN, unsigned 
   return scan_input<F>(x, T, B, IN, active, tconst); } \
 int all_finite_##SFX(void** ptrs, const int64_t* sizes, int64_t n) { return all_finite<F>(ptrs, sizes, n); } \
 int mesu_pairs_##SFX(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n, double nmk, \
-                     double kmp, int has_mp, double nlm, double nk2, double k2p, double nls, double clamp) { \
-  mesu_pairs<F>(mus, sigs, gmus, gsigs, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp); return 0; } \
-/* one group: ptrs = [mu..., sigma..., gmu..., gsigma...]; 0 (nothing changed) if a gradient is not finite */ \
+                     double kmp, int has_mp, double nlm, double nk2, double k2p, double nls, double clamp, int write) { \
+  return mesu_pairs<F>(mus, sigs, gmus, gsigs, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp, write); } \
+/* one group: ptrs = [mu..., sigma..., gmu..., gsigma...]; 0 (nothing changed) if a gradient is not */ \
+/* finite or the step would make a mu non-finite or a sigma non-finite or <= 0 */ \
 int mesu_step_##SFX(void** ptrs, const int64_t* sizes, int64_t n, double nmk, double kmp, int has_mp, double nlm, \
                     double nk2, double k2p, double nls, double clamp) { \
   if (!all_finite<F>(ptrs + 2 * n, sizes, n) || !all_finite<F>(ptrs + 3 * n, sizes, n)) return 0; \
-  mesu_pairs<F>(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp); \
+  if (!mesu_pairs<F>(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp, 0)) \
+    return 0; \
+  mesu_pairs<F>(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp, 1); \
   return 1; }
 
 MESU_ENTRY_POINTS(f32, float)
@@ -474,7 +486,7 @@ def _build() -> ctypes.CDLL:
             raise
         lib = _compile(cxx, FLAGS)        # an older compiler without the -march level
     cdll = ctypes.CDLL(str(lib))
-    if cdll.mesu_abi_version() != 1:
+    if cdll.mesu_abi_version() != 2:
         raise RuntimeError(f"{lib} has an unexpected ABI version")
     p, i64, dbl, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
     for suffix in ("f32", "f64"):
@@ -506,7 +518,7 @@ def _build() -> ctypes.CDLL:
         f.argtypes = [p, p, i64, dbl, dbl, cint, dbl, dbl, dbl, dbl, dbl]
         f.restype = cint
         f = getattr(cdll, f"mesu_pairs_{suffix}")
-        f.argtypes = [p, p, p, p, p, i64, dbl, dbl, cint, dbl, dbl, dbl, dbl, dbl]
+        f.argtypes = [p, p, p, p, p, i64, dbl, dbl, cint, dbl, dbl, dbl, dbl, dbl, cint]
         f.restype = cint
     return cdll
 

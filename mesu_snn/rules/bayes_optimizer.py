@@ -14,12 +14,18 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from ..errors import NonFiniteStepError
 from ..kernels import native
-from ..kernels.fused_update import all_finite
+from ..kernels.fused_update import all_finite, values_ok
 from ..kernels.switch import fast_paths_enabled, native_enabled
 from ..synapses import bayesian_pairs
 
 NONFINITE = ("raise", "skip")
+
+
+def _param_names(g: dict) -> list[str]:
+    """Names of ``g["params"]`` in order: plain names, or ``<pair>_mu``, ``<pair>_sigma``."""
+    return g["names"] if g["kind"] == "plain" else [n + s for n in g["names"] for s in ("_mu", "_sigma")]
 
 
 def _groups_from(params, other_lr) -> list[dict]:
@@ -99,8 +105,7 @@ class BayesianOptimizer(torch.optim.Optimizer):
         if all_finite(grads):
             return None
         for g in self.param_groups:
-            names = g["names"] if g["kind"] == "plain" else [n + s for n in g["names"] for s in ("_mu", "_sigma")]
-            for name, p in zip(names, g["params"]):
+            for name, p in zip(_param_names(g), g["params"]):
                 if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                     return name
         return None
@@ -108,13 +113,13 @@ class BayesianOptimizer(torch.optim.Optimizer):
     def _update(self, mu, sigma, gmu, gsigma, group) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    # The subclass's ``_fused_update`` (all pairs of a group in one pass of foreach ops,
+    # The subclass's ``_fused_new`` (all pairs of a group in one pass of foreach ops,
     # :mod:`mesu_snn.kernels.fused_update`) runs while :func:`mesu_snn.kernels.fast_paths` is on;
     # ``with fast_paths(False):`` runs the readable per-pair ``_update`` (the pure functions of
     # :mod:`mesu_snn.functional`). Both give the same result to floating-point rounding.
 
-    def _fused_update(self, mus, sigmas, gmus, gsigmas, group) -> bool:
-        """Optional: update the group's pairs in place; return False to use ``_update`` instead."""
+    def _fused_new(self, mus, sigmas, gmus, gsigmas, group) -> tuple[list, list] | None:
+        """Optional: the group's new (μ list, σ list), nothing modified; None to use ``_update``."""
         raise NotImplementedError
 
     def _native_args(self, group) -> tuple | None:
@@ -125,8 +130,9 @@ class BayesianOptimizer(torch.optim.Optimizer):
     def _native_step(self) -> bool:
         """The whole step (guard and update) in two compiled calls when every tensor is a contiguous
         CPU tensor of one dtype with a gradient, and every group has :meth:`_native_args`; returns
-        False (nothing done) otherwise, and also when a gradient is not finite (the torch code then
-        names it and raises or skips)."""
+        False (nothing done) otherwise, and also when a gradient is not finite or the step would
+        make a μ non-finite or a σ non-finite or ≤ 0 (the torch code then names it and raises or
+        skips)."""
         groups = self.param_groups
         ps = [p for g in groups for p in g["params"]]
         if not ps or any(g["kind"] != "bayes" for g in groups):
@@ -159,19 +165,75 @@ class BayesianOptimizer(torch.optim.Optimizer):
         ptrs, sizes, n = native.pointers([p.grad for p in ps])
         if not getattr(lib, f"all_finite_{sfx}")(ptrs, sizes, n):
             return False
+        calls = []
         for g, a in zip(groups, args):
-            g["step"] += 1
             gp = g["params"]
             mus, sigmas = gp[0::2], gp[1::2]
             pm, sz, k = native.pointers(mus)
             psg, _, _ = native.pointers(sigmas)
             pgm, _, _ = native.pointers([p.grad for p in mus])
             pgs, _, _ = native.pointers([p.grad for p in sigmas])
-            getattr(lib, f"{a[0]}_{sfx}")(pm, psg, pgm, pgs, sz, k, *a[1:])
+            calls.append((getattr(lib, f"{a[0]}_{sfx}"), (pm, psg, pgm, pgs, sz, k, *a[1:])))
+        # first check every group's new values (nothing written), then write: a step that would
+        # poison any μ or σ changes nothing, and the torch code below names it and refuses it
+        if not all(f(*c, 0) for f, c in calls):
+            return False
+        for g, (f, c) in zip(groups, calls):
+            g["step"] += 1
+            f(*c, 1)
         return True
+
+    def _new_values(self, g: dict) -> list[torch.Tensor]:
+        """What one step would write into ``g["params"]`` (same order), nothing modified."""
+        ps = g["params"]
+        if g["kind"] == "plain":
+            return [p if p.grad is None else torch.add(p, p.grad, alpha=-g["lr"]) for p in ps]
+        if fast_paths_enabled() and type(self)._fused_new is not BayesianOptimizer._fused_new:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
+            new = self._fused_new(ps[0::2], ps[1::2], grads[0::2], grads[1::2], g)
+            if new is not None:
+                return [t for pair in zip(*new) for t in pair]
+        out = []
+        for mu, sigma in zip(ps[0::2], ps[1::2]):
+            gmu = mu.grad if mu.grad is not None else torch.zeros_like(mu)
+            gs = sigma.grad if sigma.grad is not None else torch.zeros_like(sigma)
+            out += list(self._update(mu, sigma, gmu, gs, g))
+        return out
+
+    def _bad_new_value(self, new: list[list[torch.Tensor]]) -> str | None:
+        """None if every new μ (and plain parameter) is finite and every new σ finite and > 0
+        (one min/max pass per tensor, one host sync), else what is wrong, naming the tensor."""
+        finite, positive = [], []
+        for g, vals in zip(self.param_groups, new):
+            if g["kind"] == "plain":
+                finite += vals
+            else:
+                finite += vals[0::2]
+                positive += vals[1::2]
+        if values_ok(finite, positive):
+            return None
+        for g, vals in zip(self.param_groups, new):
+            for i, (name, v) in enumerate(zip(_param_names(g), vals)):
+                if not bool(torch.isfinite(v).all()):
+                    return f"{name} non-finite"
+                if g["kind"] == "bayes" and i % 2 == 1 and not bool((v > 0).all()):
+                    return f"{name} <= 0 (smallest new value {float(v.min()):.3g})"
+        return None
+
+    def _refuse(self, what: str, loss):
+        if self.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            return loss
+        raise NonFiniteStepError(f"{what}: step refused, μ and σ left untouched "
+                                 "(pass on_nonfinite='skip' to skip such steps and count them)")
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        """One update of every group, all or nothing: the new μ and σ are computed into new
+        tensors and checked (finite, σ > 0) before any parameter is written. A step whose
+        gradients or results fail the check raises :class:`~mesu_snn.errors.NonFiniteStepError`
+        naming the tensor, or with ``on_nonfinite="skip"`` is skipped and counted; either way
+        nothing changes (not even the step counters)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -180,29 +242,15 @@ class BayesianOptimizer(torch.optim.Optimizer):
             return loss
         bad = self._grads_finite()
         if bad is not None:
-            if self.on_nonfinite == "skip":
-                self.skipped_steps += 1
-                return loss
-            raise FloatingPointError(f"non-finite gradient in {bad}: step refused, μ and σ left untouched "
-                                     "(pass on_nonfinite='skip' to skip such steps and count them)")
-        for g in self.param_groups:
+            return self._refuse(f"non-finite gradient in {bad}", loss)
+        new = [self._new_values(g) for g in self.param_groups]
+        bad = self._bad_new_value(new)
+        if bad is not None:
+            return self._refuse(f"the step would make {bad} (the hyperparameters are too large for these "
+                                "gradients: lower lr_mu/lr_sigma/lr or raise memory)", loss)
+        for g, vals in zip(self.param_groups, new):
             g["step"] += 1
-            if g["kind"] == "plain":
-                for p in g["params"]:
-                    if p.grad is not None:
-                        p.add_(p.grad, alpha=-g["lr"])
-                continue
-            ps = g["params"]
-            if fast_paths_enabled() and type(self)._fused_update is not BayesianOptimizer._fused_update:
-                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
-                if self._fused_update(ps[0::2], ps[1::2], grads[0::2], grads[1::2], g):
-                    continue
-            for mu, sigma in zip(ps[0::2], ps[1::2]):
-                gmu = mu.grad if mu.grad is not None else torch.zeros_like(mu)
-                gs = sigma.grad if sigma.grad is not None else torch.zeros_like(sigma)
-                new_mu, new_sigma = self._update(mu, sigma, gmu, gs, g)
-                mu.copy_(new_mu)
-                sigma.copy_(new_sigma)
+            torch._foreach_copy_(g["params"], vals)
         return loss
 
     def state_dict(self):
@@ -212,5 +260,14 @@ class BayesianOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)
-        self.skipped_steps = int(state_dict.pop("skipped_steps", 0))
+        skipped = int(state_dict.pop("skipped_steps", 0))
+        saved = [dict(g) for g in self.param_groups]
         super().load_state_dict(state_dict)
+        try:                       # a loaded hyperparameter is checked like a constructor's
+            for g in self.param_groups:
+                self._check_group(g)
+        except ValueError as e:
+            for g, old in zip(self.param_groups, saved):
+                g.update(old)
+            raise ValueError(f"the optimizer state holds an invalid hyperparameter: {e}") from None
+        self.skipped_steps = skipped

@@ -6,7 +6,8 @@ The equations are in :func:`mesu_snn.functional.bgd.bgd_update`. Same parameter 
 from __future__ import annotations
 
 from ..functional.bgd import bgd_update
-from ..kernels.fused_update import fused_bgd_step
+from ..bounds import check_number
+from ..kernels.fused_update import bgd_new_values
 from ..synapses import set_mode
 from .bayes_optimizer import BayesianOptimizer
 from .rule import Rule
@@ -21,17 +22,16 @@ class BGD(BayesianOptimizer):
         super().__init__(params, dict(lr=lr), other_lr=other_lr, on_nonfinite=on_nonfinite)
 
     def _check_group(self, g):
-        if g["kind"] == "bayes" and not g["lr"] >= 0:
-            raise ValueError(f"lr must be >= 0, got {g['lr']!r}")
+        if g["kind"] == "bayes":
+            check_number("lr", g["lr"], ">=0")
 
     def _update(self, mu, sigma, gmu, gsigma, g):
         return bgd_update(mu, sigma, gmu, gsigma, lr=g["lr"])
 
-    def _fused_update(self, mus, sigmas, gmus, gsigmas, g):
+    def _fused_new(self, mus, sigmas, gmus, gsigmas, g):
         if type(self)._update is not BGD._update:
-            return False   # a subclass changed the rule: use its per-pair _update
-        fused_bgd_step(mus, sigmas, gmus, gsigmas, lr=g["lr"])
-        return True
+            return None   # a subclass changed the rule: use its per-pair _update
+        return bgd_new_values(mus, sigmas, gmus, gsigmas, lr=g["lr"])
 
 
 class BGDRule(Rule):
@@ -41,5 +41,6 @@ class BGDRule(Rule):
     bounds = {"lr": ">=0"}
 
     def __init__(self, model: nn.Module, lr: float = 1.0):
+        self.check_hyperparameters(locals())
         set_mode(model, "sample")
         super().__init__(model, BGD(model, lr=lr), "sum", dict(lr=lr))

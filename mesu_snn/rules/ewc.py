@@ -62,12 +62,7 @@ class OnlineEWC(Rule):
 
     def __init__(self, model: nn.Module, lr: float = 0.01, base: str = "sgd", momentum: float = 0.0,
                  ewc_lambda: float = 100.0, gamma: float = 1.0, fisher_samples: int = 200):
-        if not ewc_lambda >= 0:
-            raise ValueError(f"ewc_lambda must be >= 0, got {ewc_lambda!r}")
-        if not 0 <= gamma <= 1:
-            raise ValueError(f"gamma must lie in [0, 1], got {gamma!r}")
-        if not (isinstance(fisher_samples, int) and fisher_samples >= 1):
-            raise ValueError(f"fisher_samples must be a positive int, got {fisher_samples!r}")
+        self.check_hyperparameters(locals())
         params = mean_mode_parameters(model)
         super().__init__(model, make_base_optimizer(params, base, lr, momentum), "mean",
                          dict(lr=lr, base=base, momentum=momentum, ewc_lambda=ewc_lambda, gamma=gamma,

@@ -1,9 +1,10 @@
 """A whole training step without host synchronisation, and its CUDA-graph capture.
 
 :func:`guarded_update` applies a MESU/BGD optimizer's update to all its pairs with the
-non-finite guard evaluated *on the device*: the step is computed, then applied through
-``torch.where(ok, Δ, 0)`` where ``ok`` says every gradient is finite, so a bad step leaves
-μ and σ unchanged without the host ever reading ``ok``. Being sync-free, it can be captured
+non-finite guard evaluated *on the device*: the new μ and σ are computed, then written through
+``torch.where(ok, new, old)`` where ``ok`` says every gradient and every new value is finite
+and every new σ > 0 (the eager step's check), so a bad step leaves μ and σ unchanged without
+the host ever reading ``ok``. Being sync-free, it can be captured
 in a CUDA graph. It runs (and is tested) on CPU as well.
 
 :class:`GraphedTrainStep` captures forward, backward and update of one mini-batch shape in
@@ -31,7 +32,8 @@ def _grads(ps: list) -> list:
 @torch.no_grad()
 def guarded_update(optimizer, batch_size: int | None = None) -> torch.Tensor:
     """One step of a :class:`~mesu_snn.MESU` / :class:`~mesu_snn.BGD` optimizer, in place,
-    skipped on the device if any gradient is NaN/Inf. Returns ``ok`` (0-dim bool tensor).
+    skipped on the device if any gradient is NaN/Inf or the step would make a μ/σ non-finite
+    or a σ <= 0. Returns ``ok`` (0-dim bool tensor).
     batch_size: MESU's B (samples in the summed loss; default: each group's ``batch_size``).
 
     Does not advance ``group["step"]`` nor ``optimizer.skipped_steps`` (the caller counts)."""
@@ -42,11 +44,14 @@ def guarded_update(optimizer, batch_size: int | None = None) -> torch.Tensor:
     all_ps = [p for g in optimizer.param_groups for p in g["params"]]
     grads = _grads(all_ps)
     ok = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+    updates = []                       # (params, new values): written only where ``ok``
     for g in optimizer.param_groups:
         ps = g["params"]
         gr = _grads(ps)
         if g["kind"] == "plain":
-            torch._foreach_add_(ps, [torch.where(ok, d, 0.0) for d in gr], alpha=-g["lr"])
+            new = torch._foreach_add(ps, gr, alpha=-g["lr"])
+            ok = ok & torch.stack([torch.isfinite(n).all() for n in new]).all()
+            updates.append((ps, new))
             continue
         mus, sigmas = ps[0::2], ps[1::2]
         if isinstance(optimizer, MESU):
@@ -56,12 +61,16 @@ def guarded_update(optimizer, batch_size: int | None = None) -> torch.Tensor:
                                     sigma_prior=g["sigma_prior"], mu_prior=g["mu_prior"], lr_mu=g["lr_mu"],
                                     lr_sigma=g["lr_sigma"], clamp_grad=g["clamp_grad"],
                                     batch_size=g["batch_size"] if batch_size is None else batch_size)
-            torch._foreach_add_(mus, [torch.where(ok, d, 0.0) for d in dmu])
-            torch._foreach_add_(sigmas, [torch.where(ok, d, 0.0) for d in dsig])
+            new_mu, new_sig = torch._foreach_add(mus, dmu), torch._foreach_add(sigmas, dsig)
         else:
             dmu, root = bgd_factors(mus, sigmas, gr[0::2], gr[1::2])
-            torch._foreach_add_(mus, [torch.where(ok, d, 0.0) for d in dmu], alpha=-g["lr"])
-            torch._foreach_mul_(sigmas, [torch.where(ok, r, 1.0) for r in root])
+            new_mu, new_sig = torch._foreach_add(mus, dmu, alpha=-g["lr"]), torch._foreach_mul(sigmas, root)
+        # the same check as the eager step: every new μ finite, every new σ finite and > 0
+        checks = [torch.isfinite(n).all() for n in new_mu] + [((n > 0) & (n < float("inf"))).all() for n in new_sig]
+        ok = ok & torch.stack(checks).all()
+        updates += [(mus, new_mu), (sigmas, new_sig)]
+    for ps, new in updates:
+        torch._foreach_copy_(ps, [torch.where(ok, n, p) for n, p in zip(new, ps)])
     return ok
 
 

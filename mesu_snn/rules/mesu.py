@@ -13,10 +13,13 @@ was written when N counted updates and is refused (see :func:`upgrade_legacy_sta
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..functional.mesu import mesu_update
-from ..kernels.fused_update import fused_mesu_step
+from ..bounds import check_number
+from ..kernels.fused_update import mesu_new_values
 from ..synapses import set_mode
 from .bayes_optimizer import BayesianOptimizer
 from .rule import Rule
@@ -78,18 +81,34 @@ class MESU(BayesianOptimizer):
                         lr_sigma=lr_sigma, clamp_grad=clamp_grad, batch_size=batch_size, memory_unit=MEMORY_UNIT)
         super().__init__(params, defaults, other_lr=other_lr, on_nonfinite=on_nonfinite)
 
+    #: bounds of the optimizer's hyperparameters (:mod:`mesu_snn.bounds`); MESURule's extend them
+    bounds = {"memory": ">=1", "sigma_prior": ">0", "mu_prior": "real", "lr_mu": ">=0", "lr_sigma": ">=0",
+              "clamp_grad": ">0"}
+    #: why each bound holds, for the error message
+    reasons = {"memory": "N counts samples; below one sample the prior step overshoots "
+                         "(its relaxation factor 1 - B/N changes sign)"}
+
     def _check_group(self, g):
         if g["kind"] != "bayes":
             return
-        if not g["memory"] > 0:
-            raise ValueError(f"memory (N, in samples) must be > 0, got {g['memory']!r}")
-        if not g["sigma_prior"] > 0:
-            raise ValueError(f"sigma_prior must be > 0, got {g['sigma_prior']!r}")
-        if g["lr_mu"] < 0 or g["lr_sigma"] < 0:
-            raise ValueError(f"lr_mu and lr_sigma must be >= 0, got {g['lr_mu']!r}, {g['lr_sigma']!r}")
-        if g["clamp_grad"] is not None and not g["clamp_grad"] > 0:
-            raise ValueError(f"clamp_grad must be > 0 or None, got {g['clamp_grad']!r}")
+        for k, bound in self.bounds.items():
+            if k == "clamp_grad" and g[k] is None:
+                continue
+            check_number(k, g[k], bound, self.reasons.get(k, ""))
         _check_batch(g["batch_size"])
+        c = g["clamp_grad"]
+        if c is not None and isinstance(g["lr_sigma"], (int, float)) and g["lr_sigma"] * c >= 2:
+            raise ValueError(f"lr_sigma·clamp_grad must be < 2, got {g['lr_sigma']!r}·{c!r} = {g['lr_sigma'] * c:g} "
+                             "(one clipped gradient then shrinks σ by the factor 1 - lr_sigma·clamp_grad/2 <= 0)")
+        if any(isinstance(g[k], torch.Tensor) for k in ("memory", "sigma_prior")):
+            return
+        # the prior term alone keeps σ > 0 only for σ < σ_prior·√(1 + 2N/B) (functional/mesu.py)
+        top = max(float(s.detach().max()) for s in g["params"][1::2] if s.numel()) if g["params"] else 0.0
+        limit = g["sigma_prior"] * math.sqrt(1.0 + 2.0 * g["memory"] / g["batch_size"])
+        if top >= limit:
+            raise ValueError(f"sigma_prior={g['sigma_prior']!r} is too small for memory={g['memory']!r} and the "
+                             f"model's σ (largest {top:.3g}): the prior step would make σ <= 0 at once (it keeps "
+                             f"σ > 0 only for σ < sigma_prior·√(1 + 2·memory/batch_size) = {limit:.3g})")
 
     @torch.no_grad()
     def step(self, closure=None, batch_size: int | None = None):
@@ -112,18 +131,17 @@ class MESU(BayesianOptimizer):
                            mu_prior=g["mu_prior"], lr_mu=g["lr_mu"], lr_sigma=g["lr_sigma"],
                            clamp_grad=g["clamp_grad"], batch_size=self._batch(g))
 
-    def _fused_update(self, mus, sigmas, gmus, gsigmas, g):
+    def _fused_new(self, mus, sigmas, gmus, gsigmas, g):
         if type(self)._update is not MESU._update:
-            return False   # a subclass changed the rule: use its per-pair _update
+            return None   # a subclass changed the rule: use its per-pair _update
         if any(isinstance(g[k], torch.Tensor) for k in ("sigma_prior", "mu_prior", "memory")):
-            return False   # per-synapse priors: the per-pair path handles tensors
-        fused_mesu_step(mus, sigmas, gmus, gsigmas, memory=g["memory"], sigma_prior=g["sigma_prior"],
-                        mu_prior=g["mu_prior"], lr_mu=g["lr_mu"], lr_sigma=g["lr_sigma"],
-                        clamp_grad=g["clamp_grad"], batch_size=self._batch(g))
-        return True
+            return None   # per-synapse priors: the per-pair path handles tensors
+        return mesu_new_values(mus, sigmas, gmus, gsigmas, memory=g["memory"], sigma_prior=g["sigma_prior"],
+                               mu_prior=g["mu_prior"], lr_mu=g["lr_mu"], lr_sigma=g["lr_sigma"],
+                               clamp_grad=g["clamp_grad"], batch_size=self._batch(g))
 
     def _native_args(self, g):
-        if type(self)._update is not MESU._update or type(self)._fused_update is not MESU._fused_update:
+        if type(self)._update is not MESU._update or type(self)._fused_new is not MESU._fused_new:
             return None   # a subclass changed the rule
         if any(isinstance(g[k], torch.Tensor) for k in ("sigma_prior", "mu_prior", "memory", "lr_mu", "lr_sigma")):
             return None
@@ -152,13 +170,15 @@ def _check_batch(b) -> None:
 class MESURule(Rule):
     """MESU (Bonnet et al.): Bayesian, task-free, loss summed over the batch."""
     name, bayesian = "mesu", True
-    #: config bounds per hyperparameter (the names and defaults come from __init__'s signature)
-    #: memory: N in samples; clamp_grad: a config's 0 disables the clamp (TOML has no None; build_rule)
-    bounds = {"memory": ">0", "sigma_prior": ">0", "mu_prior": "real", "lr_mu": ">=0", "lr_sigma": ">=0",
-              "clamp_grad": ">=0"}
+    #: bounds per hyperparameter (the names and defaults come from __init__'s signature), the
+    #: optimizer's: memory: N in samples; clamp_grad: a config's 0 disables the clamp (TOML has
+    #: no None; build_rule), None does so here
+    bounds = {**MESU.bounds, "clamp_grad": ">=0"}
+    optional = ("clamp_grad",)
 
     def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5):
+        self.check_hyperparameters(locals())
         set_mode(model, "sample")
         opt = MESU(model, memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
                    lr_sigma=lr_sigma, clamp_grad=clamp_grad)

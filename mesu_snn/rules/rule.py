@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from ..bounds import check_number
 from ..losses import nll_loss
 from ..synapses import bayesian_pairs, set_mode
 
@@ -39,9 +40,22 @@ class Rule:
     name: str = "rule"
     bayesian: bool = False
     uses_task_boundaries: bool = False
-    #: config bounds of the constructor's hyperparameters: ">0", ">=0", "[0,1]", "[0,1)",
-    #: "real", "int>=1" or a tuple of allowed strings (:mod:`mesu_snn.config` reads them)
+    #: bounds of the constructor's hyperparameters (:mod:`mesu_snn.bounds`: ">0", ">=0", ">=1",
+    #: "[0,1]", "[0,1)", "real", "int>=1" or a tuple of allowed strings; always finite), checked
+    #: at construction (:meth:`check_hyperparameters`) and by :mod:`mesu_snn.config`; a
+    #: hyperparameter without an entry is "real"
     bounds: dict = {}
+    #: hyperparameters that may also be None
+    optional: tuple = ()
+
+    @classmethod
+    def check_hyperparameters(cls, args: dict) -> None:
+        """Check the constructor's keyword arguments (``locals()`` at its top) against
+        :attr:`bounds`; a ``ValueError`` names the first one out of range and the bound."""
+        for k, v in args.items():
+            if k in ("self", "model", "__class__") or (v is None and k in cls.optional):
+                continue
+            check_number(f"{cls.name}: {k}", v, cls.bounds.get(k, "real"))
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, reduction: str, hyperparameters: dict):
         if reduction not in REDUCTIONS:
@@ -113,11 +127,9 @@ def mean_mode_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def make_base_optimizer(params, base: str, lr: float, momentum: float = 0.0) -> torch.optim.Optimizer:
     """SGD (with optional momentum) or Adam over ``params``."""
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    check_number("lr", lr, ">0")
     if base == "sgd":
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+        check_number("momentum", momentum, "[0,1)")
         return torch.optim.SGD(params, lr=lr, momentum=momentum)
     if base == "adam":
         if momentum:

@@ -14,6 +14,7 @@ class SGDRule(Rule):
     bounds = {"lr": ">0", "momentum": "[0,1)"}
 
     def __init__(self, model: nn.Module, lr: float = 0.01, momentum: float = 0.0):
+        self.check_hyperparameters(locals())
         params = mean_mode_parameters(model)
         super().__init__(model, make_base_optimizer(params, "sgd", lr, momentum), "mean",
                          dict(lr=lr, momentum=momentum))
@@ -25,5 +26,6 @@ class AdamRule(Rule):
     bounds = {"lr": ">0"}
 
     def __init__(self, model: nn.Module, lr: float = 1e-3):
+        self.check_hyperparameters(locals())
         params = mean_mode_parameters(model)
         super().__init__(model, make_base_optimizer(params, "adam", lr), "mean", dict(lr=lr))

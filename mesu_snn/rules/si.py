@@ -40,10 +40,7 @@ class SynapticIntelligence(Rule):
 
     def __init__(self, model: nn.Module, lr: float = 0.01, base: str = "sgd", momentum: float = 0.0,
                  si_c: float = 0.1, xi: float = 1e-3):
-        if not si_c >= 0:
-            raise ValueError(f"si_c must be >= 0, got {si_c!r}")
-        if not xi > 0:
-            raise ValueError(f"xi must be > 0, got {xi!r}")
+        self.check_hyperparameters(locals())
         params = mean_mode_parameters(model)
         super().__init__(model, make_base_optimizer(params, base, lr, momentum), "mean",
                          dict(lr=lr, base=base, momentum=momentum, si_c=si_c, xi=xi))

@@ -72,8 +72,8 @@ class CSVLogger(Callback):
 
 
 class Checkpointer(Callback):
-    """``DIR/checkpoints/last.pt`` every ``every`` updates (0: only at the end) and at the end;
-    restores the trainer from it on ``fit(resume=True)``."""
+    """``DIR/checkpoints/last.pt`` every ``every`` updates (0: only at the end) and at the end,
+    never after the run diverged; restores the trainer from it on ``fit(resume=True)``."""
 
     def __init__(self, run_dir, every: int = 0, logger: CSVLogger | None = None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
@@ -81,9 +81,13 @@ class Checkpointer(Callback):
         self.path = Path(run_dir) / CHECKPOINT
         self.every, self.logger = every, logger
 
-    def save(self, trainer) -> Path:
+    def save(self, trainer) -> Path | None:
         """Flush every other callback that buffers (the log, the σ recorder) first, so that what
-        they wrote covers at least the checkpoint's updates; then write the checkpoint."""
+        they wrote covers at least the checkpoint's updates; then write the checkpoint. A run
+        that has diverged (:meth:`Trainer.check_parameters` is asked first) writes none: the
+        checkpoint on disk stays the last good one. Returns the path written, or None."""
+        if trainer.check_parameters():
+            return None
         for cb in [self.logger, *trainer.callbacks]:
             if cb is not None and cb is not self and callable(getattr(cb, "flush", None)):
                 cb.flush()
