@@ -172,7 +172,7 @@ def test_native_mesu_step_equals_fused_update(groups_spec):
 @needs_lib
 @pytest.mark.parametrize("mode", ["raise", "skip"])
 def test_native_mesu_step_nonfinite_gradient_changes_nothing(mode):
-    mu, s = torch.randn(4, 3), torch.rand(4, 3) + 0.1
+    mu, s = torch.randn(4, 3), 0.3 * torch.rand(4, 3) + 0.1     # σ < the prior's limit for memory 10
     mu.grad, s.grad = torch.randn(4, 3), torch.randn(4, 3)
     s.grad[1, 2] = float("inf")
     saved = mu.clone(), s.clone()
@@ -184,3 +184,32 @@ def test_native_mesu_step_nonfinite_gradient_changes_nothing(mode):
         opt.step()
         assert opt.skipped_steps == 1
     assert torch.equal(mu, saved[0]) and torch.equal(s, saved[1])
+
+
+@needs_lib
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+def test_native_mesu_step_that_would_make_sigma_nonpositive_changes_nothing(mode, groups):
+    """Finite gradients, but a σ step so large that one σ would go ≤ 0: the compiled step checks
+    the new values before writing (one group: mesu_step; several: a no-write pass per group), so
+    nothing changes, and the torch code names the tensor (raise) or counts the skip."""
+    from mesu_snn.errors import NonFiniteStepError
+    pairs = []
+    for _ in range(groups):
+        mu, s = torch.randn(4, 3), torch.full((4, 3), 0.05)
+        mu.grad, s.grad = torch.randn(4, 3), torch.zeros(4, 3)
+        pairs.append((mu, s))
+    pairs[-1][1].grad[2, 1] = 1e4             # Δσ = -(lr_sigma/2)·σ²·g = -12.5: σ would be < 0
+    saved = [(m.clone(), s.clone()) for m, s in pairs]
+    params = [{"pairs": [p]} for p in pairs] if groups > 1 else pairs
+    opt = ms.MESU(params, memory=1e4, clamp_grad=None, on_nonfinite=mode)
+    assert native.library() is not None
+    if mode == "raise":
+        with pytest.raises(NonFiniteStepError, match="<= 0"):
+            opt.step()
+    else:
+        opt.step()
+        assert opt.skipped_steps == 1
+    for (m, s), (m0, s0) in zip(pairs, saved):
+        assert torch.equal(m, m0) and torch.equal(s, s0)
+    assert all(g["step"] == 0 for g in opt.param_groups)
