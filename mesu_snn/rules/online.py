@@ -1,0 +1,290 @@
+"""Online, local learning of a :class:`~mesu_snn.SpikingMLP`: eligibility traces instead of
+backpropagation through time, with a MESU or a plain SGD update.
+
+The network is run forward one time step at a time; every layer keeps its membrane, its
+presynaptic trace x̄ and its filtered eligibility ē (and their running sum Ē); at the end of the
+window of T steps (one presentation of a batch) the output error δ is turned into one learning
+signal L_j per neuron (``feedback``: ``"symmetric"``, ``"random"`` or ``"local"``) and the
+gradient g_ji = L_j·Ē_ji is formed per Monte-Carlo sample. Nothing grows with T. The maths, the
+approximation (the reset's gradient is dropped) and the references are in
+:mod:`mesu_snn.functional.eligibility`.
+
+* :class:`OnlineEligibility`: the forward-in-time pass (weights given, gradients returned).
+* :class:`OnlineMESURule` (``"mesu_online"``): w = μ + σ·ε per sample for the window;
+  ∂C/∂μ = Σ_m g_m, ∂C/∂σ = Σ_m ε_m g_m; then the :class:`~mesu_snn.MESU` optimizer's own step
+  (the same pure function, :func:`mesu_snn.functional.mesu.mesu_update`).
+* :class:`OnlineSGDRule` (``"sgd_online"``): the same eligibility gradient on w = μ (mean
+  mode), plain SGD.
+
+Both are driven by the trainer through :meth:`train_step` (``rule.online`` is true): the trainer
+hands the encoded batch over instead of calling backward.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from ..functional.eligibility import (check_online_lif, deep_symmetric_signal, eligibility_gradient,
+                                      filtered_eligibility, learning_signal, mc_gradients, presynaptic_trace,
+                                      random_feedback, readout_error, surrogate_derivative, trace_gradient)
+from ..functional.lif import initial_membrane, lif_step
+from ..losses import nll_loss
+from ..models import SpikingMLP
+from .mesu import MESURule
+from .rule import Rule, make_base_optimizer, mean_mode_parameters
+
+__all__ = ["OnlineEligibility", "OnlineMESURule", "OnlineSGDRule", "FEEDBACKS"]
+
+FEEDBACKS = ("symmetric", "random", "local")
+
+
+def _with_ones(x: torch.Tensor, bias: bool) -> torch.Tensor:
+    """x (..., n) -> (..., n + 1) with a constant-1 input for the bias (unchanged without bias)."""
+    if not bias:
+        return x
+    return torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
+
+
+class OnlineEligibility:
+    """The eligibility-trace pass over a :class:`~mesu_snn.SpikingMLP` (``readout="membrane"``,
+    input layer ``estimator="weights"``, LIF with reset ``"subtract"`` or ``"none"`` and a scalar,
+    fixed beta).
+
+    feedback: ``"symmetric"`` (Wᵀ of the layer above, per sample), ``"random"`` (fixed random
+    B^ℓ (K, J_ℓ) from the output error to every hidden layer) or ``"local"`` (fixed random
+    readout R^ℓ (K, J_ℓ) per hidden layer, each with its own local loss, DECOLLE-style).
+    feedback_seed: seed of the fixed matrices (held in :attr:`feedback_matrices`, also for
+    export).
+    """
+
+    def __init__(self, model: nn.Module, feedback: str = "symmetric", feedback_seed: int = 0):
+        if not isinstance(model, SpikingMLP):
+            raise ValueError(f"online eligibility traces support SpikingMLP, got {type(model).__name__}")
+        if model.readout != "membrane":
+            raise ValueError("online eligibility traces need readout='membrane' (a spiking 'count' readout couples "
+                             "the hidden layer's gradient to the output's future surrogate derivatives)")
+        if model.layers[0].estimator != "weights":
+            raise ValueError("online eligibility traces need the input layer's estimator='weights'")
+        if feedback not in FEEDBACKS:
+            raise ValueError(f"feedback must be one of {FEEDBACKS}, got {feedback!r}")
+        for i, lif in enumerate(model.neurons):
+            if lif._scalar_beta is None or any(p.requires_grad for p in lif.parameters()):
+                raise ValueError(f"neurons[{i}]: online eligibility traces need a fixed scalar beta (no learn_beta, "
+                                 "no learn_threshold, no per-neuron beta)")
+            if i < len(model.neurons) - 1:
+                check_online_lif(lif.params, f"neurons[{i}]")
+        self.model, self.feedback, self.feedback_seed = model, feedback, int(feedback_seed)
+        k = model.sizes[-1]
+        mu = model.layers[0].weight_mu
+        self.feedback_matrices: list[torch.Tensor | None] = [
+            None if feedback == "symmetric" else
+            random_feedback(k, j, self.feedback_seed * 1000 + i, dtype=mu.dtype, device=mu.device)
+            for i, j in enumerate(model.sizes[1:-1])]
+        self.state_shapes: dict[str, tuple[int, ...]] = {}
+
+    # -- weights -----------------------------------------------------------------------
+    def _bias(self, i: int) -> bool:
+        return self.model.layers[i].bias_mu is not None
+
+    def mean_weights(self) -> list[torch.Tensor]:
+        """w = μ per layer as (1, out, in [+1 bias column])."""
+        out = []
+        for i, layer in enumerate(self.model.layers):
+            w = layer.weight_mu.detach()
+            if self._bias(i):
+                w = torch.cat([w, layer.bias_mu.detach()[:, None]], 1)
+            out.append(w.unsqueeze(0))
+        return out
+
+    def sample_weights(self, samples: int, generator: torch.Generator | None = None):
+        """M draws w = μ + σ·ε per layer, in the order the model's forward draws them (so the same
+        generator state gives the same weights as ``model(x, samples=M, generator=g)``).
+        Returns (weights, noise): lists of (M, out, in [+1]) tensors."""
+        weights, noise = [], []
+        for i, layer in enumerate(self.model.layers):
+            ew, eb = layer.draw_noise(samples, generator)
+            mu, sig = layer.weight_mu.detach(), layer.weight_sigma.detach()
+            if self._bias(i):
+                mu = torch.cat([mu, layer.bias_mu.detach()[:, None]], 1)
+                sig = torch.cat([sig, layer.bias_sigma.detach()[:, None]], 1)
+                ew = torch.cat([ew, eb[..., None]], -1)
+            weights.append(mu + sig * ew)
+            noise.append(ew)
+        return weights, noise
+
+    # -- the pass ------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, x: torch.Tensor | Iterable[torch.Tensor], y: torch.Tensor, weights: list[torch.Tensor]):
+        """One window: x (T, B, in) or an iterable of (B, in) steps; y (B,); weights from
+        :meth:`sample_weights` / :meth:`mean_weights`. Returns (logits (M, B, K), per-sample
+        gradients: one (M, out, in [+1]) tensor per layer, of C = nll_loss(logits, y))."""
+        model = self.model
+        n = len(model.layers)
+        hidden = n - 1
+        m = weights[0].shape[0]
+        ps = [lif.params for lif in model.neurons]
+        po = ps[-1].with_(reset="none")          # the membrane readout: non-spiking leaky integrator
+        kappa, g_out = po.beta, po.input_scale
+        local = self.feedback == "local"
+        v = [None] * hidden
+        xbar = [None] * hidden
+        ebar = [None] * hidden
+        ebar_sum = [None] * hidden
+        psi_sum = [None] * hidden
+        ubar_loc = [None] * hidden
+        ubar_loc_sum = [None] * hidden
+        u = ubar = ubar_sum = z_sum = None
+        steps = 0
+        for x_t in x:
+            if x_t.dim() != 2 or x_t.shape[-1] != model.sizes[0]:
+                raise ValueError(f"online pass expects steps of shape (B, {model.sizes[0]}), got {tuple(x_t.shape)}")
+            steps += 1
+            inp = _with_ones(x_t.to(weights[0].dtype), self._bias(0))      # (B, in+1), shared by the samples
+            for i in range(hidden):
+                p = ps[i]
+                xbar[i] = presynaptic_trace(0.0 if xbar[i] is None else xbar[i], inp, p.beta, p.input_scale)
+                cur = torch.matmul(inp, weights[i].transpose(1, 2))       # (M, B, J)
+                if v[i] is None:
+                    v[i] = initial_membrane(cur, p)
+                s, v[i] = lif_step(cur, v[i], p)
+                psi = surrogate_derivative(v[i], p, s)
+                if ebar[i] is None:
+                    shape = (m, cur.shape[1], cur.shape[2], inp.shape[-1])
+                    ebar[i] = cur.new_zeros(shape)
+                    ebar_sum[i] = cur.new_zeros(shape)
+                    psi_sum[i] = torch.zeros_like(psi)
+                ebar[i] = filtered_eligibility(ebar[i], psi, xbar[i], kappa, g_out)
+                ebar_sum[i].add_(ebar[i])
+                psi_sum[i].add_(psi)
+                if local:
+                    ubar_loc[i] = presynaptic_trace(0.0 if ubar_loc[i] is None else ubar_loc[i], s, kappa, g_out)
+                    ubar_loc_sum[i] = ubar_loc[i].clone() if ubar_loc_sum[i] is None else ubar_loc_sum[i] + ubar_loc[i]
+                inp = _with_ones(s, self._bias(i + 1))
+            # output layer: leaky-integrator readout, averaged over the steps
+            ubar = presynaptic_trace(0.0 if ubar is None else ubar, inp, kappa, g_out)
+            ubar_sum = ubar.clone() if ubar_sum is None else ubar_sum + ubar
+            cur = torch.matmul(inp, weights[-1].transpose(-1, -2))
+            if cur.dim() == 2:
+                cur = cur.expand(m, *cur.shape)
+            if u is None:
+                u = initial_membrane(cur, po)
+            _, u = lif_step(cur, u, po)
+            z_sum = u.clone() if z_sum is None else z_sum + u
+        if steps == 0:
+            raise ValueError("online pass: the input has no time steps")
+        logits = z_sum / steps
+        delta = readout_error(logits, y)
+        grads = [None] * n
+        grads[-1] = trace_gradient(delta, ubar_sum / steps)
+        signal = None
+        for i in reversed(range(hidden)):
+            j = model.sizes[i + 1]
+            if self.feedback == "symmetric":
+                if i == hidden - 1:
+                    signal = learning_signal(delta, weights[-1][..., :j])
+                else:
+                    pa = ps[i + 1]
+                    signal = deep_symmetric_signal(signal, psi_sum[i + 1] / steps, weights[i + 1][..., :j],
+                                                   float(pa.beta), pa.input_scale, steps)
+            elif self.feedback == "random":
+                signal = learning_signal(delta, self.feedback_matrices[i])
+            else:
+                r = self.feedback_matrices[i]
+                local_delta = readout_error(ubar_loc_sum[i] / steps @ r.t(), y)
+                signal = learning_signal(local_delta, r)
+            grads[i] = eligibility_gradient(signal, ebar_sum[i] / steps)
+        held = {}
+        for i in range(hidden):
+            held.update({f"layer{i}.v": v[i], f"layer{i}.xbar": xbar[i], f"layer{i}.ebar": ebar[i],
+                         f"layer{i}.ebar_sum": ebar_sum[i], f"layer{i}.psi_sum": psi_sum[i]})
+            if local:
+                held.update({f"layer{i}.ubar_local": ubar_loc[i], f"layer{i}.ubar_local_sum": ubar_loc_sum[i]})
+        held.update({"out.u": u, "out.ubar": ubar, "out.ubar_sum": ubar_sum, "out.z_sum": z_sum})
+        self.state_shapes = {k: tuple(t.shape) for k, t in held.items()}
+        return logits, grads
+
+    def set_grads(self, grads: list[torch.Tensor], noise: list[torch.Tensor] | None, scale: float = 1.0) -> None:
+        """Write ∂C/∂μ (and ∂C/∂σ = Σ_m ε_m g_m with ``noise``) into the layers' ``.grad``."""
+        for i, layer in enumerate(self.model.layers):
+            gmu, gsig = mc_gradients(grads[i], None if noise is None else noise[i])
+            pairs = [(layer.weight_mu, layer.weight_sigma, slice(0, layer.in_features))]
+            if self._bias(i):
+                pairs.append((layer.bias_mu, layer.bias_sigma, layer.in_features))
+            for mu, sig, idx in pairs:
+                mu.grad = (gmu[:, idx] * scale).reshape(mu.shape).contiguous()
+                if gsig is not None:
+                    sig.grad = (gsig[:, idx] * scale).reshape(sig.shape).contiguous()
+
+    def extra_state(self) -> dict:
+        return {"feedback": self.feedback, "feedback_seed": self.feedback_seed,
+                "feedback_matrices": [None if f is None else f.clone() for f in self.feedback_matrices]}
+
+    def load_extra_state(self, state: dict) -> None:
+        for dst, src in zip(self.feedback_matrices, state.get("feedback_matrices", [])):
+            if dst is not None and src is not None:
+                dst.copy_(src)
+
+
+class OnlineMESURule(MESURule):
+    """MESU on eligibility-trace gradients (no BPTT): one update per presentation of T steps.
+    Hyperparameters: MESU's, plus ``feedback`` and ``feedback_seed`` (see :class:`OnlineEligibility`)."""
+    name, bayesian, online = "mesu_online", True, True
+    bounds = {**MESURule.bounds, "feedback": FEEDBACKS, "feedback_seed": "int>=0"}
+
+    def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
+                 lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5,
+                 feedback: str = "symmetric", feedback_seed: int = 0):
+        self.engine = OnlineEligibility(model, feedback, feedback_seed)
+        super().__init__(model, memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
+                         lr_sigma=lr_sigma, clamp_grad=clamp_grad)
+        self.hyperparameters.update(feedback=feedback, feedback_seed=int(feedback_seed))
+
+    def gradients(self, x, y: torch.Tensor, samples: int, generator: torch.Generator | None = None):
+        """Draw M weight samples, run the window, set μ.grad, σ.grad. Returns the logits (M, B, K)."""
+        weights, noise = self.engine.sample_weights(samples, generator)
+        out, grads = self.engine.run(x, y, weights)
+        self.engine.set_grads(grads, noise)
+        return out
+
+    def train_step(self, x, y: torch.Tensor, samples: int, generator: torch.Generator | None = None):
+        """One online update on the batch (x (T, B, in) or its steps, y (B,)); returns (loss, logits)."""
+        self.zero_grad()
+        out = self.gradients(x, y, samples, generator)
+        self.last_batch_size = int(y.shape[0])
+        self.step()
+        return nll_loss(out, y), out
+
+    def extra_state(self) -> dict:
+        return self.engine.extra_state()
+
+    def load_extra_state(self, state: dict) -> None:
+        self.engine.load_extra_state(state)
+
+
+class OnlineSGDRule(Rule):
+    """Plain SGD on eligibility-trace gradients of the mean network (w = μ, σ frozen), the loss
+    averaged over the batch as for ``sgd``. Same ``feedback`` options as ``mesu_online``."""
+    name, online = "sgd_online", True
+    bounds = {"lr": ">0", "momentum": "[0,1)", "feedback": FEEDBACKS, "feedback_seed": "int>=0"}
+
+    def __init__(self, model: nn.Module, lr: float = 0.01, momentum: float = 0.0, feedback: str = "symmetric",
+                 feedback_seed: int = 0):
+        self.engine = OnlineEligibility(model, feedback, feedback_seed)
+        params = mean_mode_parameters(model)
+        super().__init__(model, make_base_optimizer(params, "sgd", lr, momentum), "mean",
+                         dict(lr=lr, momentum=momentum, feedback=feedback, feedback_seed=int(feedback_seed)))
+
+    def train_step(self, x, y: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None):
+        self.zero_grad()
+        out, grads = self.engine.run(x, y, self.engine.mean_weights())
+        self.engine.set_grads(grads, None, scale=1.0 / y.shape[0])
+        self.step()
+        return nll_loss(out, y) / y.shape[0], out
+
+    def extra_state(self) -> dict:
+        return self.engine.extra_state()
+
+    def load_extra_state(self, state: dict) -> None:
+        self.engine.load_extra_state(state)
