@@ -262,11 +262,14 @@ class Trainer:
     def _train_step(self, x_raw, y: torch.Tensor) -> tuple[float, float]:
         x = self._encoded(x_raw, self._enc)
         y = y.to(self.device)
-        out = self.model(x, samples=self._samples(True), generator=self._noise)
-        loss = self.rule.loss(out, y)
-        self.rule.zero_grad()
-        loss.backward()
-        self.rule.step()
+        if self.rule.online:        # eligibility traces: the rule runs the window itself, no backward
+            loss, out = self.rule.train_step(x, y, samples=self._samples(True), generator=self._noise)
+        else:
+            out = self.model(x, samples=self._samples(True), generator=self._noise)
+            loss = self.rule.loss(out, y)
+            self.rule.zero_grad()
+            loss.backward()
+            self.rule.step()
         with torch.no_grad():
             acc = float((out.detach().softmax(-1).mean(0).argmax(-1) == y).float().mean())
         return float(loss.detach()), acc

@@ -39,8 +39,11 @@ class Rule:
     name: str = "rule"
     bayesian: bool = False
     uses_task_boundaries: bool = False
+    #: True: the rule computes its own gradient forward in time (eligibility traces); the trainer
+    #: calls ``loss, out = rule.train_step(x, y, samples, generator)`` instead of backward
+    online: bool = False
     #: config bounds of the constructor's hyperparameters: ">0", ">=0", "[0,1]", "[0,1)",
-    #: "real", "int>=1" or a tuple of allowed strings (:mod:`mesu_snn.config` reads them)
+    #: "real", "int>=1", "int>=0" or a tuple of allowed strings (:mod:`mesu_snn.config` reads them)
     bounds: dict = {}
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, reduction: str, hyperparameters: dict):
