@@ -140,3 +140,19 @@ def test_zero_reset_and_per_neuron_beta_are_refused():
     with pytest.raises(ValueError, match="scalar beta"):
         E.check_online_lif(LIFParameters(beta=torch.tensor([0.9, 0.8])))
     E.check_online_lif(LIFParameters())
+
+
+@pytest.mark.parametrize("time_dim", [0, 1])
+def test_presynaptic_trace_chunk_equals_the_step_loop(time_dim):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 7, 2, 5, generator=g, dtype=torch.float64)          # time on dim 1
+    x = x if time_dim == 1 else x.movedim(1, 0)
+    tr0 = torch.rand(3, 2, 5, generator=g, dtype=torch.float64)
+    out = E.presynaptic_trace_chunk(tr0, x, 0.8, 1.5, time_dim=time_dim)
+    tr, ref = tr0, []
+    for t in range(7):
+        tr = E.presynaptic_trace(tr, x.select(time_dim, t), 0.8, 1.5)
+        ref.append(tr)
+    assert torch.allclose(out, torch.stack(ref, time_dim), atol=1e-12)
+    zero = E.presynaptic_trace_chunk(None, x, 0.8, 1.5, time_dim=time_dim)
+    assert torch.allclose(zero, E.presynaptic_trace_chunk(torch.zeros_like(tr0), x, 0.8, 1.5, time_dim=time_dim))

@@ -68,7 +68,7 @@ from .lif import LIFParameters
 
 Scalar = Union[float, torch.Tensor]
 
-__all__ = ["presynaptic_trace", "surrogate_derivative", "eligibility", "filtered_eligibility", "readout_error",
+__all__ = ["presynaptic_trace", "presynaptic_trace_chunk", "surrogate_derivative", "eligibility", "filtered_eligibility", "filtered_eligibility_", "eligibility_chunk_", "readout_error",
            "learning_signal", "deep_symmetric_signal", "random_feedback", "eligibility_gradient",
            "trace_gradient", "mc_gradients", "check_online_lif", "ONLINE_RESETS"]
 
@@ -89,6 +89,23 @@ def check_online_lif(p: LIFParameters, where: str = "LIF") -> None:
 def presynaptic_trace(trace: torch.Tensor, x: torch.Tensor, beta: Scalar, input_scale: Scalar = 1.0) -> torch.Tensor:
     """x̄(t) = β·x̄(t−1) + γ·x(t). trace, x: (..., I) (a zero trace before the first step)."""
     return beta * trace + input_scale * x
+
+
+def presynaptic_trace_chunk(trace: torch.Tensor | None, x: torch.Tensor, beta: float, input_scale: Scalar = 1.0,
+                            time_dim: int = 0) -> torch.Tensor:
+    """:func:`presynaptic_trace` over K steps at once: x (..., K, ...) with time on ``time_dim``,
+    trace the value before the first step (None: zero) -> the K traces, same shape as x
+    (x̄(k) = β^(k+1) x̄(−1) + γ Σ_{k'≤k} β^(k−k') x(k'): one (K × K) matrix product)."""
+    k = x.shape[time_dim]
+    idx = torch.arange(k, dtype=torch.float64)
+    diff = idx[:, None] - idx[None, :]
+    decay = torch.where(diff >= 0, float(beta) ** diff.clamp_min(0), 0.0).to(x.dtype).to(x.device)
+    xt = x.movedim(time_dim, 0)
+    out = torch.tensordot(decay, xt, dims=([1], [0])) * input_scale
+    if trace is not None:
+        powers = (float(beta) ** (idx + 1)).to(x.dtype).to(x.device)
+        out = out + powers.view((k,) + (1,) * (xt.dim() - 1)) * trace.unsqueeze(0)
+    return out.movedim(0, time_dim)
 
 
 def surrogate_derivative(v: torch.Tensor, p: LIFParameters, spikes: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,7 +129,35 @@ def eligibility(psi: torch.Tensor, trace: torch.Tensor) -> torch.Tensor:
 def filtered_eligibility(ebar: torch.Tensor, psi: torch.Tensor, trace: torch.Tensor, kappa: Scalar,
                          gain: Scalar = 1.0) -> torch.Tensor:
     """ē(t) = κ·ē(t−1) + gain·ψ ⊗ x̄ (e-prop's low-pass filtered eligibility). ebar (M, B, J, I)."""
-    return torch.addcmul(kappa * ebar, psi.unsqueeze(-1), trace.unsqueeze(-2), value=gain)
+    return filtered_eligibility_(ebar.clone(), psi, trace, kappa, gain)
+
+
+def filtered_eligibility_(ebar: torch.Tensor, psi: torch.Tensor, trace: torch.Tensor, kappa: Scalar,
+                          gain: Scalar = 1.0) -> torch.Tensor:
+    """:func:`filtered_eligibility` in place on ``ebar`` (the per-step hot path: no allocation of
+    the per-synapse tensor); returns ``ebar``."""
+    return ebar.mul_(kappa).addcmul_(psi.unsqueeze(-1), trace.unsqueeze(-2), value=gain)
+
+
+def eligibility_chunk_(ebar: torch.Tensor, ebar_sum: torch.Tensor, psi: torch.Tensor, trace: torch.Tensor,
+                       kappa: float, gain: Scalar = 1.0) -> None:
+    """K steps of ``ē ← κ ē + gain·ψ(t) ⊗ x̄(t); Σē ← Σē + ē`` at once, in place (the same
+    recurrence, evaluated with two matrix products instead of K rank-1 updates; memory O(K), not
+    O(T)). psi (M, K, B, J); trace (K, B, I) (shared input) or (M, K, B, I); ebar, ebar_sum
+    (M, B, J, I). With d = 0..K−1 steps to the chunk's end (k = K−1−d):
+
+        ē_end   = κ^K ē + gain Σ_k κ^(K−1−k) e(k)
+        Σ ē    += (Σ_{d=1..K} κ^d) ē + gain Σ_k (Σ_{d=0..K−1−k} κ^d) e(k)
+    """
+    k = psi.shape[1]
+    powers = kappa ** torch.arange(k, dtype=torch.float64)                # κ^0 .. κ^(K−1)
+    decay_w = (gain * powers.flip(0)).to(psi.dtype).to(psi.device)        # κ^(K−1−k)
+    sum_w = (gain * torch.cumsum(powers, 0).flip(0)).to(psi.dtype).to(psi.device)
+    shape = (1, k, 1, 1)
+    eq = "mkbj,kbi->mbji" if trace.dim() == 3 else "mkbj,mkbi->mbji"
+    ebar_sum.add_(ebar, alpha=float(kappa * torch.cumsum(powers, 0)[-1]))
+    ebar_sum.add_(torch.einsum(eq, psi * sum_w.view(shape), trace))
+    ebar.mul_(float(kappa ** k)).add_(torch.einsum(eq, psi * decay_w.view(shape), trace))
 
 
 def readout_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -169,4 +214,8 @@ def mc_gradients(grads: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch
     """(∂C/∂μ, ∂C/∂σ) = (Σ_m g_m, Σ_m ε_m g_m) from per-sample gradients g (M, ...) of w = μ + σ·ε
     and the draws' ε (M, ...); ``noise=None`` (deterministic weights): (Σ_m g_m, None)."""
     gmu = grads.sum(0)
-    return gmu, (None if noise is None else (noise * grads).sum(0))
+    if noise is None:
+        return gmu, None
+    m = grads.shape[0]
+    gsig = torch.bmm(noise.reshape(m, 1, -1).transpose(0, 2), grads.reshape(m, -1, 1).transpose(0, 1))
+    return gmu, gsig.reshape(grads.shape[1:])

@@ -26,12 +26,12 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from ..functional.eligibility import (check_online_lif, deep_symmetric_signal, eligibility_gradient,
-                                      filtered_eligibility, learning_signal, mc_gradients, presynaptic_trace,
+from ..functional.eligibility import (check_online_lif, deep_symmetric_signal, eligibility_chunk_,
+                                      eligibility_gradient, learning_signal, mc_gradients, presynaptic_trace_chunk,
                                       random_feedback, readout_error, surrogate_derivative, trace_gradient)
-from ..functional.lif import initial_membrane, lif_step
 from ..losses import nll_loss
 from ..models import SpikingMLP
+from ..neurons import LIF
 from .mesu import MESURule
 from .rule import Rule, make_base_optimizer, mean_mode_parameters
 
@@ -56,10 +56,12 @@ class OnlineEligibility:
     B^ℓ (K, J_ℓ) from the output error to every hidden layer) or ``"local"`` (fixed random
     readout R^ℓ (K, J_ℓ) per hidden layer, each with its own local loss, DECOLLE-style).
     feedback_seed: seed of the fixed matrices (held in :attr:`feedback_matrices`, also for
-    export).
+    export). chunk: steps whose (ψ, x̄) are buffered and folded into ē, Σē by two matrix products
+    (:func:`~mesu_snn.functional.eligibility.eligibility_chunk_`, the same recurrence; memory
+    O(chunk), not O(T)); ``chunk=1``: one rank-1 update per step, as a chip would.
     """
 
-    def __init__(self, model: nn.Module, feedback: str = "symmetric", feedback_seed: int = 0):
+    def __init__(self, model: nn.Module, feedback: str = "symmetric", feedback_seed: int = 0, chunk: int = 16):
         if not isinstance(model, SpikingMLP):
             raise ValueError(f"online eligibility traces support SpikingMLP, got {type(model).__name__}")
         if model.readout != "membrane":
@@ -75,7 +77,9 @@ class OnlineEligibility:
                                  "no learn_threshold, no per-neuron beta)")
             if i < len(model.neurons) - 1:
                 check_online_lif(lif.params, f"neurons[{i}]")
-        self.model, self.feedback, self.feedback_seed = model, feedback, int(feedback_seed)
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a positive int (steps folded into the traces at once), got {chunk!r}")
+        self.model, self.feedback, self.feedback_seed, self.chunk = model, feedback, int(feedback_seed), chunk
         k = model.sizes[-1]
         mu = model.layers[0].weight_mu
         self.feedback_matrices: list[torch.Tensor | None] = [
@@ -83,6 +87,7 @@ class OnlineEligibility:
             random_feedback(k, j, self.feedback_seed * 1000 + i, dtype=mu.dtype, device=mu.device)
             for i, j in enumerate(model.sizes[1:-1])]
         self.state_shapes: dict[str, tuple[int, ...]] = {}
+        self._buffers: dict[str, torch.Tensor] = {}
 
     # -- weights -----------------------------------------------------------------------
     def _bias(self, i: int) -> bool:
@@ -110,74 +115,81 @@ class OnlineEligibility:
                 mu = torch.cat([mu, layer.bias_mu.detach()[:, None]], 1)
                 sig = torch.cat([sig, layer.bias_sigma.detach()[:, None]], 1)
                 ew = torch.cat([ew, eb[..., None]], -1)
-            weights.append(mu + sig * ew)
+            weights.append(torch.addcmul(mu, sig, ew))
             noise.append(ew)
         return weights, noise
+
+    def _zeros(self, key: str, shape, like: torch.Tensor) -> torch.Tensor:
+        """A zeroed per-synapse buffer, reused across windows (no fresh allocation per update)."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != torch.Size(shape) or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buffers[key] = like.new_zeros(shape)
+        else:
+            buf.zero_()
+        return buf
 
     # -- the pass ------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, x: torch.Tensor | Iterable[torch.Tensor], y: torch.Tensor, weights: list[torch.Tensor]):
         """One window: x (T, B, in) or an iterable of (B, in) steps; y (B,); weights from
         :meth:`sample_weights` / :meth:`mean_weights`. Returns (logits (M, B, K), per-sample
-        gradients: one (M, out, in [+1]) tensor per layer, of C = nll_loss(logits, y))."""
+        gradients: one (M, out, in [+1]) tensor per layer, of C = nll_loss(logits, y)).
+
+        The steps are taken ``chunk`` at a time; within a chunk the layers run one after the other
+        (feed-forward: layer ℓ's K steps need only layer ℓ−1's), each carrying its state
+        (membrane, traces) from the previous chunk, so nothing of size T is kept."""
         model = self.model
-        n = len(model.layers)
-        hidden = n - 1
+        hidden = len(model.layers) - 1
         m = weights[0].shape[0]
         ps = [lif.params for lif in model.neurons]
         po = ps[-1].with_(reset="none")          # the membrane readout: non-spiking leaky integrator
-        kappa, g_out = po.beta, po.input_scale
+        kappa, g_out = float(po.beta), po.input_scale
         local = self.feedback == "local"
-        v = [None] * hidden
-        xbar = [None] * hidden
-        ebar = [None] * hidden
-        ebar_sum = [None] * hidden
-        psi_sum = [None] * hidden
-        ubar_loc = [None] * hidden
-        ubar_loc_sum = [None] * hidden
-        u = ubar = ubar_sum = z_sum = None
+        st: dict[str, torch.Tensor | None] = {}   # the state carried across chunks
         steps = 0
-        for x_t in x:
-            if x_t.dim() != 2 or x_t.shape[-1] != model.sizes[0]:
-                raise ValueError(f"online pass expects steps of shape (B, {model.sizes[0]}), got {tuple(x_t.shape)}")
-            steps += 1
-            inp = _with_ones(x_t.to(weights[0].dtype), self._bias(0))      # (B, in+1), shared by the samples
+        for x_c in self._chunks(x):              # (K, B, in)
+            k = x_c.shape[0]
+            steps += k
+            inp = _with_ones(x_c.to(weights[0].dtype), self._bias(0))     # (K, B, in+1), shared by the samples
             for i in range(hidden):
                 p = ps[i]
-                xbar[i] = presynaptic_trace(0.0 if xbar[i] is None else xbar[i], inp, p.beta, p.input_scale)
-                cur = torch.matmul(inp, weights[i].transpose(1, 2))       # (M, B, J)
-                if v[i] is None:
-                    v[i] = initial_membrane(cur, p)
-                s, v[i] = lif_step(cur, v[i], p)
-                psi = surrogate_derivative(v[i], p, s)
-                if ebar[i] is None:
-                    shape = (m, cur.shape[1], cur.shape[2], inp.shape[-1])
-                    ebar[i] = cur.new_zeros(shape)
-                    ebar_sum[i] = cur.new_zeros(shape)
-                    psi_sum[i] = torch.zeros_like(psi)
-                ebar[i] = filtered_eligibility(ebar[i], psi, xbar[i], kappa, g_out)
-                ebar_sum[i].add_(ebar[i])
-                psi_sum[i].add_(psi)
+                xbar = presynaptic_trace_chunk(st.get(f"xbar{i}"), inp, float(p.beta), p.input_scale,
+                                               time_dim=0 if i == 0 else 1)
+                st[f"xbar{i}"] = xbar[-1] if i == 0 else xbar[:, -1]
+                if i == 0:
+                    cur = torch.matmul(inp.reshape(-1, inp.shape[-1]), weights[0].transpose(1, 2))  # (M, K·B, J)
+                else:
+                    cur = torch.bmm(inp.reshape(m, -1, inp.shape[-1]), weights[i].transpose(1, 2))
+                cur = cur.reshape(m, k, -1, cur.shape[-1])                                         # (M, K, B, J)
+                v0 = st.get(f"v{i}")
+                s, v = LIF._run(cur, p, v0, True, 1)
+                st[f"v{i}"] = v[:, -1]
+                psi = surrogate_derivative(v, p, s)
+                if f"ebar{i}" not in st:
+                    shape = (m, cur.shape[2], cur.shape[3], inp.shape[-1])
+                    st[f"ebar{i}"] = self._zeros(f"ebar{i}", shape, cur)
+                    st[f"ebar_sum{i}"] = self._zeros(f"ebar_sum{i}", shape, cur)
+                    st[f"psi_sum{i}"] = torch.zeros_like(psi[:, 0])
+                eligibility_chunk_(st[f"ebar{i}"], st[f"ebar_sum{i}"], psi, xbar, kappa, g_out)
+                st[f"psi_sum{i}"].add_(psi.sum(1))
                 if local:
-                    ubar_loc[i] = presynaptic_trace(0.0 if ubar_loc[i] is None else ubar_loc[i], s, kappa, g_out)
-                    ubar_loc_sum[i] = ubar_loc[i].clone() if ubar_loc_sum[i] is None else ubar_loc_sum[i] + ubar_loc[i]
-                inp = _with_ones(s, self._bias(i + 1))
+                    self._trace_sum(st, f"ulocal{i}", s, kappa, g_out)
+                inp = _with_ones(s, self._bias(i + 1))                   # (M, K, B, J+1)
             # output layer: leaky-integrator readout, averaged over the steps
-            ubar = presynaptic_trace(0.0 if ubar is None else ubar, inp, kappa, g_out)
-            ubar_sum = ubar.clone() if ubar_sum is None else ubar_sum + ubar
-            cur = torch.matmul(inp, weights[-1].transpose(-1, -2))
-            if cur.dim() == 2:
-                cur = cur.expand(m, *cur.shape)
-            if u is None:
-                u = initial_membrane(cur, po)
-            _, u = lif_step(cur, u, po)
-            z_sum = u.clone() if z_sum is None else z_sum + u
+            if hidden == 0:
+                inp = inp.unsqueeze(0).expand(m, *inp.shape)                # (M, K, B, in+1)
+            self._trace_sum(st, "ubar", inp, kappa, g_out)
+            cur = torch.bmm(inp.reshape(m, -1, inp.shape[-1]), weights[-1].expand(m, -1, -1).transpose(1, 2))
+            cur = cur.reshape(m, k, -1, cur.shape[-1])
+            _, u = LIF._run(cur, po, st.get("u"), True, 1)
+            st["u"] = u[:, -1]
+            st["z_sum"] = u.sum(1) if st.get("z_sum") is None else st["z_sum"] + u.sum(1)
         if steps == 0:
             raise ValueError("online pass: the input has no time steps")
-        logits = z_sum / steps
+        logits = st["z_sum"] / steps
         delta = readout_error(logits, y)
-        grads = [None] * n
-        grads[-1] = trace_gradient(delta, ubar_sum / steps)
+        grads = [None] * (hidden + 1)
+        grads[-1] = trace_gradient(delta, st["ubar_sum"] / steps)
         signal = None
         for i in reversed(range(hidden)):
             j = model.sizes[i + 1]
@@ -186,24 +198,43 @@ class OnlineEligibility:
                     signal = learning_signal(delta, weights[-1][..., :j])
                 else:
                     pa = ps[i + 1]
-                    signal = deep_symmetric_signal(signal, psi_sum[i + 1] / steps, weights[i + 1][..., :j],
+                    signal = deep_symmetric_signal(signal, st[f"psi_sum{i + 1}"] / steps, weights[i + 1][..., :j],
                                                    float(pa.beta), pa.input_scale, steps)
             elif self.feedback == "random":
                 signal = learning_signal(delta, self.feedback_matrices[i])
             else:
                 r = self.feedback_matrices[i]
-                local_delta = readout_error(ubar_loc_sum[i] / steps @ r.t(), y)
+                local_delta = readout_error(st[f"ulocal{i}_sum"] / steps @ r.t(), y)
                 signal = learning_signal(local_delta, r)
-            grads[i] = eligibility_gradient(signal, ebar_sum[i] / steps)
-        held = {}
-        for i in range(hidden):
-            held.update({f"layer{i}.v": v[i], f"layer{i}.xbar": xbar[i], f"layer{i}.ebar": ebar[i],
-                         f"layer{i}.ebar_sum": ebar_sum[i], f"layer{i}.psi_sum": psi_sum[i]})
-            if local:
-                held.update({f"layer{i}.ubar_local": ubar_loc[i], f"layer{i}.ubar_local_sum": ubar_loc_sum[i]})
-        held.update({"out.u": u, "out.ubar": ubar, "out.ubar_sum": ubar_sum, "out.z_sum": z_sum})
-        self.state_shapes = {k: tuple(t.shape) for k, t in held.items()}
+            grads[i] = eligibility_gradient(signal, st[f"ebar_sum{i}"] / steps)
+        self.state_shapes = {key: tuple(t.shape) for key, t in st.items() if t is not None}
         return logits, grads
+
+    def _chunks(self, x):
+        """Blocks of up to ``chunk`` steps (K, B, in) from a (T, B, in) tensor or an iterable of steps."""
+        if isinstance(x, torch.Tensor):
+            if x.dim() != 3 or x.shape[-1] != self.model.sizes[0]:
+                raise ValueError(f"online pass expects input of shape (T, B, {self.model.sizes[0]}), got {tuple(x.shape)}")
+            yield from torch.split(x, self.chunk)
+            return
+        buf = []
+        for x_t in x:
+            if x_t.dim() != 2 or x_t.shape[-1] != self.model.sizes[0]:
+                raise ValueError(f"online pass expects steps of shape (B, {self.model.sizes[0]}), got {tuple(x_t.shape)}")
+            buf.append(x_t)
+            if len(buf) == self.chunk:
+                yield torch.stack(buf)
+                buf = []
+        if buf:
+            yield torch.stack(buf)
+
+    @staticmethod
+    def _trace_sum(st: dict, key: str, s: torch.Tensor, kappa: float, gain) -> None:
+        """Carry a κ-filtered presynaptic trace of s (M, K, B, n) and its running sum in ``st``."""
+        tr = presynaptic_trace_chunk(st.get(key), s, kappa, gain, time_dim=1)
+        st[key] = tr[:, -1]
+        total = tr.sum(1)
+        st[f"{key}_sum"] = total if st.get(f"{key}_sum") is None else st[f"{key}_sum"] + total
 
     def set_grads(self, grads: list[torch.Tensor], noise: list[torch.Tensor] | None, scale: float = 1.0) -> None:
         """Write ∂C/∂μ (and ∂C/∂σ = Σ_m ε_m g_m with ``noise``) into the layers' ``.grad``."""
@@ -231,15 +262,15 @@ class OnlineMESURule(MESURule):
     """MESU on eligibility-trace gradients (no BPTT): one update per presentation of T steps.
     Hyperparameters: MESU's, plus ``feedback`` and ``feedback_seed`` (see :class:`OnlineEligibility`)."""
     name, bayesian, online = "mesu_online", True, True
-    bounds = {**MESURule.bounds, "feedback": FEEDBACKS, "feedback_seed": "int>=0"}
+    bounds = {**MESURule.bounds, "feedback": FEEDBACKS, "feedback_seed": "int>=0", "chunk": "int>=1"}
 
     def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5,
-                 feedback: str = "symmetric", feedback_seed: int = 0):
-        self.engine = OnlineEligibility(model, feedback, feedback_seed)
+                 feedback: str = "symmetric", feedback_seed: int = 0, chunk: int = 16):
+        self.engine = OnlineEligibility(model, feedback, feedback_seed, chunk)
         super().__init__(model, memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
                          lr_sigma=lr_sigma, clamp_grad=clamp_grad)
-        self.hyperparameters.update(feedback=feedback, feedback_seed=int(feedback_seed))
+        self.hyperparameters.update(feedback=feedback, feedback_seed=int(feedback_seed), chunk=chunk)
 
     def gradients(self, x, y: torch.Tensor, samples: int, generator: torch.Generator | None = None):
         """Draw M weight samples, run the window, set μ.grad, σ.grad. Returns the logits (M, B, K)."""
@@ -267,14 +298,15 @@ class OnlineSGDRule(Rule):
     """Plain SGD on eligibility-trace gradients of the mean network (w = μ, σ frozen), the loss
     averaged over the batch as for ``sgd``. Same ``feedback`` options as ``mesu_online``."""
     name, online = "sgd_online", True
-    bounds = {"lr": ">0", "momentum": "[0,1)", "feedback": FEEDBACKS, "feedback_seed": "int>=0"}
+    bounds = {"lr": ">0", "momentum": "[0,1)", "feedback": FEEDBACKS, "feedback_seed": "int>=0", "chunk": "int>=1"}
 
     def __init__(self, model: nn.Module, lr: float = 0.01, momentum: float = 0.0, feedback: str = "symmetric",
-                 feedback_seed: int = 0):
-        self.engine = OnlineEligibility(model, feedback, feedback_seed)
+                 feedback_seed: int = 0, chunk: int = 16):
+        self.engine = OnlineEligibility(model, feedback, feedback_seed, chunk)
         params = mean_mode_parameters(model)
         super().__init__(model, make_base_optimizer(params, "sgd", lr, momentum), "mean",
-                         dict(lr=lr, momentum=momentum, feedback=feedback, feedback_seed=int(feedback_seed)))
+                         dict(lr=lr, momentum=momentum, feedback=feedback, feedback_seed=int(feedback_seed),
+                              chunk=chunk))
 
     def train_step(self, x, y: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None):
         self.zero_grad()
