@@ -240,3 +240,37 @@ def test_steps_from_an_iterable_and_a_single_layer_net():
         eng.set_grads(g_i, eps)
         for n, p in net.named_parameters():
             assert torch.allclose(p.grad, ref[n], rtol=1e-5, atol=1e-9), (sizes, n)
+
+
+def test_checkpoint_resume_of_an_online_run_is_exact(tmp_path):
+    """A run that crashes after update 25 and is resumed from its last checkpoint (update 20)
+    ends with the same μ, σ and metrics as an uninterrupted run."""
+    from mesu_snn.build import build_tasks
+    from mesu_snn.callbacks import Callback
+    from mesu_snn.config import parse_config
+    from mesu_snn.runs.callbacks import build_run
+
+    class Crash(Callback):
+        def on_step(self, trainer, row):
+            if trainer.update == 25:
+                raise KeyboardInterrupt("simulated kill")
+
+    raw = {"seed": 0, "data": {"dataset": "digits", "train_per_task": 20, "test_per_task": 10},
+           "stream": {"kind": "permuted", "n_tasks": 2, "batch_size": 1},
+           "encoder": {"kind": "current", "num_steps": 4}, "model": {"kind": "mlp", "hidden": [8]},
+           "rule": {"name": "mesu_online", "memory": 500.0, "feedback": "local"},
+           "schedule": {"train_samples": 2, "eval_samples": 2, "ood": False, "checkpoint_every": 10}}
+    cfg = parse_config(raw)
+    tasks = build_tasks(cfg)
+    full = build_run(cfg, tmp_path / "full", tasks=tasks)
+    m_full = full.fit()
+    with pytest.raises(KeyboardInterrupt):
+        build_run(cfg, tmp_path / "part", callbacks=[Crash()], tasks=tasks).fit()
+    from mesu_snn.runs.checkpoint import load_checkpoint
+    assert load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["position"] == 20
+    part = build_run(cfg, tmp_path / "part", tasks=tasks)
+    m_part = part.fit(resume=True)
+    for (n, a), b in zip(full.model.state_dict().items(), part.model.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert m_part["accuracy_matrix"] == m_full["accuracy_matrix"]
+    assert torch.equal(part.rule.engine.feedback_matrices[0], full.rule.engine.feedback_matrices[0])
