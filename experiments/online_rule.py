@@ -3,6 +3,8 @@ eligibility gradient, on the same task-free streams, batch 1, same seeds.
 
     python experiments/online_rule.py                       # both protocols, ~10-15 min CPU
     python experiments/online_rule.py --protocols pmnist --train-per-task 300 --out /tmp/x.json
+    python experiments/online_rule.py --protocols pmnist --rules mesu_online_symmetric_fp8 \
+        mesu_online_symmetric_fp12 --out experiments/results/online_rule_fixed_point.json
 
 Protocols (built through the library's config -> trainer path, so every rule sees the same
 network initialisation, the same samples in the same order and the same evaluation):
@@ -37,7 +39,13 @@ RULES = {
     "mesu_online_random": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
                            "feedback": "random", "feedback_seed": 0},
     "sgd_online_symmetric": {"name": "sgd_online", "lr": 0.01, "feedback": "symmetric"},
+    # the fixed-point variant (not in the default list): μ, σ on b-bit grids, stochastic rounding
+    "mesu_online_symmetric_fp8": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
+                                  "feedback": "symmetric", "fixed_point_bits": 8},
+    "mesu_online_symmetric_fp12": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
+                                   "feedback": "symmetric", "fixed_point_bits": 12},
 }
+DEFAULT_RULES = ["mesu_bptt", "mesu_online_symmetric", "mesu_online_random", "sgd_online_symmetric"]
 
 
 def _data_root() -> str:
@@ -74,7 +82,7 @@ def _write(path: Path, data: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protocols", nargs="+", default=["pmnist", "nmnist"])
-    ap.add_argument("--rules", nargs="+", default=list(RULES))
+    ap.add_argument("--rules", nargs="+", default=DEFAULT_RULES, choices=list(RULES))
     ap.add_argument("--train-per-task", type=int, default=1500)
     ap.add_argument("--test-per-task", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=2, help="M, Monte-Carlo samples per update (Bayesian rules)")

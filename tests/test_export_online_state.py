@@ -58,3 +58,14 @@ def test_export_writes_the_nir_graph_beside(tmp_path):
     export_online_state(rule, tmp_path / "s.h5", nir_path=tmp_path / "s.nir")
     back = ms.from_nir(tmp_path / "s.nir")
     assert torch.equal(back.layers[0].weight_mu, net.layers[0].weight_mu)
+
+
+def test_fixed_point_state_exports_integers_and_steps(tmp_path):
+    net = ms.SpikingMLP([6, 5, 3])
+    rule = ms.make_rule("mesu_online", net, fixed_point_bits=8)
+    st = read_online_state(export_online_state(rule, tmp_path / "fp.h5"))
+    assert st["attrs"]["fixed_point_bits"] == 8
+    for e in st["layers"]:
+        k = e["weight_mu"].astype(np.float64) / e["attrs"]["weight_mu_step"]
+        assert np.allclose(k, np.round(k), atol=1e-3) and np.abs(k).max() <= 127
+        assert "bias_sigma_step" in e["attrs"]

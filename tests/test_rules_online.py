@@ -274,3 +274,25 @@ def test_checkpoint_resume_of_an_online_run_is_exact(tmp_path):
         assert torch.equal(a, b), n
     assert m_part["accuracy_matrix"] == m_full["accuracy_matrix"]
     assert torch.equal(part.rule.engine.feedback_matrices[0], full.rule.engine.feedback_matrices[0])
+
+
+def test_fixed_point_variant_keeps_mu_sigma_on_the_grid_and_learns():
+    torch.manual_seed(0)
+    net = ms.SpikingMLP([16, 32, 3], beta=0.8, init="authors")
+    rule = make_rule("mesu_online", net, memory=2000.0, sigma_prior=0.3, fixed_point_bits=6)
+    x, y = _blobs(200)
+    g = torch.Generator().manual_seed(0)
+    for i in range(200):
+        rule.train_step(x[:, i:i + 1], y[i:i + 1], samples=2, generator=g)
+    for mu, sig, smu, ssig in rule._grids:
+        for t, step in ((mu, smu), (sig, ssig)):
+            k = t.detach().double() / step
+            assert torch.allclose(k, k.round(), atol=1e-4) and k.abs().max() <= 31
+        assert float(sig.min()) >= ssig * (1 - 1e-6)
+    xt, yt = _blobs(300, seed=1)
+    ms.set_mode(net, "mean")
+    with torch.no_grad():
+        acc = float((net(xt, samples=1)[0].argmax(-1) == yt).float().mean())
+    assert acc > 0.8, acc
+    with pytest.raises(ValueError, match="fixed_point_bits"):
+        make_rule("mesu_online", ms.SpikingMLP([4, 3, 2]), fixed_point_bits=1)

@@ -8,7 +8,8 @@ Schema, version 1 (all arrays float32 unless said; ``J`` = a layer's outputs, ``
     /                       attrs: format = "mesu_snn.online_state", version = 1, rule, feedback
                                    ("symmetric" | "random" | "local"), feedback_seed, chunk,
                                    n_layers, model_spec (JSON), hyperparameters (JSON),
-                                   state_per_synapse (JSON: the trace variables a chip keeps)
+                                   state_per_synapse (JSON: the trace variables a chip keeps),
+                                   fixed_point_bits (0: float32; b: μ, σ are b-bit integers × step)
     /layer{i}/weight_mu     (J, I)   mean weight μ
     /layer{i}/weight_sigma  (J, I)   standard deviation σ
     /layer{i}/bias_mu, bias_sigma (J,)   (only if the layer has a bias)
@@ -24,6 +25,8 @@ Schema, version 1 (all arrays float32 unless said; ``J`` = a layer's outputs, ``
                                        "feedback_matrix" (random: L = δ·B) or "local_readout"
                                        (local: L = δ^local·R, δ^local the error of z = R·mean ū)
     /layer{i}/feedback      (K, J)   B or R (random / local hidden layers only)
+    /layer{i}               attrs (fixed point only): weight_mu_step, weight_sigma_step, bias_mu_step,
+                                   bias_sigma_step: the grid steps Δ (value / Δ is an integer of b bits)
 
 The update at the end of a window of T steps: g_ji = L_j·(1/T) Σ_t ē_ji(t) per Monte-Carlo sample,
 ∂C/∂μ = Σ_m g_m, ∂C/∂σ = Σ_m ε_m g_m, then MESU's equations (:mod:`mesu_snn.functional.mesu`) with
@@ -68,7 +71,9 @@ def export_online_state(rule, path, force: bool = False, nir_path=None) -> Path:
                            feedback_seed=engine.feedback_seed, chunk=engine.chunk, n_layers=n,
                            model_spec=json.dumps(model_spec(model)),
                            hyperparameters=json.dumps(rule.hyperparameters),
-                           state_per_synapse=json.dumps(per_synapse))
+                           state_per_synapse=json.dumps(per_synapse),
+                           fixed_point_bits=int(getattr(rule, "fixed_point_bits", 0)))
+            steps = {id(mu): (smu, ssig) for mu, _, smu, ssig in getattr(rule, "_grids", [])}
             for i, layer in enumerate(model.layers):
                 g = f.create_group(f"layer{i}")
                 g["weight_mu"] = _np(layer.weight_mu)
@@ -88,6 +93,9 @@ def export_online_state(rule, path, force: bool = False, nir_path=None) -> Path:
                                surrogate_param=float(getattr(sur, param)) if param else 0.0,
                                eligibility_decay=float(readout.beta) if hidden else 0.0,
                                eligibility_gain=float(readout.input_scale) if hidden else 1.0)
+                for name, mu in (("weight", layer.weight_mu), ("bias", layer.bias_mu)):
+                    if mu is not None and id(mu) in steps:      # fixed point: value = integer × step
+                        g.attrs[f"{name}_mu_step"], g.attrs[f"{name}_sigma_step"] = steps[id(mu)]
                 if not hidden:
                     g.attrs["learning_signal"] = "output_error"
                 elif engine.feedback == "symmetric":

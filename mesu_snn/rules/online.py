@@ -29,6 +29,7 @@ import torch.nn as nn
 from ..functional.eligibility import (check_online_lif, deep_symmetric_signal, eligibility_chunk_,
                                       eligibility_gradient, learning_signal, mc_gradients, presynaptic_trace_chunk,
                                       random_feedback, readout_error, surrogate_derivative, trace_gradient)
+from ..functional.fixed_point import fixed_point_round, fixed_point_step
 from ..losses import nll_loss
 from ..models import SpikingMLP
 from ..neurons import LIF
@@ -260,17 +261,52 @@ class OnlineEligibility:
 
 class OnlineMESURule(MESURule):
     """MESU on eligibility-trace gradients (no BPTT): one update per presentation of T steps.
-    Hyperparameters: MESU's, plus ``feedback`` and ``feedback_seed`` (see :class:`OnlineEligibility`)."""
+    Hyperparameters: MESU's, plus ``feedback``, ``feedback_seed``, ``chunk`` (see
+    :class:`OnlineEligibility`) and ``fixed_point_bits``.
+
+    fixed_point_bits: 0 (float32) or b ≥ 2: after every update μ and σ are stored on b-bit signed
+    fixed-point grids with stochastic rounding (:func:`mesu_snn.functional.fixed_point.fixed_point_round`),
+    one step per tensor fixed at construction: μ covers ±4·max|μ₀|, σ covers [Δ, max(σ₀, σ_prior)]
+    (σ ≥ one step). The traces and the learning signal stay float (not quantised here)."""
     name, bayesian, online = "mesu_online", True, True
-    bounds = {**MESURule.bounds, "feedback": FEEDBACKS, "feedback_seed": "int>=0", "chunk": "int>=1"}
+    bounds = {**MESURule.bounds, "feedback": FEEDBACKS, "feedback_seed": "int>=0", "chunk": "int>=1",
+              "fixed_point_bits": "int>=0"}
 
     def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5,
-                 feedback: str = "symmetric", feedback_seed: int = 0, chunk: int = 16):
+                 feedback: str = "symmetric", feedback_seed: int = 0, chunk: int = 16, fixed_point_bits: int = 0):
+        if isinstance(fixed_point_bits, bool) or not isinstance(fixed_point_bits, int) or fixed_point_bits == 1 \
+                or not 0 <= fixed_point_bits <= 32:
+            raise ValueError(f"fixed_point_bits must be 0 (float) or an int in [2, 32], got {fixed_point_bits!r}")
         self.engine = OnlineEligibility(model, feedback, feedback_seed, chunk)
         super().__init__(model, memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
                          lr_sigma=lr_sigma, clamp_grad=clamp_grad)
-        self.hyperparameters.update(feedback=feedback, feedback_seed=int(feedback_seed), chunk=chunk)
+        self.hyperparameters.update(feedback=feedback, feedback_seed=int(feedback_seed), chunk=chunk,
+                                    fixed_point_bits=fixed_point_bits)
+        self.fixed_point_bits = fixed_point_bits
+        self._grids = []
+        if fixed_point_bits:
+            self._rounding = torch.Generator(device="cpu").manual_seed(int(feedback_seed) + 7919)
+            for layer in model.layers:
+                for mu, sig in ((layer.weight_mu, layer.weight_sigma), (layer.bias_mu, layer.bias_sigma)):
+                    if mu is None:
+                        continue
+                    smu = fixed_point_step(4.0 * float(mu.detach().abs().max()), fixed_point_bits)
+                    ssig = fixed_point_step(max(float(sig.detach().max()), float(sigma_prior)), fixed_point_bits)
+                    self._grids.append((mu, sig, smu, ssig))
+            self._to_grid()
+
+    @torch.no_grad()
+    def _to_grid(self) -> None:
+        b, g = self.fixed_point_bits, self._rounding
+        for mu, sig, smu, ssig in self._grids:
+            mu.copy_(fixed_point_round(mu.cpu(), smu, b, g).to(mu.device))
+            sig.copy_(fixed_point_round(sig.cpu(), ssig, b, g, minimum=ssig).to(sig.device))
+
+    def step(self) -> None:
+        super().step()
+        if self.fixed_point_bits:
+            self._to_grid()
 
     def gradients(self, x, y: torch.Tensor, samples: int, generator: torch.Generator | None = None):
         """Draw M weight samples, run the window, set μ.grad, σ.grad. Returns the logits (M, B, K)."""
@@ -288,10 +324,15 @@ class OnlineMESURule(MESURule):
         return nll_loss(out, y), out
 
     def extra_state(self) -> dict:
-        return self.engine.extra_state()
+        state = self.engine.extra_state()
+        if self.fixed_point_bits:
+            state["rounding_rng"] = self._rounding.get_state()
+        return state
 
     def load_extra_state(self, state: dict) -> None:
         self.engine.load_extra_state(state)
+        if self.fixed_point_bits and "rounding_rng" in state:
+            self._rounding.set_state(state["rounding_rng"])
 
 
 class OnlineSGDRule(Rule):
