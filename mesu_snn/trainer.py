@@ -7,6 +7,9 @@ For every mini-batch of a *task-free* stream (plain ``(x, y)``, no task index)::
     loss = rule.loss(out, y)                           # NLL (+ EWC/SI penalty)
     rule.zero_grad(); loss.backward(); rule.step()
 
+An online rule (``rule.online``: ``mesu_online``, ``sgd_online``) computes its gradient forward
+in time with eligibility traces instead: ``loss, out = rule.train_step(x, y, M, noise)``.
+
 The learner never sees task boundaries. The trainer knows them (from the stream's schedule)
 only to evaluate: after the last batch of task i it measures the held-out accuracy on every
 task seen so far, which fills row i of the accuracy matrix R; optionally also every
