@@ -1,7 +1,7 @@
 """The one home of numeric bounds (bottom layer: imports nothing of mesu_snn).
 
 A bound is a short string: ``">0"``, ``">=0"``, ``">=1"``, ``"[0,1]"``, ``"[0,1)"``, ``"real"``
-(any finite number), ``"int>=1"``, or a tuple of allowed strings. Every numeric bound also
+(any finite number), ``"int>=1"``, ``"int>=0"``, or a tuple of allowed strings. Every numeric bound also
 demands a *finite* value: NaN and ±Inf are never a valid hyperparameter. The rules declare
 their bounds in ``Rule.bounds`` (:mod:`mesu_snn.rules`), the configuration reads them from
 there (:mod:`mesu_snn.config`), and layers, neurons and optimizers check their numbers with
@@ -17,7 +17,7 @@ __all__ = ["BOUNDS", "check_number", "describe"]
 BOUNDS = {">0": (0.0, True, None, False, False), ">=0": (0.0, False, None, False, False),
           ">=1": (1.0, False, None, False, False), "[0,1]": (0.0, False, 1.0, False, False),
           "[0,1)": (0.0, False, 1.0, True, False), "real": (None, False, None, False, False),
-          "int>=1": (1, False, None, False, True)}
+          "int>=1": (1, False, None, False, True), "int>=0": (0, False, None, False, True)}
 
 
 def describe(bound) -> str:

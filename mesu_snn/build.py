@@ -234,7 +234,7 @@ def build_model(cfg: RunConfig, tasks: TaskStream) -> nn.Module:
 
 def build_rule(cfg: RunConfig, model: nn.Module) -> Rule:
     params = dict(cfg.rule.params)
-    if cfg.rule.name == "mesu" and params.get("clamp_grad") == 0:
+    if cfg.rule.name in ("mesu", "mesu_online") and params.get("clamp_grad") == 0:
         params["clamp_grad"] = None          # a config's 0 means no clamp (TOML has no None)
     try:
         return make_rule(cfg.rule.name, model, **params)

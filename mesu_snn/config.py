@@ -31,7 +31,7 @@ Unknown fields are errors too (a typo never silently falls back to a default). E
     hidden = [64]
 
     [rule]
-    name = "mesu"              # mesu | bgd | sgd | adam | ewc | si
+    name = "mesu"              # mesu | bgd | sgd | adam | ewc | si | mesu_online | sgd_online
     memory = 3000
     sigma_prior = 0.1
 
@@ -474,7 +474,7 @@ def _section(cls, path: str, raw: Any):
     if cls is RuleConfig:
         raw = dict(raw)
         if "name" not in raw:
-            raise _err(f"{path}.name", "is required (mesu, bgd, sgd, adam, ewc or si)")
+            raise _err(f"{path}.name", f"is required ({', '.join(RULES)})")
         name = raw.pop("name")
         return RuleConfig(name=name, params=raw)
     names = {f.name for f in fields(cls)}

@@ -7,6 +7,9 @@ For every mini-batch of a *task-free* stream (plain ``(x, y)``, no task index)::
     loss = rule.loss(out, y)                           # NLL (+ EWC/SI penalty)
     rule.zero_grad(); loss.backward(); rule.step()
 
+An online rule (``rule.online``: ``mesu_online``, ``sgd_online``) computes its gradient forward
+in time with eligibility traces instead: ``loss, out = rule.train_step(x, y, M, noise)``.
+
 The learner never sees task boundaries. The trainer knows them (from the stream's schedule)
 only to evaluate: after the last batch of task i it measures the held-out accuracy on every
 task seen so far, which fills row i of the accuracy matrix R; optionally also every
@@ -343,11 +346,14 @@ class Trainer:
     def _train_step(self, x_raw, y: torch.Tensor) -> tuple[float, float]:
         x = self._encoded(x_raw, self._enc)
         y = y.to(self.device)
-        out = self.model(x, samples=self._samples(True), generator=self._noise)
-        loss = self.rule.loss(out, y)
-        self.rule.zero_grad()
-        loss.backward()
-        self.rule.step()
+        if self.rule.online:        # eligibility traces: the rule runs the window itself, no backward
+            loss, out = self.rule.train_step(x, y, samples=self._samples(True), generator=self._noise)
+        else:
+            out = self.model(x, samples=self._samples(True), generator=self._noise)
+            loss = self.rule.loss(out, y)
+            self.rule.zero_grad()
+            loss.backward()
+            self.rule.step()
         with torch.no_grad():
             acc = float((out.detach().softmax(-1).mean(0).argmax(-1) == y).float().mean())
         return float(loss.detach()), acc

@@ -15,7 +15,14 @@ name       weights     batch loss  boundaries  hyperparameters (default)
 ``ewc``    μ (mean)    mean        **given**   lr, base ("sgd"), momentum, ewc_lambda (100),
                                                gamma (1.0), fisher_samples (200)
 ``si``     μ (mean)    mean        **given**   lr, base ("sgd"), momentum, si_c (0.1), xi (1e-3)
+``mesu_online``  μ + σε, M  sum    never       MESU's, feedback ("symmetric" | "random" | "local"),
+                                               feedback_seed (0); eligibility traces, no BPTT
+``sgd_online``   μ (mean)   mean   never       lr (0.01), momentum (0), feedback, feedback_seed
 =========  ==========  ==========  ==========  ============================================
+
+The ``*_online`` rules (:mod:`mesu_snn.rules.online`) compute their gradient forward in time with
+eligibility traces (``rule.online``: the trainer calls ``rule.train_step(x, y, samples, generator)``
+instead of backward); SpikingMLP with the membrane readout only.
 
 Non-Bayesian rules train the *same* Bayesian model in mean mode: every layer computes with
 w = μ, σ is frozen (``requires_grad=False``) and never used, and the optimizer updates the μ
@@ -34,6 +41,7 @@ import torch.nn as nn
 from .bgd import BGDRule
 from .ewc import OnlineEWC
 from .mesu import MESURule
+from .online import OnlineMESURule, OnlineSGDRule
 from .rule import Rule
 from .sgd import AdamRule, SGDRule
 from .si import SynapticIntelligence
@@ -42,7 +50,8 @@ __all__ = ["RULES", "make_rule", "hyperparameters"]
 
 #: name -> Rule class; the one list of rules (config, CLI and trainer read it)
 RULES: dict[str, type[Rule]] = {"mesu": MESURule, "bgd": BGDRule, "sgd": SGDRule, "adam": AdamRule,
-                                "ewc": OnlineEWC, "si": SynapticIntelligence}
+                                "ewc": OnlineEWC, "si": SynapticIntelligence,
+                                "mesu_online": OnlineMESURule, "sgd_online": OnlineSGDRule}
 
 
 def hyperparameters(name: str) -> dict[str, tuple[object, object]]:
@@ -53,7 +62,7 @@ def hyperparameters(name: str) -> dict[str, tuple[object, object]]:
 
 
 def make_rule(name: str, model: nn.Module, **hp) -> Rule:
-    """Build rule ``name`` (mesu, bgd, sgd, adam, ewc, si) for ``model`` with hyperparameters ``hp``.
+    """Build rule ``name`` (mesu, bgd, sgd, adam, ewc, si, mesu_online, sgd_online) for ``model`` with hyperparameters ``hp``.
 
     The model is switched to the mode the rule trains in (sample mode for MESU/BGD, mean mode
     with σ frozen for the others). An unknown rule or hyperparameter is a ``ValueError``."""

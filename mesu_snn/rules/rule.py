@@ -40,6 +40,9 @@ class Rule:
     name: str = "rule"
     bayesian: bool = False
     uses_task_boundaries: bool = False
+    #: True: the rule computes its own gradient forward in time (eligibility traces); the trainer
+    #: calls ``loss, out = rule.train_step(x, y, samples, generator)`` instead of backward
+    online: bool = False
     #: bounds of the constructor's hyperparameters (:mod:`mesu_snn.bounds`: ">0", ">=0", ">=1",
     #: "[0,1]", "[0,1)", "real", "int>=1" or a tuple of allowed strings; always finite), checked
     #: at construction (:meth:`check_hyperparameters`) and by :mod:`mesu_snn.config`; a

@@ -1,0 +1,221 @@
+"""Eligibility traces for feed-forward LIF layers: the gradient of a spiking network computed
+forward in time, with O(1) memory in the sequence length T (pure tensor functions).
+
+References: e-prop, Bellec et al. 2020, "A solution to the learning dilemma for recurrent
+networks of spiking neurons", Nat. Commun. 11:3625; OTTT, Xiao et al. 2022, "Online training
+through time for spiking neural networks", NeurIPS; DECOLLE, Kaiser, Mostafa & Neftci 2020,
+"Synaptic plasticity dynamics for deep continuous local learning", Front. Neurosci. 14:424.
+
+Setting and shapes. ``M`` Monte-Carlo weight samples, ``B`` batch, ``J`` postsynaptic and ``I``
+presynaptic neurons. The library's LIF (:mod:`mesu_snn.functional.lif`) with the subtractive
+reset (or none), decay β, gain γ (``input_scale``), threshold θ and surrogate S::
+
+    v_j(t) = β v_j(t−1) + γ I_j(t) − θ r_j(t),   I_j(t) = Σ_i w_ji x_i(t) + b_j,   s_j(t) = S(v_j(t) − θ)
+
+(``reset_delay=True``: r_j(t) = s_j(t−1); ``False``: the reset of s_j(t) is applied after the
+spike is read). **The reset's contribution to the gradient is dropped** (as e-prop does for its
+LIF, and as the library's default ``detach_reset=True`` does for BPTT): r is treated as a
+constant, so ∂v_j(t)/∂w_ji = β ∂v_j(t−1)/∂w_ji + γ x_i(t), which does not depend on j. Hence
+
+* presynaptic trace (one per *presynaptic neuron*, filtered with the membrane decay β):
+  x̄_i(t) = β x̄_i(t−1) + γ x_i(t)                                        (:func:`presynaptic_trace`)
+* surrogate derivative ψ_j(t) = S'(v_j(t) − θ) at the membrane the spike was read from
+                                                                         (:func:`surrogate_derivative`)
+* eligibility e_ji(t) = ∂s_j(t)/∂w_ji = ψ_j(t) x̄_i(t)                      (:func:`eligibility`)
+* low-pass filtered eligibility (e-prop's ē, filter = the readout's decay κ, gain γ_out):
+  ē_ji(t) = κ ē_ji(t−1) + γ_out e_ji(t)                                  (:func:`filtered_eligibility`)
+
+Readout and learning signal. The library's ``"membrane"`` readout is a non-spiking leaky
+integrator u_k(t) = κ u_k(t−1) + γ_out Σ_j W_kj s_j(t) averaged over the T steps, z_k = (1/T)
+Σ_t u_k(t), and the loss is the NLL of z at the end (:func:`mesu_snn.nll_loss`). Then, exactly,
+∂z_k/∂w_ji = W_kj · (1/T) Σ_t ē_ji(t): the ē filter carries the readout's temporal kernel, so
+with the error δ_k = ∂C/∂z_k (:func:`readout_error`) known at the end of the window,
+
+    ∂C/∂w_ji = L_j · Ē_ji,   L_j = Σ_k W_kj δ_k,   Ē_ji = (1/T) Σ_t ē_ji(t)
+
+for the last hidden layer: the eligibility gradient *equals* the BPTT gradient with the reset
+detached (tests/test_functional_eligibility.py checks it to 1e-5). The output weights get
+∂C/∂W_kj = δ_k · (1/T) Σ_t ū_j(t) with ū the presynaptic trace filtered with κ, γ_out (ψ ≡ 1:
+the readout does not spike). Bias: an input that is 1 at every step. The learning signal L_j
+arrives once per window of T steps (a three-factor rule with a delayed third factor); the
+temporal credit assignment is carried by the traces. Learning signals (:func:`learning_signal`):
+
+* ``symmetric``: L = δ·W of the layer above, per MC sample (exact for the last hidden layer);
+  a deeper layer ℓ gets L^ℓ = (L^{ℓ+1} ⊙ ψ̄^{ℓ+1}) W^{ℓ+1} · γ/(1 − β^{ℓ+1}), ψ̄ the time-averaged
+  surrogate derivative of the layer above (a rate approximation of the path through its
+  membrane; not exact);
+* ``random``: L = δ·B with B a fixed random matrix per hidden layer (e-prop's random
+  broadcast / direct feedback alignment; :func:`random_feedback`, seeded);
+* ``local``: each hidden layer has a fixed random readout R^ℓ (DECOLLE), its own local logits
+  z^ℓ = R^ℓ · (1/T) Σ_t ū^ℓ(t) and error δ^ℓ, and L^ℓ = δ^ℓ·R^ℓ.
+
+Memory (per layer with J×I synapses, M samples, batch B): the weight draws and their ε
+(M per synapse, as BPTT), ē and Ē (2·M·B per synapse), x̄ (B or M·B per presynaptic neuron), v
+(M·B per neuron); nothing grows with T. BPTT keeps O(T·M·B·(I + J)) activations instead.
+
+Monte-Carlo σ gradient. A sample holds w = μ + σ·ε for the whole window and the dynamics see
+w only, so ∂C/∂μ = Σ_m g_m and ∂C/∂σ = Σ_m ε_m g_m with g_m the eligibility gradient of
+sample m (its share 1/M of the loss included) (:func:`mc_gradients`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+
+from .lif import LIFParameters
+
+Scalar = Union[float, torch.Tensor]
+
+__all__ = ["presynaptic_trace", "presynaptic_trace_chunk", "surrogate_derivative", "eligibility", "filtered_eligibility", "filtered_eligibility_", "eligibility_chunk_", "readout_error",
+           "learning_signal", "deep_symmetric_signal", "random_feedback", "eligibility_gradient",
+           "trace_gradient", "mc_gradients", "check_online_lif", "ONLINE_RESETS"]
+
+#: resets whose (dropped) contribution leaves the trace per presynaptic neuron
+ONLINE_RESETS = ("subtract", "none")
+
+
+def check_online_lif(p: LIFParameters, where: str = "LIF") -> None:
+    """Raise ValueError if the eligibility traces of this module do not apply to ``p``."""
+    if p.reset not in ONLINE_RESETS:
+        raise ValueError(f"{where}: online eligibility traces support reset in {ONLINE_RESETS}, got {p.reset!r} "
+                         "(the zero reset makes the trace per synapse)")
+    if isinstance(p.beta, torch.Tensor) and p.beta.dim() > 0 and p.beta.numel() > 1:
+        raise ValueError(f"{where}: online eligibility traces need one scalar beta (a per-neuron beta makes the "
+                         "presynaptic trace per synapse)")
+
+
+def presynaptic_trace(trace: torch.Tensor, x: torch.Tensor, beta: Scalar, input_scale: Scalar = 1.0) -> torch.Tensor:
+    """x̄(t) = β·x̄(t−1) + γ·x(t). trace, x: (..., I) (a zero trace before the first step)."""
+    return beta * trace + input_scale * x
+
+
+def presynaptic_trace_chunk(trace: torch.Tensor | None, x: torch.Tensor, beta: float, input_scale: Scalar = 1.0,
+                            time_dim: int = 0) -> torch.Tensor:
+    """:func:`presynaptic_trace` over K steps at once: x (..., K, ...) with time on ``time_dim``,
+    trace the value before the first step (None: zero) -> the K traces, same shape as x
+    (x̄(k) = β^(k+1) x̄(−1) + γ Σ_{k'≤k} β^(k−k') x(k'): one (K × K) matrix product)."""
+    k = x.shape[time_dim]
+    idx = torch.arange(k, dtype=torch.float64)
+    diff = idx[:, None] - idx[None, :]
+    decay = torch.where(diff >= 0, float(beta) ** diff.clamp_min(0), 0.0).to(x.dtype).to(x.device)
+    xt = x.movedim(time_dim, 0)
+    out = torch.tensordot(decay, xt, dims=([1], [0])) * input_scale
+    if trace is not None:
+        powers = (float(beta) ** (idx + 1)).to(x.dtype).to(x.device)
+        out = out + powers.view((k,) + (1,) * (xt.dim() - 1)) * trace.unsqueeze(0)
+    return out.movedim(0, time_dim)
+
+
+def surrogate_derivative(v: torch.Tensor, p: LIFParameters, spikes: torch.Tensor | None = None) -> torch.Tensor:
+    """ψ(t) = S'(v(t) − θ) for the membrane ``v`` that :func:`~mesu_snn.functional.lif.lif_step`
+    returned with the ``spikes``. With ``reset_delay=True`` that membrane is the one the spike was
+    read from; with ``reset_delay=False`` it is post-reset, and the pre-reset v + θ·s is used
+    (``spikes`` required)."""
+    if not p.reset_delay and p.reset == "subtract":
+        if spikes is None:
+            raise ValueError("surrogate_derivative: reset_delay=False needs the step's spikes")
+        v = v + spikes * p.threshold
+    return p.surrogate.grad(v - p.threshold)
+
+
+def eligibility(psi: torch.Tensor, trace: torch.Tensor) -> torch.Tensor:
+    """e_ji = ψ_j·x̄_i: psi (M, B, J), trace (B, I) (input shared by the samples) or (M, B, I)
+    -> (M, B, J, I)."""
+    return psi.unsqueeze(-1) * trace.unsqueeze(-2)
+
+
+def filtered_eligibility(ebar: torch.Tensor, psi: torch.Tensor, trace: torch.Tensor, kappa: Scalar,
+                         gain: Scalar = 1.0) -> torch.Tensor:
+    """ē(t) = κ·ē(t−1) + gain·ψ ⊗ x̄ (e-prop's low-pass filtered eligibility). ebar (M, B, J, I)."""
+    return filtered_eligibility_(ebar.clone(), psi, trace, kappa, gain)
+
+
+def filtered_eligibility_(ebar: torch.Tensor, psi: torch.Tensor, trace: torch.Tensor, kappa: Scalar,
+                          gain: Scalar = 1.0) -> torch.Tensor:
+    """:func:`filtered_eligibility` in place on ``ebar`` (the per-step hot path: no allocation of
+    the per-synapse tensor); returns ``ebar``."""
+    return ebar.mul_(kappa).addcmul_(psi.unsqueeze(-1), trace.unsqueeze(-2), value=gain)
+
+
+def eligibility_chunk_(ebar: torch.Tensor, ebar_sum: torch.Tensor, psi: torch.Tensor, trace: torch.Tensor,
+                       kappa: float, gain: Scalar = 1.0) -> None:
+    """K steps of ``ē ← κ ē + gain·ψ(t) ⊗ x̄(t); Σē ← Σē + ē`` at once, in place (the same
+    recurrence, evaluated with two matrix products instead of K rank-1 updates; memory O(K), not
+    O(T)). psi (M, K, B, J); trace (K, B, I) (shared input) or (M, K, B, I); ebar, ebar_sum
+    (M, B, J, I). With d = 0..K−1 steps to the chunk's end (k = K−1−d):
+
+        ē_end   = κ^K ē + gain Σ_k κ^(K−1−k) e(k)
+        Σ ē    += (Σ_{d=1..K} κ^d) ē + gain Σ_k (Σ_{d=0..K−1−k} κ^d) e(k)
+    """
+    k = psi.shape[1]
+    powers = kappa ** torch.arange(k, dtype=torch.float64)                # κ^0 .. κ^(K−1)
+    decay_w = (gain * powers.flip(0)).to(psi.dtype).to(psi.device)        # κ^(K−1−k)
+    sum_w = (gain * torch.cumsum(powers, 0).flip(0)).to(psi.dtype).to(psi.device)
+    shape = (1, k, 1, 1)
+    eq = "mkbj,kbi->mbji" if trace.dim() == 3 else "mkbj,mkbi->mbji"
+    ebar_sum.add_(ebar, alpha=float(kappa * torch.cumsum(powers, 0)[-1]))
+    ebar_sum.add_(torch.einsum(eq, psi * sum_w.view(shape), trace))
+    ebar.mul_(float(kappa ** k)).add_(torch.einsum(eq, psi * decay_w.view(shape), trace))
+
+
+def readout_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """δ = ∂C/∂z of C = :func:`mesu_snn.nll_loss` (mean over the M samples, sum over the batch):
+    (softmax(z) − onehot(y)) / M. logits (M, B, K), y (B,) -> (M, B, K)."""
+    p = torch.softmax(logits, dim=-1)
+    onehot = torch.nn.functional.one_hot(y.long(), logits.shape[-1]).to(p.dtype)
+    return (p - onehot) / logits.shape[0]
+
+
+def learning_signal(error: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor:
+    """L_j = Σ_k F_kj δ_k. error (M, B, K); feedback (M, K, J) (per-sample weights above:
+    symmetric) or (K, J) (a fixed matrix: random / local readout) -> (M, B, J)."""
+    if feedback.dim() == 2:
+        return error @ feedback
+    return torch.bmm(error, feedback)
+
+
+def deep_symmetric_signal(signal_above: torch.Tensor, psi_mean_above: torch.Tensor, weight_above: torch.Tensor,
+                          beta_above: float, input_scale_above: Scalar = 1.0, steps: int | None = None) -> torch.Tensor:
+    """The symmetric learning signal of a hidden layer below another hidden layer (an
+    approximation, see the module docstring): (L ⊙ ψ̄) W · γ/(1 − β) with ``steps`` T capping
+    1/(1 − β) (β = 1). signal_above, psi_mean_above (M, B, J'); weight_above (M, J', J)."""
+    gain = float(steps) if beta_above >= 1.0 else 1.0 / (1.0 - beta_above)
+    if steps is not None:
+        gain = min(gain, float(steps))
+    return torch.bmm(signal_above * psi_mean_above, weight_above) * (input_scale_above * gain)
+
+
+def random_feedback(out_features: int, in_features: int, seed: int, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """A fixed random (out, in) feedback / local-readout matrix, N(0, 1/in), from ``seed`` (the
+    global RNG untouched)."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int(seed))
+    m = torch.randn((out_features, in_features), generator=g, dtype=torch.float64) / math.sqrt(in_features)
+    return m.to(dtype=dtype, device=device)
+
+
+def eligibility_gradient(signal: torch.Tensor, ebar_mean: torch.Tensor) -> torch.Tensor:
+    """g_ji = Σ_b L_j Ē_ji per sample: signal (M, B, J), ebar_mean (M, B, J, I) -> (M, J, I)."""
+    return torch.einsum("mbj,mbji->mji", signal, ebar_mean)
+
+
+def trace_gradient(error: torch.Tensor, trace_mean: torch.Tensor) -> torch.Tensor:
+    """Output layer: g_kj = Σ_b δ_k ū_j per sample. error (M, B, K), trace_mean (M, B, J) or (B, J)
+    -> (M, K, J)."""
+    if trace_mean.dim() == 2:
+        trace_mean = trace_mean.expand(error.shape[0], *trace_mean.shape)
+    return torch.bmm(error.transpose(1, 2), trace_mean)
+
+
+def mc_gradients(grads: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(∂C/∂μ, ∂C/∂σ) = (Σ_m g_m, Σ_m ε_m g_m) from per-sample gradients g (M, ...) of w = μ + σ·ε
+    and the draws' ε (M, ...); ``noise=None`` (deterministic weights): (Σ_m g_m, None)."""
+    gmu = grads.sum(0)
+    if noise is None:
+        return gmu, None
+    m = grads.shape[0]
+    gsig = torch.bmm(noise.reshape(m, 1, -1).transpose(0, 2), grads.reshape(m, -1, 1).transpose(0, 1))
+    return gmu, gsig.reshape(grads.shape[1:])
