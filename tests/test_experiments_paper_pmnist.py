@@ -53,7 +53,9 @@ def _quick(args):
 #: measured (seed 0, 4 tasks x 1000 images, LIF 784-50-10, T = 10, batch 1, M = 10, 2-core CPU, 77 s):
 #: mean accuracy over the 4 tasks after the stream MESU 0.6325, BGD 0.6325, SGD 0.419; last task
 #: MESU 0.671, BGD 0.678, SGD 0.550. On a stream this short MESU (N = 1e4 samples = 10 tasks of this
-#: size) and BGD tie: the test asserts that both beat SGD by half the measured gap and that they tie.
+#: size) and BGD tie: the test asserts that both beat SGD by half the measured gap, on the mean and
+#: on the first task after the stream (retention; 2026-12-02, Intel Xeon VM: SGD 0.23), and that
+#: they tie. The full comparison of all six rules is experiments/snn_comparison.py.
 MARGIN_SGD = 0.10
 TIE_BGD = 0.03
 QUICK_RULES = {"mesu": ["--memory", "10000"], "bgd": [], "sgd": ["--lr", "0.01"]}
@@ -68,9 +70,12 @@ def test_spiking_quick_ranking_mesu_and_bgd_beat_sgd(tmp_path):
     with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as ex:
         res = dict(zip(QUICK_RULES, ex.map(_quick, jobs)))
     mean = {r: sum(v["acc"][-1]) / len(v["acc"][-1]) for r, v in res.items()}
-    last = {r: v["acc"][-1][-1] for r, v in res.items()}
-    print(mean, last)
+    first = {r: v["acc"][-1][0] for r, v in res.items()}       # task 0 after the whole stream
+    print(mean, first)
     assert mean["mesu"] > mean["sgd"] + MARGIN_SGD, mean
     assert mean["bgd"] > mean["sgd"] + MARGIN_SGD, mean
     assert abs(mean["mesu"] - mean["bgd"]) < TIE_BGD, mean
-    assert last["mesu"] > last["sgd"] + MARGIN_SGD / 2, last
+    assert first["mesu"] > first["sgd"] + MARGIN_SGD, first                       # it is remembering, not
+    assert first["bgd"] > first["sgd"] + MARGIN_SGD, first                        # learning the last task,
+    # that separates the rules: SGD learns the newest task as well (0.55-0.65 here, seed and CPU
+    # dependent: its last-task accuracy moved by 0.1 between two CPU models with the same code)
