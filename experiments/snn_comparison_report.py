@@ -84,11 +84,12 @@ def plot(runs: list[dict], path: Path, title: str) -> None:
     for r in sorted(runs, key=lambda r: ORDER.index(r["rule"])):
         m = metrics(r)
         ks = list(range(1, len(m["learning"]) + 1))
-        ax[0].plot(ks, [100 * x for x in m["learning"]], "o-", label=NAMES[r["rule"]])
-        ax[1].plot(ks, [100 * sum(row) / len(row) for row in r["acc"]], "o-", label=NAMES[r["rule"]])
+        color = f"C{ORDER.index(r['rule'])}"          # one colour per rule in every panel
+        ax[0].plot(ks, [100 * x for x in m["learning"]], "o-", color=color, label=NAMES[r["rule"]])
+        ax[1].plot(ks, [100 * sum(row) / len(row) for row in r["acc"]], "o-", color=color, label=NAMES[r["rule"]])
         if r["rule"] in ("mesu", "bgd"):
             for li, layer in enumerate(r["sigma"][0]):
-                ax[2].plot(ks, [s[layer]["sigma_median"] for s in r["sigma"]], ["o-", "s--"][li % 2],
+                ax[2].plot(ks, [s[layer]["sigma_median"] for s in r["sigma"]], ["o-", "s--"][li % 2], color=color,
                            label=f"{NAMES[r['rule']]} {layer}")
     ax[0].set(title="learning accuracy (task k right after training it)", xlabel="task", ylabel="test accuracy (%)")
     ax[1].set(title="mean accuracy over the tasks seen", xlabel="tasks trained", ylabel="test accuracy (%)")
