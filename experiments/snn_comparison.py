@@ -18,7 +18,9 @@ stream (seeds ``FINAL_SEEDS``), ``--tasks`` tasks of ``--train-per-task`` images
 
     python experiments/snn_comparison.py --phase val --jobs 2
     python experiments/snn_comparison.py --phase final --tasks 5 --jobs 2
-    python experiments/snn_comparison.py --phase report
+    python experiments/snn_comparison.py --phase final --rules mesu bgd --tasks 20 \\
+        --test-per-task 2000 --folder long --jobs 2     # plasticity over a longer stream
+    python experiments/snn_comparison_report.py
 
 Results: ``experiments/results/snn_comparison/{val,final}/*.json`` (written after every task),
 ``best.json`` (the tuned settings) and ``README.md`` (the report).
@@ -51,11 +53,12 @@ GRID: dict[str, list[list[str]]] = {
     "bgd": [["lr=0.3"], ["lr=1"], ["lr=3"]],
     "sgd": [["lr=0.01"], ["lr=0.03"], ["lr=0.1"]],
     "adam": [["lr=0.0003"], ["lr=0.001"], ["lr=0.003"]],
-    # EWC/SI: the penalty's explicit gradient step is stable only for lr·λ·F_max < 2; at lr 0.03 the
-    # readout's empirical Fisher reaches F_max ≈ 4.5 after 1,000 images (measured), so λ ≥ 100
-    # (and si_c ≥ 0.1) collapse the network to one class at the first boundary: the grids sit below.
-    "ewc": [["lr=0.03", "ewc_lambda=1"], ["lr=0.03", "ewc_lambda=3"], ["lr=0.03", "ewc_lambda=10"]],
-    "si": [["lr=0.03", "si_c=0.001"], ["lr=0.03", "si_c=0.01"], ["lr=0.03", "si_c=0.1"]],
+    # EWC/SI train with SGD's best validation lr (0.00333) and tune their penalty strength. The
+    # penalty's explicit gradient step is stable only for lr·λ·F_max < 2; the readout's empirical
+    # Fisher reaches F_max ≈ 4.5 after 1,000 images (measured), hence the ranges. A first grid at
+    # lr 0.03 (results in val_superseded/) was unfair to them: SGD's best lr is 10x lower.
+    "ewc": [["lr=0.00333333", "ewc_lambda=10"], ["lr=0.00333333", "ewc_lambda=30"], ["lr=0.00333333", "ewc_lambda=100"]],
+    "si": [["lr=0.00333333", "si_c=0.0001"], ["lr=0.00333333", "si_c=0.001"], ["lr=0.00333333", "si_c=0.01"]],
 }
 #: how to extend a grid beyond an edge: rule -> (key, factor)
 EXTEND = {"mesu": ("memory", 3.0), "bgd": ("lr", 3.0), "sgd": ("lr", 3.0), "adam": ("lr", 3.0),
@@ -130,11 +133,13 @@ def _hp_from_tag(rule: str, stem: str) -> list[str]:
 
 def phase_final(args) -> None:
     best = json.loads((OUT / "best.json").read_text())
-    fdir = OUT / "final"
+    fdir = OUT / args.folder
     fdir.mkdir(parents=True, exist_ok=True)
     rules = args.rules or list(GRID)
     jobs = [(r, _hp_from_tag(r, best[r]["tag"]), s) for s in FINAL_SEEDS for r in rules]
     extra = ["--tasks", str(args.tasks), "--hidden", *map(str, args.hidden)]
+    if args.test_per_task:
+        extra += ["--test-per-task", str(args.test_per_task)]
     if args.train_per_task:
         extra += ["--train-per-task", str(args.train_per_task)]
     with ThreadPoolExecutor(args.jobs) as ex:
@@ -149,6 +154,8 @@ def main(argv=None):
     ap.add_argument("--tasks", type=int, default=5)
     ap.add_argument("--hidden", type=int, nargs="*", default=[50])
     ap.add_argument("--extend", action="store_true")
+    ap.add_argument("--folder", default="final", help="final runs' folder under results/snn_comparison/")
+    ap.add_argument("--test-per-task", type=int, default=None, help="final runs: test images per task (default all)")
     ap.add_argument("--train-per-task", type=int, default=FINAL_TRAIN,
                     help="final runs: images per task (0: all 60,000, the paper's epoch)")
     args = ap.parse_args(argv)

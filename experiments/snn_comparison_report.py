@@ -72,7 +72,7 @@ def final_tables(runs: list[dict]) -> list[str]:
     return lines
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def plot(runs: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -84,11 +84,12 @@ def plot(runs: list[dict], path: Path) -> None:
     for r in sorted(runs, key=lambda r: ORDER.index(r["rule"])):
         m = metrics(r)
         ks = list(range(1, len(m["learning"]) + 1))
-        ax[0].plot(ks, [100 * x for x in m["learning"]], "o-", label=NAMES[r["rule"]])
-        ax[1].plot(ks, [100 * sum(row) / len(row) for row in r["acc"]], "o-", label=NAMES[r["rule"]])
+        color = f"C{ORDER.index(r['rule'])}"          # one colour per rule in every panel
+        ax[0].plot(ks, [100 * x for x in m["learning"]], "o-", color=color, label=NAMES[r["rule"]])
+        ax[1].plot(ks, [100 * sum(row) / len(row) for row in r["acc"]], "o-", color=color, label=NAMES[r["rule"]])
         if r["rule"] in ("mesu", "bgd"):
             for li, layer in enumerate(r["sigma"][0]):
-                ax[2].plot(ks, [s[layer]["sigma_median"] for s in r["sigma"]], ["o-", "s--"][li % 2],
+                ax[2].plot(ks, [s[layer]["sigma_median"] for s in r["sigma"]], ["o-", "s--"][li % 2], color=color,
                            label=f"{NAMES[r['rule']]} {layer}")
     ax[0].set(title="learning accuracy (task k right after training it)", xlabel="task", ylabel="test accuracy (%)")
     ax[1].set(title="mean accuracy over the tasks seen", xlabel="tasks trained", ylabel="test accuracy (%)")
@@ -97,19 +98,25 @@ def plot(runs: list[dict], path: Path) -> None:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.legend(fontsize=7, loc="best")
         a.grid(alpha=0.3)
-    fig.suptitle("Spiking 784-50-10 (LIF, T = 10), permuted MNIST, batch 1, task-free (EWC/SI told the boundaries)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main() -> int:
-    val, final = _load("val"), _load("final")
+    val, final, long = _load("val"), _load("final"), _load("long")
     best = json.loads((RES / "best.json").read_text()) if (RES / "best.json").exists() else {}
     lines = ["# Permuted MNIST with spikes: every rule, tuned on a validation stream (experiments/snn_comparison.py)", "",
              "Written by `experiments/snn_comparison_report.py` from the JSON files in this folder.", "",
              f"Paper's ANN for reference: {PAPER_ANN}.", "", "## Final runs (test stream)", ""]
+    lines += ["Every rule with its tuned setting, one seed (0), 5 tasks of 5,000 training images, all 10,000 "
+              "test images per task (`--phase final --tasks 5`). ![curves](curves.png)", ""]
     lines += final_tables(final)
+    lines += ["", "## A longer stream: MESU and BGD over 20 tasks", "",
+              "Same settings, 20 tasks of 5,000 images, 2,000 test images per task (`--phase final --rules mesu bgd "
+              "--tasks 20 --test-per-task 2000 --folder long`). ![curves](curves_long.png)", ""]
+    lines += final_tables(long)
     lines += ["", "## Validation grid (its own seed, held-out training images)", ""]
     lines += validation_table(val)
     lines += ["", "Chosen: " + ", ".join(f"{NAMES[r]}: {b['tag']}" for r, b in best.items()), ""]
@@ -117,7 +124,9 @@ def main() -> int:
     lines += [f"Machine: {machine}; torch {(final or val)[0]['torch'] if (final or val) else '?'}; one thread per run, "
               "two runs at a time, on a VM shared with other work (ms/update are noisy)."]
     (RES / "README.md").write_text("\n".join(lines) + "\n")
-    plot(final, RES / "curves.png")
+    net = "Spiking 784-50-10 (LIF, T = 10), permuted MNIST, batch 1"
+    plot(final, RES / "curves.png", f"{net}, 5 tasks, task-free (EWC/SI told the boundaries)")
+    plot(long, RES / "curves_long.png", f"{net}, 20 tasks, task-free: MESU vs BGD")
     print("\n".join(lines))
     return 0
 
