@@ -84,8 +84,12 @@ DEVICES = ("cpu", "cuda", "auto")
 #: every dataset has 10 classes; sample shape (channels, height, width) and test-set size,
 #: for the memory estimate made before any data is loaded
 N_CLASSES = 10
-SAMPLE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "nmnist": (2, 34, 34)}
-TEST_SIZES = {"digits": 450, "mnist": 10_000, "fashion_mnist": 10_000, "nmnist": 10_000}
+#: classes per dataset (the split streams' task count and the memory estimate read it)
+DATASET_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "nmnist": 10, "shd": 20}
+#: one sample's (channels, height, width) before encoding (SHD: 700 cochlear channels)
+SAMPLE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "nmnist": (2, 34, 34),
+                 "shd": (1, 1, 700)}
+TEST_SIZES = {"digits": 450, "mnist": 10_000, "fashion_mnist": 10_000, "nmnist": 10_000, "shd": 2_264}  # SHD test set: 2,264
 
 
 class ConfigError(MesuError, ValueError):
@@ -199,7 +203,7 @@ class StreamConfig:
     def validate(self, p="stream"):
         _choice(f"{p}.kind", self.kind, STREAM_KINDS)
         _int(f"{p}.n_tasks", self.n_tasks, 1, allow_none=True, hi=100_000)
-        _int(f"{p}.classes_per_task", self.classes_per_task, 1, allow_none=True, hi=N_CLASSES)
+        _int(f"{p}.classes_per_task", self.classes_per_task, 1, allow_none=True, hi=max(DATASET_CLASSES.values()))
         if self.kind == "permuted":       # nothing given is silently ignored
             if self.classes_per_task is not None:
                 raise _err(f"{p}.classes_per_task", "applies to split and class_incremental streams only (a permuted "
@@ -208,12 +212,7 @@ class StreamConfig:
                 self.n_tasks = 5
         else:
             if self.classes_per_task is None:
-                self.classes_per_task = 2
-            fixed = -(-N_CLASSES // self.classes_per_task)
-            if self.n_tasks is not None and self.n_tasks != fixed:
-                raise _err(f"{p}.n_tasks", f"a {self.kind} stream has one task per {self.classes_per_task} classes, so "
-                           f"{fixed} tasks for {N_CLASSES} classes; n_tasks = {self.n_tasks} cannot be honoured: remove "
-                           "it or change classes_per_task")
+                self.classes_per_task = 2     # its task count depends on the dataset: RunConfig.validate
         _choice(f"{p}.boundary", self.boundary, BOUNDARIES)
         self.transition = _float(f"{p}.transition", self.transition, 0.0, True, 1.0)
         _int(f"{p}.epochs_per_task", self.epochs_per_task, 1)
@@ -377,26 +376,27 @@ def estimate_memory(cfg: "RunConfig") -> dict[str, int]:
     and for the evaluation the (M, test samples, classes) outputs the last one collects."""
     m, e, sch = cfg.model, cfg.encoder, cfg.schedule
     c, h, w = SAMPLE_SHAPES[cfg.data.dataset]
+    n_classes = DATASET_CLASSES[cfg.data.dataset]
     n_in, T = c * h * w, (1 if m.kind == "ann" else e.num_steps)
     if m.kind == "conv":
         chans = [c, *m.channels]
-        weights = sum(a * b * m.kernel_size ** 2 for a, b in zip(chans, chans[1:])) + chans[-1] * h * w * N_CLASSES
-        units = h * w * sum(chans) + N_CLASSES
+        weights = sum(a * b * m.kernel_size ** 2 for a, b in zip(chans, chans[1:])) + chans[-1] * h * w * n_classes
+        units = h * w * sum(chans) + n_classes
     else:
-        sizes = [n_in, *m.hidden, N_CLASSES]
+        sizes = [n_in, *m.hidden, n_classes]
         weights = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
         units = sum(sizes)
     bayesian = cfg.rule.name in ("mesu", "bgd")
     m_train, m_eval = (sch.train_samples, sch.eval_samples) if bayesian else (1, 1)
     n_test = cfg.data.test_per_task or TEST_SIZES[cfg.data.dataset]
-    tasks = cfg.stream.n_tasks or -(-N_CLASSES // (cfg.stream.classes_per_task or 2))
+    tasks = cfg.stream.n_tasks or -(-n_classes // (cfg.stream.classes_per_task or 2))
     if cfg.stream.kind != "permuted":
         n_test = min(n_test, TEST_SIZES[cfg.data.dataset])
     else:
         n_test *= tasks
     f = 4
     return {"train": f * m_train * (3 * weights + 4 * cfg.stream.batch_size * T * units),
-            "evaluation": f * m_eval * (3 * weights + 4 * sch.eval_batch_size * T * units + n_test * N_CLASSES),
+            "evaluation": f * m_eval * (3 * weights + 4 * sch.eval_batch_size * T * units + n_test * n_classes),
             "weights": f * weights, "samples_train": m_train, "samples_evaluation": m_eval}
 
 
@@ -440,6 +440,16 @@ class RunConfig:
         for name in SECTIONS:
             getattr(self, name).validate(name)
         # cross-field checks
+        st, n_classes = self.stream, DATASET_CLASSES[self.data.dataset]
+        if st.kind != "permuted":
+            if st.classes_per_task > n_classes:
+                raise _err("stream.classes_per_task", f"must be <= {n_classes} ({self.data.dataset} has {n_classes} "
+                           f"classes), got {st.classes_per_task}")
+            fixed = -(-n_classes // st.classes_per_task)
+            if st.n_tasks is not None and st.n_tasks != fixed:
+                raise _err("stream.n_tasks", f"a {st.kind} stream has one task per {st.classes_per_task} classes, so "
+                           f"{fixed} tasks for {n_classes} classes; n_tasks = {st.n_tasks} cannot be honoured: remove "
+                           "it or change classes_per_task")
         events = self.data.dataset in EVENT_DATASETS
         if self.encoder.kind == "frames" and not events:
             raise _err("encoder.kind", f"'frames' needs event data (data.dataset = 'nmnist' or 'shd'), got dataset "

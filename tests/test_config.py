@@ -261,3 +261,17 @@ def test_strings_with_control_characters_round_trip(tmp_path):
         assert load_config(_write(tmp_path, dump_toml(cfg), "x.toml")).data.root == root
     with pytest.raises(ConfigError, match="data.root: must be valid Unicode"):
         parse_config({"data": {"root": "bad\ud800"}, "rule": {"name": "sgd"}})
+
+
+def test_split_task_count_follows_the_dataset_classes():
+    """A split stream's task count is classes / classes_per_task of *its* dataset: SHD has 20
+    classes (10 tasks of 2), the image sets 10; a wrong n_tasks or too many classes per task is
+    refused naming the field."""
+    base = {"rule": {"name": "sgd"}, "encoder": {"kind": "frames"}}
+    ok = parse_config({**base, "data": {"dataset": "shd"}, "stream": {"kind": "split", "n_tasks": 10}})
+    assert ok.stream.n_tasks == 10
+    with pytest.raises(ConfigError, match=r"stream.n_tasks.*10 tasks for 20 classes"):
+        parse_config({**base, "data": {"dataset": "shd"}, "stream": {"kind": "split", "n_tasks": 5}})
+    with pytest.raises(ConfigError, match=r"stream.classes_per_task: must be <= 10"):
+        parse_config({"rule": {"name": "sgd"}, "data": {"dataset": "mnist"},
+                      "stream": {"kind": "split", "classes_per_task": 20}})
