@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import MesuError
 from .functional.lif import RESETS
 from .functional.surrogate import SURROGATES
 from .models import ACTIVATIONS as _MODEL_ACTIVATIONS
@@ -74,7 +75,7 @@ EVAL_AVERAGES = ("probs", "log_probs")
 DEVICES = ("cpu", "cuda", "auto")
 
 
-class ConfigError(ValueError):
+class ConfigError(MesuError, ValueError):
     """A configuration value is missing, of the wrong type or out of range (names the field)."""
 
 
@@ -366,6 +367,10 @@ def parse_config(raw: dict) -> RunConfig:
     return cfg.validate()
 
 
+#: largest configuration file read (a real one is about 1 KB)
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a TOML run configuration. Errors name the file and the field."""
     path = Path(path)
@@ -373,14 +378,17 @@ def load_config(path: str | Path) -> RunConfig:
         raise FileNotFoundError(f"config file {path} not found")
     if path.is_dir():
         raise IsADirectoryError(f"config file {path} is a directory")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size} bytes, larger than any run configuration (at most {MAX_CONFIG_BYTES})")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a UTF-8 text file ({e})") from None
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML ({e})") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
+        raise ConfigError(f"{path}: invalid TOML ({type(e).__name__}: {str(e)[:300]})") from None
     try:
         return parse_config(raw)
     except ConfigError as e:

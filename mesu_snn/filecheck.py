@@ -24,8 +24,8 @@ import numpy as np
 
 from .errors import FileFormatError
 
-__all__ = ["MAX_EXPANSION", "SLACK", "DIGEST_ATTR", "allowed_bytes", "check_declared", "check_h5_sizes",
-           "h5_digest", "stamp_h5_digest", "verify_h5_digest", "foreign_error"]
+__all__ = ["MAX_EXPANSION", "SLACK", "DIGEST_ATTR", "allowed_bytes", "check_declared", "check_h5", "check_h5_sizes",
+           "h5_digest", "stamp_h5_digest", "foreign_error"]
 
 #: deflate (gzip, zlib, HDF5's gzip filter) cannot expand data by more than 1032:1
 MAX_EXPANSION = 1032
@@ -56,41 +56,55 @@ def foreign_error(path, kind: str, e: BaseException) -> FileFormatError:
     return FileFormatError(f"{path}: damaged or unreadable {kind} ({type(e).__name__}{': ' + msg if msg else ''})")
 
 
-def _walk(group, prefix=""):
-    """(name, object) of every group and dataset under ``group``, sorted by name, depth first."""
-    import h5py
-    for k in sorted(group.keys()):
-        v = group.get(k, getlink=False)
-        if v is None:                       # a dangling link
-            raise KeyError(f"dangling link {prefix + k}")
-        yield prefix + k, v
-        if isinstance(v, h5py.Group):
-            yield from _walk(v, prefix + k + "/")
+def _walk(f) -> list:
+    """(name, object) of every group and dataset in the file, each object once (hard links to an
+    object already seen, cycles included, are not followed again), sorted by name."""
+    out = []
+    f.visititems(lambda name, obj: out.append((name, obj)))
+    return sorted(out, key=lambda t: t[0])
 
 
-def check_h5_sizes(f, path) -> None:
-    """FileFormatError naming ``path`` if the open h5py File ``f`` declares datasets that a
-    file of its size cannot hold (unfiltered data: at most the file's size; filtered, e.g.
-    gzip: 1032 × it), so that reading them would allocate beyond the bound."""
+def _check_sizes(objects, path) -> None:
     import h5py
     size = os.path.getsize(path)
     plain = packed = 0
+    for name, v in objects:
+        if not isinstance(v, h5py.Dataset):
+            continue
+        n = int(np.prod(v.shape, dtype=object)) * int(v.dtype.itemsize) if v.shape is not None else 0
+        if v.chunks and v.id.get_create_plist().get_nfilters():
+            packed += n
+        else:
+            plain += n
+        check_declared(path, plain, size, False, f"unfiltered datasets (up to /{name})")
+        check_declared(path, packed, size, True, f"compressed datasets (up to /{name})")
+
+
+def check_h5(f, path, digest: bool = True) -> None:
+    """The guards for an open h5py File, in one walk of its tree: FileFormatError naming
+    ``path`` if it declares datasets that a file of its size cannot hold (unfiltered data: at
+    most the file's size; filtered, e.g. gzip: 1032 × it), so that reading them would allocate
+    beyond the bound; then, with ``digest``, if its :data:`DIGEST_ATTR` (when present) does
+    not match the tree."""
     try:
-        for name, v in _walk(f):
-            if not isinstance(v, h5py.Dataset):
-                continue
-            n = int(np.prod(v.shape, dtype=object)) * int(v.dtype.itemsize) if v.shape is not None else 0
-            filtered = bool(v.chunks) and bool(v.id.get_create_plist().get_nfilters())
-            if filtered:
-                packed += n
-            else:
-                plain += n
-            check_declared(path, plain, size, False, f"unfiltered datasets (up to /{name})")
-            check_declared(path, packed, size, True, f"compressed datasets (up to /{name})")
+        objects = _walk(f)
+        _check_sizes(objects, path)
+        if digest:
+            stored = f.attrs.get(DIGEST_ATTR)
+            if stored is not None:
+                stored = stored.decode("utf-8", "replace") if isinstance(stored, bytes) else str(stored)
+                if _digest(f, objects) != stored:
+                    raise FileFormatError(f"{path}: checksum mismatch: the file is corrupt (a changed byte); "
+                                          "it is not loaded")
     except FileFormatError:
         raise
     except Exception as e:  # h5py/HDF5 errors on a damaged tree
         raise foreign_error(path, "HDF5 file", e) from None
+
+
+def check_h5_sizes(f, path) -> None:
+    """:func:`check_h5` without the checksum (files of others: SHD)."""
+    check_h5(f, path, digest=False)
 
 
 def _feed(h, value) -> None:
@@ -113,6 +127,10 @@ def _feed(h, value) -> None:
 def h5_digest(f) -> str:
     """SHA-256 (hex) of an open h5py File's whole tree: names, dataset dtypes, shapes and data,
     and every attribute except :data:`DIGEST_ATTR` on the root."""
+    return _digest(f, _walk(f))
+
+
+def _digest(f, objects) -> str:
     import h5py
     h = hashlib.sha256()
 
@@ -123,7 +141,7 @@ def h5_digest(f) -> str:
             h.update(b"a" + k.encode("utf-8", "surrogatepass") + b"\0")
             _feed(h, obj.attrs[k])
     attrs(f, root=True)
-    for name, v in _walk(f):
+    for name, v in objects:
         h.update((b"d" if isinstance(v, h5py.Dataset) else b"g") + name.encode("utf-8", "surrogatepass") + b"\0")
         attrs(v)
         if isinstance(v, h5py.Dataset):
@@ -136,29 +154,3 @@ def stamp_h5_digest(f) -> None:
     """Write the tree's SHA-256 as the root attribute :data:`DIGEST_ATTR` (``f`` open for writing,
     everything else already written)."""
     f.attrs[DIGEST_ATTR] = h5_digest(f)
-
-
-def verify_h5_digest(f, path, required: bool = False) -> bool:
-    """Check the root attribute :data:`DIGEST_ATTR` against the tree; FileFormatError naming
-    ``path`` on a mismatch (or, with ``required``, when it is missing). True if it was checked."""
-    stored = f.attrs.get(DIGEST_ATTR)
-    if stored is None:
-        if required:
-            raise FileFormatError(f"{path}: no checksum ({DIGEST_ATTR}); not a file written by mesu_snn")
-        return False
-    stored = stored.decode("utf-8", "replace") if isinstance(stored, bytes) else str(stored)
-    try:
-        got = h5_digest(f)
-    except Exception as e:
-        raise foreign_error(path, "HDF5 file", e) from None
-    if got != stored:
-        raise FileFormatError(f"{path}: checksum mismatch: the file is corrupt (a changed byte); it is not loaded")
-    return True
-
-
-def file_size(path) -> int:
-    """Size in bytes of ``path`` (FileNotFoundError naming it if absent)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist or is not a file")
-    return p.stat().st_size

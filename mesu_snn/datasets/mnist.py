@@ -91,7 +91,11 @@ def _idx_array(data: bytes, dtype: np.dtype, dims: tuple[int, ...], header: int,
     if len(data) != expected:
         kind = "truncated" if len(data) < expected else "has trailing bytes"
         raise FileFormatError(f"{name}: idx file {kind}: {len(data)} bytes, expected {expected} for shape {dims}")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    try:
+        arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    except ValueError as exc:   # e.g. an empty array with dimensions numpy cannot index
+        raise FileFormatError(f"{name}: idx shape {dims} cannot be represented ({exc})") from None
+    return arr.astype(dtype.newbyteorder("="))
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:

@@ -73,7 +73,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         outer = _safe_load(path.read_bytes())
     except Exception as e:  # a truncated or foreign file, or a pickle that wants code
         why = ("it holds objects other than tensors and plain types, which could run code"
-               if "Weights only load failed" in str(e) else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+               if "Weights only load failed" in str(e) else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
         raise FileFormatError(f"{path}: not a readable mesu_snn checkpoint; it was refused by the safe "
                          f"(weights-only) reader ({why})") from None
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:
@@ -101,16 +101,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def check_bayes_state(state: dict, source) -> None:
-    """Every ``*_mu`` tensor finite, every ``*_sigma`` finite and > 0; else FileFormatError (a
-    ValueError) naming ``source`` and the tensor."""
+    """Every ``*_sigma`` tensor finite and > 0, every other floating tensor (``*_mu``, neuron
+    parameters) finite; else FileFormatError (a ValueError) naming ``source`` and the tensor."""
     for k, v in state.items():
+        if isinstance(v, torch.Tensor) and k.endswith(("_mu", "_sigma")) and not torch.is_floating_point(v):
+            raise FileFormatError(f"{source}: {k} is a {v.dtype} tensor; μ and σ are floating point")
         if not isinstance(v, torch.Tensor) or not torch.is_floating_point(v):
             continue
         if k.endswith("_sigma"):
             bad = ~torch.isfinite(v) | (v <= 0)
             if bool(bad.any()):
                 raise FileFormatError(f"{source}: {k} has {int(bad.sum())} entries that are not finite and > 0 "
-                                 "(a σ must be positive); the file is corrupt or the run diverged")
-        elif k.endswith("_mu") and not bool(torch.isfinite(v).all()):
+                                      "(a σ must be positive); the file is corrupt or the run diverged")
+        elif not bool(torch.isfinite(v).all()):
+            what = "NaN/Inf μ" if k.endswith("_mu") else "NaN/Inf"
             raise FileFormatError(f"{source}: {k} has {int((~torch.isfinite(v)).sum())} non-finite entries "
-                             "(NaN/Inf μ); the file is corrupt or the run diverged")
+                                  f"({what}); the file is corrupt or the run diverged")

@@ -151,7 +151,7 @@ def load_run_model(run_dir) -> nn.Module:
                          "version-2 checkpoints: re-run the training")
     have = sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))
     try:
-        need = _spec_numel(spec)
+        need = spec_numel(spec)
     except Exception as e:  # a spec of a crafted checkpoint may hold anything
         raise FileFormatError(f"{path}: malformed model description ({type(e).__name__}: {str(e)[:200]})") from None
     if need > 2 * have + 4096:       # build nothing the state dict could not fill
@@ -162,6 +162,11 @@ def load_run_model(run_dir) -> nn.Module:
     except Exception as e:
         raise FileFormatError(f"{path}: the model description does not build a model ({type(e).__name__}: "
                               f"{str(e)[:300]})") from None
+    want = model.state_dict()
+    for k, v in state.items():
+        if k in want and isinstance(v, torch.Tensor) and v.dtype != want[k].dtype:
+            raise FileFormatError(f"{path}: {k} is {v.dtype}, the model holds {want[k].dtype}; the checkpoint is "
+                                  "corrupt")
     try:
         model.load_state_dict(state)
     except Exception as e:
@@ -169,7 +174,7 @@ def load_run_model(run_dir) -> nn.Module:
     return model
 
 
-def _spec_numel(spec: dict) -> int:
+def spec_numel(spec: dict) -> int:
     """Upper bound of the number of μ/σ/bias elements the model of ``spec`` allocates
     (our three model classes; other classes are refused by model_from_spec anyway)."""
     def ints(v, n=None):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FileFormatError
-from ..filecheck import DIGEST_ATTR, check_h5_sizes, foreign_error, verify_h5_digest
+from ..filecheck import DIGEST_ATTR, check_h5, foreign_error
 from .schema import check_trace_file
 
 __all__ = ["read_trace", "open_h5", "trace_parts", "merge_traces", "ROW_KEYS", "SUMMARY_KEYS"]
@@ -31,10 +31,10 @@ TRACKED_KEYS = ("tracked_mu", "tracked_sigma")
 ROW_KEYS = SUMMARY_KEYS + TRACKED_KEYS
 
 
-def open_h5(path):
+def open_h5(path, checked: bool = True):
     """An h5py File opened read-only; FileNotFoundError, or one FileFormatError naming the file
-    if it is not a readable HDF5 file (corrupt, truncated, or another format) or declares more
-    data than it can hold (:func:`mesu_snn.filecheck.check_h5_sizes`)."""
+    if it is not a readable HDF5 file (corrupt, truncated, or another format), or (``checked``)
+    declares more data than it can hold or fails its SHA-256 (:func:`mesu_snn.filecheck.check_h5`)."""
     import h5py
     path = Path(path)
     if not path.is_file():
@@ -45,7 +45,8 @@ def open_h5(path):
         raise FileFormatError(f"{path}: not a readable HDF5 file (corrupt, truncated or another format): "
                               f"{type(e).__name__}: {str(e)[:300]}") from None
     try:
-        check_h5_sizes(f, path)
+        if checked:
+            check_h5(f, path)
     except BaseException:
         f.close()
         raise
@@ -66,7 +67,7 @@ def trace_parts(folder) -> list[tuple[int, Path]]:
         if floor is not None and seq >= floor:
             continue                                   # covered by a merged part
         live.append((seq, p))
-        with open_h5(p) as f:
+        with open_h5(p, checked=False) as f:
             try:
                 first = f.attrs.get("part_first")
                 first = None if first is None else int(first)
@@ -95,7 +96,6 @@ def read_trace(path, snapshots: bool = True) -> dict:
 def _read_file(path, snapshots: bool = True) -> dict:
     with open_h5(path) as f:
         try:
-            verify_h5_digest(f, path)
             check_trace_file(f, str(path))
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items() if k != DIGEST_ATTR}
             out = {"attrs": attrs, "config": json.loads(attrs.get("config", "{}")),
