@@ -50,7 +50,7 @@ from ..functional.surrogate import ATan, FastSigmoid, Heaviside, make_surrogate
 from ..neurons import LIF
 from ..errors import FileFormatError
 from ..filecheck import check_h5, stamp_h5_digest
-from ..runs.atomic import atomic_path
+from ..runs.atomic import atomic_path, crash_point
 from ..runs.checkpoint import check_bayes_state
 from ..runs.layout import spec_numel
 from ..synapses import BayesConv2d, BayesianLayer, BayesLinear
@@ -207,6 +207,7 @@ def to_nir(model: nn.Module, path, dt: float = DEFAULT_DT, force: bool = False,
     with atomic_path(path, force) as tmp:
         nir.write(tmp, graph)
         with h5py.File(tmp, "r+") as f:       # the tree's SHA-256, verified by read_graph
+            crash_point(f"h5_open:{Path(path).name}")
             stamp_h5_digest(f)
     return Path(path)
 
