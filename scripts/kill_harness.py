@@ -297,23 +297,27 @@ def check_export(out: Path, ref: Path, complete: bool) -> list[str]:
     return bad
 
 
+def _killed(args: list[str], work: Path, point: dict, started: Path | None = None) -> int:
+    """Run the command ``args`` and SIGKILL it at ``point`` (a crash hook, or a delay counted
+    from when ``started`` exists); its return code."""
+    if point["kind"] == "hook":
+        return subprocess.run(_cmd(*args), cwd=work, env=_env(MESU_SNN_CRASH_AT=point["at"]), capture_output=True,
+                              text=True, timeout=600).returncode
+    proc = subprocess.Popen(_cmd(*args), cwd=work, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while started is not None and not started.exists() and proc.poll() is None:
+        time.sleep(0.002)
+    time.sleep(point["delay"])
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait(timeout=60)
+
+
 def _export_point(work: Path, point: dict, res: dict) -> None:
     tag = f"{point['kind']}_{point.get('at', point.get('delay'))}"
     out = work / f"export_{tag}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     ref_run, ref_out = work / "ref", work / "ref_export"
-    args = export_args(ref_run, out)
-    if point["kind"] == "hook":
-        r = subprocess.run(_cmd(*args), cwd=work, env=_env(MESU_SNN_CRASH_AT=point["at"]), capture_output=True,
-                           text=True, timeout=600)
-        rc = r.returncode
-    else:
-        proc = subprocess.Popen(_cmd(*args), cwd=work, env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        time.sleep(point["delay"])
-        proc.send_signal(signal.SIGKILL)
-        rc = proc.wait(timeout=60)
+    rc = _killed(export_args(ref_run, out), work, point)
     res["killed"] = rc == -signal.SIGKILL
     if rc not in (0, -signal.SIGKILL):
         res["problems"].append(f"killed export exited with {rc}")
@@ -349,18 +353,7 @@ def kill_point(work: str, ref: str, point: dict, subprocess_resume: bool = False
             return res
         from mesu_snn.runs import read_trace
         ref_trace = read_trace(ref / "sigma_trace.h5") if trace else None
-        if point["kind"] == "hook":
-            r = subprocess.run(_cmd(*train_args(cfg, run, trace=trace)), cwd=work, env=_env(MESU_SNN_CRASH_AT=point["at"]),
-                               capture_output=True, text=True, timeout=600)
-            rc = r.returncode
-        else:
-            proc = subprocess.Popen(_cmd(*train_args(cfg, run, trace=trace)), cwd=work, env=_env(), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            while not (run / "config.toml").exists() and proc.poll() is None:
-                time.sleep(0.002)
-            time.sleep(point["delay"])
-            proc.send_signal(signal.SIGKILL)
-            rc = proc.wait(timeout=60)
+        rc = _killed(train_args(cfg, run, trace=trace), work, point, started=run / "config.toml")
         res["killed"] = rc == -signal.SIGKILL
         if rc not in (0, -signal.SIGKILL):
             res["problems"].append(f"killed run exited with {rc}")
