@@ -4,9 +4,12 @@
 default run skips it (tests/conftest.py). ≥ 200 permuted tasks of a tiny digits network, a
 checkpoint every 8 updates and a σ-trace summary every 2; it asserts that the resident memory
 grows by less than :data:`RSS_GROWTH_BOUND` between the first sample (task 25) and the end,
-and that the trace's size on disk is linear in the number of rows it holds (a straight line
-through the sizes sampled during the run, within 10 %). ``MESU_SNN_SOAK_TASKS`` changes the
-number of tasks.
+that the finished trace's size is linear in the number of records (the trace cut after 1/4, 2/4,
+3/4 and all of the tasks, each written as a finished trace: a straight line within 10 %), and
+that the ``.partial`` folder during the run never exceeds twice the finished trace (its size is
+a sawtooth: one small file per flush until parts are merged). ``MESU_SNN_SOAK_TASKS`` changes
+the number of tasks. Measured (200 tasks, this 2-core VM under load, 23 min):
+benchmarks/results/soak_2026-12-02.json.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import pytest
 from mesu_snn.callbacks import Callback
 from mesu_snn.config import parse_config
 from mesu_snn.runs import build_run
-from mesu_snn.runs.recorder import SigmaRecorder
+from mesu_snn.runs.recorder import SigmaRecorder, write_trace_file
 from mesu_snn.runs.trace import read_trace
 
 TASKS = int(os.environ.get("MESU_SNN_SOAK_TASKS", "200"))
@@ -57,6 +60,19 @@ class Probe(Callback):
                                  "trace_bytes": _size(partial)})
 
 
+def trace_prefix(t: dict, tasks: int, updates: int) -> dict:
+    """The trace ``t`` as it stood after ``updates`` updates (the first ``tasks`` task ends)."""
+    s, u = t["summary_updates"] <= updates, t["tracked_updates"] <= updates
+    out = {k: t[k] for k in ("attrs", "config", "versions")}
+    out["summary_updates"], out["tracked_updates"] = t["summary_updates"][s], t["tracked_updates"][u]
+    out["layers"] = {n: {k: (v[u] if k in ("tracked_mu", "tracked_sigma") else v[s]
+                             if k not in ("attrs", "tracked_index", "sigma_edges", "mu_edges") else v)
+                         for k, v in d.items()} for n, d in t["layers"].items()}
+    out["snapshots"] = {k: v for k, v in t["snapshots"].items() if k < tasks}
+    out["snapshot_updates"] = {k: v for k, v in t["snapshot_updates"].items() if k < tasks}
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.soak
 def test_soak_many_tasks_memory_and_trace_size(tmp_path):
@@ -84,16 +100,25 @@ def test_soak_many_tasks_memory_and_trace_size(tmp_path):
     rows = len(t["summary_updates"]) + len(t["tracked_updates"])
     s = probe.samples
     growth = s[-1]["rss"] - s[0]["rss"]
-    # trace bytes against updates recorded: a straight line within 10 % at every sample
-    x = np.array([v["update"] for v in s], float)
-    y = np.array([v["trace_bytes"] for v in s], float)
+    # the finished trace's bytes against its records, for the trace cut after 1/4 .. 4/4 of the tasks
+    per_task = t["tracked_updates"][-1] / TASKS
+    cuts = []
+    for q in (1, 2, 3, 4):
+        k = TASKS * q // 4
+        pre = trace_prefix(t, k, int(round(k * per_task)))
+        f = write_trace_file(tmp_path / f"cut{q}.h5", pre)
+        records = len(pre["summary_updates"]) + len(pre["tracked_updates"]) + len(pre["snapshots"])
+        cuts.append({"tasks": k, "records": records, "bytes": f.stat().st_size})
+    x = np.array([c["records"] for c in cuts], float)
+    y = np.array([c["bytes"] for c in cuts], float)
     slope, icpt = np.polyfit(x, y, 1)
     worst = float(np.max(np.abs(y - (slope * x + icpt)) / y))
+    partial_max = max(v["trace_bytes"] for v in s)
     report = {"tasks": TASKS, "updates": int(t["tracked_updates"][-1]), "trace_rows": rows, "wall_s": round(wall, 1),
               "final_trace_bytes": trace.stat().st_size, "checkpoint_bytes": (run / "checkpoints/last.pt").stat().st_size,
               "rss_first_mb": round(s[0]["rss"] / 2**20, 1), "rss_last_mb": round(s[-1]["rss"] / 2**20, 1),
-              "rss_growth_mb": round(growth / 2**20, 2), "partial_bytes_per_update": round(slope, 1),
-              "partial_linear_fit_worst_rel_err": round(worst, 4), "samples": s}
+              "rss_growth_mb": round(growth / 2**20, 2), "trace_cuts": cuts, "trace_bytes_per_record": round(slope, 1),
+              "trace_linear_fit_worst_rel_err": round(worst, 4), "partial_max_bytes": partial_max, "samples": s}
     print("\nsoak:", json.dumps({k: v for k, v in report.items() if k != "samples"}))
     out = os.environ.get("MESU_SNN_SOAK_REPORT")
     if out:
@@ -102,3 +127,4 @@ def test_soak_many_tasks_memory_and_trace_size(tmp_path):
     assert len(t["snapshots"]) == TASKS
     assert growth < RSS_GROWTH_BOUND, report
     assert worst < 0.10, report
+    assert partial_max < 2 * trace.stat().st_size, report
