@@ -33,9 +33,11 @@ def main(argv=None) -> int:
     if a.k:
         cmd += ["-k", a.k]
     t0 = time.time()
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    log = Path(a.out + ".log") if a.out else REPO / ".fuzz_long.log"
+    with open(log, "w") as f:             # pytest's output as it goes (survives a kill)
+        r = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
     wall = time.time() - t0
-    text = r.stdout + r.stderr
+    text = log.read_text()
     counts = re.findall(r"fuzz cases per reader: .*", text)
     tail = [ln for ln in text.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
     failures = [ln for ln in text.splitlines() if ln.startswith(("FAILED", "E   Falsifying", "E   "))][:40]

@@ -8,7 +8,7 @@ that the finished trace's size is linear in the number of records (the trace cut
 3/4 and all of the tasks, each written as a finished trace: a straight line within 10 %), and
 that the ``.partial`` folder during the run never exceeds twice the finished trace (its size is
 a sawtooth: one small file per flush until parts are merged). ``MESU_SNN_SOAK_TASKS`` changes
-the number of tasks. Measured (200 tasks, this 2-core VM under load, 23 min):
+the number of tasks. Measured (200 tasks, this 2-core VM under load, 7.6 min):
 benchmarks/results/soak_2026-12-02.json.
 """
 from __future__ import annotations
