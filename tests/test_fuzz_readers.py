@@ -17,7 +17,7 @@ of a format without one (N-MNIST, SHD, a custom idx, a config) must still satisf
 format's invariants. Any other exception, a case running longer than :data:`CASE_SECONDS`,
 or a Python/numpy allocation above the bound of :mod:`mesu_snn.filecheck` (1032 × the file's
 size + slack, traced with ``tracemalloc``) fails. Deterministic (``derandomize``); the CI run
-is about 2,400 cases (sum of the ``@fuzz`` counts; the slower HDF5 readers get fewer). ``MESU_SNN_FUZZ_SCALE=K`` multiplies every count (the long run:
+is about 2,600 cases (sum of the ``@fuzz`` counts; the slower HDF5 readers get fewer). ``MESU_SNN_FUZZ_SCALE=K`` multiplies every count (the long run:
 ``scripts/fuzz_long.py``).
 """
 from __future__ import annotations
