@@ -508,6 +508,10 @@ def parse_config(raw: dict) -> RunConfig:
     return cfg.validate()
 
 
+#: largest configuration file read (a real one is about 1 KB)
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a TOML run configuration. Errors name the file and the field."""
     path = Path(path)
@@ -515,14 +519,17 @@ def load_config(path: str | Path) -> RunConfig:
         raise FileNotFoundError(f"config file {path} not found")
     if path.is_dir():
         raise IsADirectoryError(f"config file {path} is a directory")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size} bytes, larger than any run configuration (at most {MAX_CONFIG_BYTES})")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a UTF-8 text file ({e})") from None
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML ({e})") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
+        raise ConfigError(f"{path}: invalid TOML ({type(e).__name__}: {str(e)[:300]})") from None
     try:
         return parse_config(raw)
     except ConfigError as e:

@@ -4,6 +4,7 @@
 * :class:`MissingExtraError`: a feature needs an optional package that is not installed; the
   message names the ``pip install 'mesu-snn[EXTRA]'`` that brings it.
 * :class:`CLIError`: a user error the command line reports as one line, without a traceback.
+* :class:`FileFormatError`: a file we read is corrupt or not what it claims to be; names the file.
 * :class:`DiskFullError`: a write failed for lack of space (also an OSError); names the path.
 * :class:`ChipConstraintError`: a network does not fit a neuromorphic target (also a
   ValueError); the message lists every violation found, one per line.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["MesuError", "MissingExtraError", "CLIError", "DiskFullError", "ChipConstraintError",
+__all__ = ["MesuError", "MissingExtraError", "CLIError", "FileFormatError", "DiskFullError", "ChipConstraintError",
            "NonFiniteStepError", "DivergedError", "require"]
 
 
@@ -49,6 +50,11 @@ def require(module: str, feature: str) -> ModuleType:
         hint = f"pip install 'mesu-snn[{extra}]'" if extra else f"pip install {top}"
         raise MissingExtraError(f"{feature} needs the optional package '{top}', which is not installed: "
                                 f"{hint}") from None
+
+
+class FileFormatError(MesuError, ValueError):
+    """A file we read is corrupt, truncated, of another format, declares more data than it can
+    hold, or fails its checksum; the message names the file (also a ValueError)."""
 
 
 class DiskFullError(MesuError, OSError):

@@ -1,6 +1,14 @@
-"""Kill harness: SIGKILL real ``mesu-snn train ... --sigma-trace N`` runs at many points, then
-check that what they left is readable and that ``--resume`` ends bit-identical to an
+"""Kill harness: SIGKILL real ``mesu-snn train ... --sigma-trace N`` runs (and runs without a
+trace, and ``mesu-snn export``) at many points, then check that what they left is readable and
+that ``--resume`` (for export: running it again with ``--force``) ends bit-identical to an
 uninterrupted run.
+
+Scenarios: ``trace`` (``train --sigma-trace N``, ``--points``/``--timer``), ``plain`` (``train``
+without a trace, ``--plain-points``/``--plain-timer``) and ``export`` (``export REF_RUN --bits 8
+--samples 2 --out DIR/model.nir``, ``--export-points``/``--export-timer``). For an export kill
+point: every ``*.nir`` left is readable and has the same tree (:func:`mesu_snn.filecheck.h5_digest`)
+as the uninterrupted export's file of that name, the rerun with ``--force`` succeeds, its
+outputs equal the reference's, and no temporary file survives.
 
 Kill points are of two kinds:
 
@@ -90,23 +98,42 @@ def _env(**extra):
     return env
 
 
-def train_args(cfg: Path, out: Path, resume: bool = False) -> list[str]:
-    return ["train", str(cfg), "--out", str(out), "--quiet", "--sigma-trace", str(TRACE_EVERY)] + \
-           (["--resume"] if resume else [])
+def train_args(cfg: Path, out: Path, resume: bool = False, trace: bool = True) -> list[str]:
+    return ["train", str(cfg), "--out", str(out), "--quiet"] + (["--sigma-trace", str(TRACE_EVERY)] if trace else []) \
+        + (["--resume"] if resume else [])
 
 
-def reference(work: Path) -> tuple[Path, list[str]]:
-    """Run uninterrupted once, logging every crash point; returns (run dir, point labels)."""
+def export_args(run: Path, out: Path, force: bool = False) -> list[str]:
+    return ["export", str(run), "--bits", "8", "--samples", "2", "--out", str(out / "model.nir")] + \
+        (["--force"] if force else [])
+
+
+def _logged(work: Path, args: list[str], log: Path) -> list[str]:
+    log.unlink(missing_ok=True)
+    r = subprocess.run(_cmd(*args), cwd=work, env=_env(MESU_SNN_CRASH_LOG=log), capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"reference run {args[0]} failed: {r.stderr}")
+    return [line.split("\t", 1)[1] for line in log.read_text().splitlines()]
+
+
+def reference(work: Path, scenario: str = "trace") -> tuple[Path, list[str]]:
+    """Run uninterrupted once, logging every crash point; returns (run dir, point labels).
+    ``scenario`` "export": the export of the trace scenario's reference run (made if missing),
+    written to ``work/ref_export``."""
     cfg = work / "run.toml"
     cfg.write_text(CONFIG)
-    ref, log = work / "ref", work / "crash_points.log"
+    if scenario == "export":
+        run = work / "ref"
+        if not (run / "checkpoints" / "last.pt").is_file():
+            reference(work, "trace")
+        out = work / "ref_export"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        return out, _logged(work, export_args(run, out), work / "crash_points_export.log")
+    ref = work / ("ref" if scenario == "trace" else "ref_plain")
     shutil.rmtree(ref, ignore_errors=True)
-    log.unlink(missing_ok=True)
-    r = subprocess.run(_cmd(*train_args(cfg, ref)), cwd=work, env=_env(MESU_SNN_CRASH_LOG=log),
-                       capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        raise RuntimeError(f"reference run failed: {r.stderr}")
-    labels = [line.split("\t", 1)[1] for line in log.read_text().splitlines()]
+    labels = _logged(work, train_args(cfg, ref, trace=scenario == "trace"), work / f"crash_points_{scenario}.log")
     return ref, labels
 
 
@@ -134,7 +161,7 @@ def _trace_rows(t: dict) -> dict:
             **{f"{n}/{k}": v for n, d in t["layers"].items() for k, v in d.items() if k != "attrs"}}
 
 
-def check_left_files(run: Path, ref_trace: dict) -> list[str]:
+def check_left_files(run: Path, ref_trace: dict | None) -> list[str]:
     """Problems with the files a killed run left (empty list: all readable and consistent)."""
     import numpy as np
 
@@ -154,6 +181,9 @@ def check_left_files(run: Path, ref_trace: dict) -> list[str]:
                 bad.append(f"{name} unreadable: {type(e).__name__}: {e}")
     for p in (run / "sigma_trace.h5", run / "sigma_trace.h5.partial"):
         if not p.exists():
+            continue
+        if ref_trace is None:
+            bad.append(f"{p.name} written by a run without --sigma-trace")
             continue
         if p.is_dir() and not any(p.glob("part_*.h5")):
             continue                                   # killed before the first flush
@@ -181,7 +211,7 @@ def check_left_files(run: Path, ref_trace: dict) -> list[str]:
     return bad
 
 
-def compare_to_reference(run: Path, ref: Path) -> list[str]:
+def compare_to_reference(run: Path, ref: Path, trace: bool = True) -> list[str]:
     """Problems of a resumed run against the uninterrupted one (empty: bit-identical)."""
     import numpy as np
     import torch
@@ -201,7 +231,10 @@ def compare_to_reference(run: Path, ref: Path) -> list[str]:
             bad.append(f"{name} differs")
     if not (run / "timing.json").is_file():
         bad.append("timing.json missing")
-    if not (run / "sigma_trace.h5").is_file():
+    if not trace:
+        if (run / "sigma_trace.h5").exists() or (run / "sigma_trace.h5.partial").exists():
+            bad.append("a σ trace written by a run without --sigma-trace")
+    elif not (run / "sigma_trace.h5").is_file():
         bad.append("sigma_trace.h5 missing")
     else:
         ta, tb = read_trace(ref / "sigma_trace.h5"), read_trace(run / "sigma_trace.h5")
@@ -228,41 +261,108 @@ def compare_to_reference(run: Path, ref: Path) -> list[str]:
     return bad
 
 
+def _nir_trees(folder: Path) -> dict:
+    import h5py
+
+    from mesu_snn.filecheck import h5_digest
+    out = {}
+    for p in sorted(folder.glob("*.nir")):
+        with h5py.File(p, "r") as f:
+            out[p.name] = h5_digest(f)
+    return out
+
+
+def check_export(out: Path, ref: Path, complete: bool) -> list[str]:
+    """Problems of an export folder against the uninterrupted export (``complete``: every
+    file must be there; else only the ones present must be whole and equal)."""
+    from mesu_snn.export.nir_export import from_nir
+    bad = []
+    want = _nir_trees(ref)
+    for p in sorted(out.glob("*.nir")):
+        try:
+            from_nir(p)
+            got = _nir_trees(out)[p.name]
+        except Exception as e:  # noqa: BLE001 - any failure is a finding
+            bad.append(f"{p.name} unreadable: {type(e).__name__}: {e}")
+            continue
+        if want.get(p.name) != got:
+            bad.append(f"{p.name} differs from the uninterrupted export")
+    if complete:
+        missing = sorted(set(want) - {p.name for p in out.glob("*.nir")})
+        if missing:
+            bad.append(f"missing after the rerun: {missing}")
+        left = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+        if left:
+            bad.append(f"left behind: {left}")
+    return bad
+
+
+def _killed(args: list[str], work: Path, point: dict, started: Path | None = None) -> int:
+    """Run the command ``args`` and SIGKILL it at ``point`` (a crash hook, or a delay counted
+    from when ``started`` exists); its return code."""
+    if point["kind"] == "hook":
+        return subprocess.run(_cmd(*args), cwd=work, env=_env(MESU_SNN_CRASH_AT=point["at"]), capture_output=True,
+                              text=True, timeout=600).returncode
+    proc = subprocess.Popen(_cmd(*args), cwd=work, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while started is not None and not started.exists() and proc.poll() is None:
+        time.sleep(0.002)
+    time.sleep(point["delay"])
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait(timeout=60)
+
+
+def _export_point(work: Path, point: dict, res: dict) -> None:
+    tag = f"{point['kind']}_{point.get('at', point.get('delay'))}"
+    out = work / f"export_{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    ref_run, ref_out = work / "ref", work / "ref_export"
+    rc = _killed(export_args(ref_run, out), work, point)
+    res["killed"] = rc == -signal.SIGKILL
+    if rc not in (0, -signal.SIGKILL):
+        res["problems"].append(f"killed export exited with {rc}")
+    res["problems"] += check_export(out, ref_out, complete=False)
+    r = subprocess.run(_cmd(*export_args(ref_run, out, force=True)), cwd=work, env=_env(), capture_output=True,
+                       text=True, timeout=600)
+    if r.returncode != 0:
+        res["problems"].append(f"export rerun failed (rc {r.returncode}): {r.stderr.strip()[-500:]}")
+    else:
+        res["problems"] += check_export(out, ref_out, complete=True)
+    if not res["problems"]:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 # ----------------------------------------------------------------- one kill point
 def kill_point(work: str, ref: str, point: dict, subprocess_resume: bool = False) -> dict:
     """Kill one run at ``point`` ({"kind": "hook", "at": K} or {"kind": "timer", "delay": s}),
     check what it left, resume it, compare. Returns the point with "ok" and "problems"."""
     work, ref = Path(work), Path(ref)
-    tag = f"{point['kind']}_{point.get('at', point.get('delay'))}"
+    scenario = point.get("scenario", "trace")
+    trace = scenario == "trace"
+    tag = f"{scenario}_{point['kind']}_{point.get('at', point.get('delay'))}"
     run = work / f"run_{tag}"
     shutil.rmtree(run, ignore_errors=True)
     cfg = work / "run.toml"
     res = dict(point, problems=[])
     t0 = time.time()
     try:
+        if scenario == "export":
+            _export_point(work, point, res)
+            res["ok"] = not res["problems"]
+            res["seconds"] = round(time.time() - t0, 2)
+            return res
         from mesu_snn.runs import read_trace
-        ref_trace = read_trace(ref / "sigma_trace.h5")
-        if point["kind"] == "hook":
-            r = subprocess.run(_cmd(*train_args(cfg, run)), cwd=work, env=_env(MESU_SNN_CRASH_AT=point["at"]),
-                               capture_output=True, text=True, timeout=600)
-            rc = r.returncode
-        else:
-            proc = subprocess.Popen(_cmd(*train_args(cfg, run)), cwd=work, env=_env(), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            while not (run / "config.toml").exists() and proc.poll() is None:
-                time.sleep(0.002)
-            time.sleep(point["delay"])
-            proc.send_signal(signal.SIGKILL)
-            rc = proc.wait(timeout=60)
+        ref_trace = read_trace(ref / "sigma_trace.h5") if trace else None
+        rc = _killed(train_args(cfg, run, trace=trace), work, point, started=run / "config.toml")
         res["killed"] = rc == -signal.SIGKILL
         if rc not in (0, -signal.SIGKILL):
             res["problems"].append(f"killed run exited with {rc}")
         res["problems"] += check_left_files(run, ref_trace)
         if not run.exists():
             res["note"] = "killed before the run directory existed: nothing to resume, run from scratch"
-            args = train_args(cfg, run)
+            args = train_args(cfg, run, trace=trace)
         else:
-            args = train_args(cfg, run, resume=True)
+            args = train_args(cfg, run, resume=True, trace=trace)
         if subprocess_resume:
             r = subprocess.run(_cmd(*args), cwd=work, env=_env(), capture_output=True, text=True, timeout=600)
             rc, err = r.returncode, r.stderr
@@ -283,7 +383,7 @@ def kill_point(work: str, ref: str, point: dict, subprocess_resume: bool = False
         if rc != 0:
             res["problems"].append(f"resume failed (rc {rc}): {err.strip()[-500:]}")
         else:
-            res["problems"] += compare_to_reference(run, ref)
+            res["problems"] += compare_to_reference(run, ref, trace=trace)
     except Exception as e:  # noqa: BLE001 - report, never stop the harness
         res["problems"].append(f"harness error: {type(e).__name__}: {e}\n{traceback.format_exc()[-800:]}")
     res["ok"] = not res["problems"]
@@ -304,6 +404,10 @@ def main(argv=None) -> int:
     ap.add_argument("--merge-every", type=int, default=4, help="$MESU_SNN_TRACE_MERGE_EVERY for every run")
     ap.add_argument("--kinds", help="comma-separated label prefixes: kill at the first crash point of each "
                                     "(e.g. mid_write:last.pt,h5_open:part) instead of --points")
+    ap.add_argument("--plain-points", type=int, default=0, help="crash-hook kill points of runs without --sigma-trace")
+    ap.add_argument("--plain-timer", type=int, default=0, help="random-delay kill points of runs without a trace")
+    ap.add_argument("--export-points", type=int, default=0, help="crash-hook kill points of mesu-snn export")
+    ap.add_argument("--export-timer", type=int, default=0, help="random-delay kill points of mesu-snn export")
     ap.add_argument("--subprocess-resume", action="store_true", help="resume in a separate process (slower)")
     a = ap.parse_args(argv)
     # merge σ-trace parts every 4 (not 64) so that kills also land inside merges
@@ -311,31 +415,42 @@ def main(argv=None) -> int:
     work = Path(a.out)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    ref, labels = reference(work)
-    wall = json.loads((ref / "timing.json").read_text())["wall_s"]
     rng = random.Random(a.seed)
-    if a.kinds:                          # the first point whose label starts with each given prefix
-        at = [next(i for i, lab in enumerate(labels, 1) if lab.startswith(k)) for k in a.kinds.split(",")]
-    else:
-        at = choose_points(labels, a.points, a.seed)
-    points = [{"kind": "hook", "at": k, "label": labels[k - 1]} for k in at]
-    points += [{"kind": "timer", "delay": round(rng.uniform(0, 3.0 * wall + 1.0), 3)} for _ in range(a.timer)]
-    print(f"reference run: {len(labels)} crash points, training wall {wall:.2f} s; {len(points)} kill points",
-          flush=True)
+    points, refs = [], {}
+    for scenario, n_hooks, n_timer in (("trace", a.points, a.timer), ("plain", a.plain_points, a.plain_timer),
+                                       ("export", a.export_points, a.export_timer)):
+        if not (n_hooks or n_timer):
+            continue
+        ref, labels = reference(work, scenario)
+        refs[scenario] = ref
+        wall = json.loads((ref / "timing.json").read_text())["wall_s"] if scenario != "export" else 1.5
+        if a.kinds and scenario == "trace":      # the first point whose label starts with each given prefix
+            at = [next(i for i, lab in enumerate(labels, 1) if lab.startswith(k)) for k in a.kinds.split(",")]
+        else:
+            at = choose_points(labels, n_hooks, a.seed) if n_hooks else []
+        points += [{"scenario": scenario, "kind": "hook", "at": k, "label": labels[k - 1]} for k in at]
+        points += [{"scenario": scenario, "kind": "timer", "delay": round(rng.uniform(0, 3.0 * wall + 1.0), 3)}
+                   for _ in range(n_timer)]
+        print(f"{scenario} reference: {len(labels)} crash points, wall {wall:.2f} s", flush=True)
+    print(f"{len(points)} kill points", flush=True)
     out = open(a.json, "a") if a.json else None
     n_ok = 0
     with ProcessPoolExecutor(a.workers) as ex:
-        futs = [ex.submit(kill_point, str(work), str(ref), p, a.subprocess_resume) for p in points]
+        futs = [ex.submit(kill_point, str(work), str(refs[p["scenario"]]), p, a.subprocess_resume) for p in points]
         for i, f in enumerate(as_completed(futs), 1):
             r = f.result()
             n_ok += r["ok"]
-            print(f"[{i}/{len(points)}] {'PASS' if r['ok'] else 'FAIL'} {r['kind']} "
+            print(f"[{i}/{len(points)}] {'PASS' if r['ok'] else 'FAIL'} {r.get('scenario', 'trace')} {r['kind']} "
                   f"{r.get('label', r.get('delay'))} killed={r.get('killed')} {r['seconds']}s "
                   f"{'; '.join(r['problems'])[:600]}", flush=True)
             if out:
                 out.write(json.dumps(r) + "\n")
                 out.flush()
-    print(f"kill points run: {len(points)}, passed: {n_ok}, failed: {len(points) - n_ok} "
+    by = {}
+    for p in points:
+        by.setdefault(p["scenario"], 0)
+        by[p["scenario"]] += 1
+    print(f"kill points run: {len(points)} ({by}), passed: {n_ok}, failed: {len(points) - n_ok} "
           f"({time.time() - t0:.0f} s)", flush=True)
     return 0 if n_ok == len(points) else 1
 

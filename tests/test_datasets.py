@@ -28,6 +28,7 @@ from mesu_snn.datasets import (
     resolve_data_root,
 )
 from mesu_snn.datasets import mnist as mnist_mod
+from mesu_snn.errors import FileFormatError
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -132,19 +133,62 @@ def test_load_mnist_corrupt_files_name_the_file(tmp_path):
     good_labels = idx_bytes(np.zeros(10000, np.uint8))
     _write_split(raw, good_images[:-100], good_labels)
     with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.*truncated"):
-        load_mnist(tmp_path, "test")
+        load_mnist(tmp_path, "test", verify=False)
     _write_split(raw, good_images, idx_bytes(np.zeros(10, np.uint8)))
     with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.*shape"):
-        load_mnist(tmp_path, "test")
+        load_mnist(tmp_path, "test", verify=False)
     _write_split(raw, good_images, b"\x00\x00\x08\x03" + good_labels[4:])
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte"):
-        load_mnist(tmp_path, "test")
+        load_mnist(tmp_path, "test", verify=False)
     _write_split(raw, good_images, idx_bytes(np.full(10000, 12, np.uint8)))
     with pytest.raises(ValueError, match="outside 0..9"):
-        load_mnist(tmp_path, "test")
+        load_mnist(tmp_path, "test", verify=False)
     _write_split(raw, good_images, good_labels)
-    x, y = load_mnist(tmp_path, "test")
+    x, y = load_mnist(tmp_path, "test", verify=False)
     assert x.shape == (10000, 28, 28) and y.sum() == 0
+
+
+def test_load_mnist_checks_known_checksums_when_present(tmp_path, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    _write_split(raw, idx_bytes(np.zeros((10000, 28, 28), np.uint8)), idx_bytes(np.zeros(10000, np.uint8)))
+    with pytest.raises(FileFormatError, match=r"t10k-images-idx3-ubyte: checksum mismatch.*verify=False"):
+        load_mnist(tmp_path, "test")
+    monkeypatch.setenv(mnist_mod.VERIFY_ENV, "0")       # the documented opt-out, as the CLI would pass it
+    assert load_mnist(tmp_path, "test")[0].shape == (10000, 28, 28)
+    monkeypatch.delenv(mnist_mod.VERIFY_ENV)
+    # a copy of a real archive with one changed byte, and a valid gzip of other contents
+    src = require(shared_data_dir() / "MNIST" / "raw")
+    gz = tmp_path / "g" / "MNIST" / "raw"
+    gz.mkdir(parents=True)
+    shutil.copy(src / "t10k-images-idx3-ubyte.gz", gz)
+    labels = gzip.decompress((src / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (gz / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels[:-1] + bytes([(labels[-1] + 1) % 10])))
+    with pytest.raises(FileFormatError, match=r"t10k-labels-idx1-ubyte.gz: checksum mismatch.*ec29112d"):
+        load_mnist(tmp_path / "g", "test")
+    shutil.copy(src / "t10k-labels-idx1-ubyte.gz", gz)
+    key_count = len(mnist_mod._VERIFIED)
+    x, y = load_mnist(tmp_path / "g", "test")
+    assert torch.bincount(y).tolist() == MNIST_TEST_COUNTS
+    assert len(mnist_mod._VERIFIED) >= key_count + 1          # remembered: not hashed on the next load
+
+
+def test_known_raw_md5_are_those_of_the_archives():
+    src = require(shared_data_dir() / "MNIST" / "raw")
+    for name, md5 in mnist_mod.MNIST_RAW_MD5.items():
+        blob = (src / f"{name}.gz").read_bytes()
+        assert hashlib.md5(blob).hexdigest() == mnist_mod.MNIST_MD5[f"{name}.gz"]
+        assert hashlib.md5(gzip.decompress(blob)).hexdigest() == md5
+
+
+def test_read_idx_refuses_huge_declared_size_before_allocating(tmp_path):
+    f = tmp_path / "huge-idx1-ubyte.gz"
+    f.write_bytes(gzip.compress(bytes([0, 0, 0x08, 1]) + (1 << 31).to_bytes(4, "big") + b"\0" * 100))
+    with pytest.raises(FileFormatError, match=r"huge-idx1-ubyte.gz: declares 2147483656 bytes"):
+        read_idx(f)
+    f = tmp_path / "huge-idx3-ubyte"
+    f.write_bytes(bytes([0, 0, 0x08, 3]) + b"".join((1 << 12).to_bytes(4, "big") for _ in range(3)))
+    with pytest.raises(FileFormatError, match="huge-idx3-ubyte: idx file truncated"):
+        read_idx(f)
 
 
 def test_load_mnist_missing_files_message(tmp_path):

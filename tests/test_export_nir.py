@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 import h5py
+from mesu_snn.errors import FileFormatError
+from mesu_snn.filecheck import stamp_h5_digest
 import nir
 import numpy as np
 import pytest
@@ -215,6 +217,10 @@ def test_damaged_and_foreign_files_give_one_clear_error(tmp_path):
     with h5py.File(bad, "r+") as f:                       # a LIF that lost its time constant
         lif = next(k for k in f["node/nodes"] if f[f"node/nodes/{k}/type"][()] == b"LIF")
         del f[f"node/nodes/{lif}/tau"]
+    with pytest.raises(FileFormatError, match=r"bad\.nir: checksum mismatch"):   # our files carry a SHA-256
+        from_nir(bad)
+    with h5py.File(bad, "r+") as f:                       # as a crafted file would: checksum made to fit
+        stamp_h5_digest(f)
     with pytest.raises(ValueError, match=r"bad\.nir.*damaged"):
         from_nir(bad)
     with pytest.raises(FileNotFoundError, match="missing"):

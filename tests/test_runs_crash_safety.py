@@ -58,6 +58,24 @@ def test_kill_harness_ci_subset(tmp_path):
         assert res["ok"], res["problems"]
 
 
+def test_kill_harness_ci_subset_without_trace_and_during_export(tmp_path):
+    """A run without --sigma-trace killed inside a checkpoint write, and ``mesu-snn export``
+    killed inside a NIR file's HDF5 write and after the first file's rename."""
+    kh = _harness()
+    ref, labels = kh.reference(tmp_path, "plain")
+    assert not any("sigma_trace" in lab or "part_" in lab for lab in labels)
+    k = next(i for i, lab in enumerate(labels, 1) if lab.startswith("mid_write:last.pt"))
+    res = kh.kill_point(str(tmp_path), str(ref), {"scenario": "plain", "kind": "hook", "at": k, "label": labels[k - 1]})
+    assert res["killed"] and res["ok"], res
+    ref_export, labels = kh.reference(tmp_path, "export")
+    assert sorted(p.name for p in ref_export.glob("*.nir")) == ["model.nir", "model_sample0.nir", "model_sample1.nir"]
+    for prefix in ("h5_open:model.nir", "after_rename:model.nir"):
+        k = next(i for i, lab in enumerate(labels, 1) if lab.startswith(prefix))
+        res = kh.kill_point(str(tmp_path), str(ref_export),
+                            {"scenario": "export", "kind": "hook", "at": k, "label": labels[k - 1]})
+        assert res["killed"] and res["ok"], res["problems"]
+
+
 def _net():
     torch.manual_seed(0)
     net = ms.SpikingMLP([6, 5, 2])

@@ -62,7 +62,7 @@ def run(args) -> int:
     from ..export.prune import prune_by_snr
     from ..export.quantize import quantize_model
     from ..export.realisations import sample_realisations
-    from ..runs.atomic import check_writable
+    from ..runs.atomic import check_writable, remove_stale_temps
     from ..runs.layout import load_run_model
 
     if args.bits is not None and not 2 <= args.bits <= 32:
@@ -85,6 +85,8 @@ def run(args) -> int:
                     [out.with_name(f"{out.stem}_sample{i}{out.suffix}") for i in range(args.samples or 0)])
     for o in outs:                                   # refuse before writing anything
         check_writable(o, args.force)
+    for o in outs:                                   # what an export killed before left of them
+        remove_stale_temps(o.parent, target=o.name)
     model = load_run_model(run_dir)
     if target is not None:
         from ..export.targets import check_target

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import require
+from ..errors import FileFormatError, require
 from .events import EventDataset
 from .root import ENV_VAR, resolve_data_root
 
@@ -31,34 +31,63 @@ _OFFICIAL = {"train": "Train", "test": "Test"}
 _SMALL_LISTS = {"train": "train1K.txt", "test": "test100.txt"}
 
 
+#: largest N-MNIST/N-Caltech101 recording read (real ones: tens of KB); larger files are refused
+MAX_FILE_BYTES = 256 << 20
+#: timestamp-overflow markers (y = 240) allowed in one file: a real 300 ms N-MNIST recording has
+#: none, and Tonic's reader loops over them (each costs a pass over all events)
+MAX_OVERFLOWS = 1024
+
+
 def read_nmnist_file(path: str | os.PathLike) -> np.ndarray:
-    """Decode one N-MNIST ``.bin``/``.bs2`` file (5 bytes/event) with Tonic's reader."""
+    """Decode one N-MNIST ``.bin``/``.bs2`` file (5 bytes/event) with Tonic's reader.
+
+    FileFormatError naming the file if its size is not a multiple of 5 or above
+    :data:`MAX_FILE_BYTES`, it holds more than :data:`MAX_OVERFLOWS` overflow markers, an
+    address lies outside the 34 × 34 sensor, or timestamps go backwards."""
     path = Path(path)
     size = path.stat().st_size
     if size % 5 != 0:
-        raise ValueError(f"{path}: size {size} bytes is not a multiple of 5 (N-MNIST event format)")
+        raise FileFormatError(f"{path}: size {size} bytes is not a multiple of 5 (N-MNIST event format)")
+    if size > MAX_FILE_BYTES:
+        raise FileFormatError(f"{path}: {size} bytes, more than an N-MNIST recording holds "
+                              f"(at most {MAX_FILE_BYTES} read)")
+    raw = np.fromfile(path, dtype=np.uint8)
+    overflows = int(np.count_nonzero(raw[1::5] == 240))
+    if overflows > MAX_OVERFLOWS:
+        raise FileFormatError(f"{path}: {overflows} timestamp-overflow markers (y = 240), more than "
+                              f"{MAX_OVERFLOWS}; not an N-MNIST recording")
     read_mnist_file = require("tonic.io", "reading N-MNIST files").read_mnist_file
     events = read_mnist_file(str(path), dtype=EVENT_DTYPE)
     if len(events) and (events["x"].max() >= SENSOR_SIZE[0] or events["y"].max() >= SENSOR_SIZE[1]):
-        raise ValueError(f"{path}: address outside the 34 x 34 sensor")
+        raise FileFormatError(f"{path}: address outside the 34 x 34 sensor (out-of-range address)")
+    if len(events) > 1 and bool((np.diff(events["t"]) < 0).any()):
+        i = int(np.argmax(np.diff(events["t"]) < 0))
+        raise FileFormatError(f"{path}: timestamps go backwards at event {i + 1} ({int(events['t'][i])} -> "
+                              f"{int(events['t'][i + 1])} µs); the file is corrupt")
     return events
 
 
 def _read_label_list(path: Path) -> list[tuple[str, int]]:
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{path}: not a UTF-8 text file ({e})") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(f"{path}:{lineno}: expected '<sample id> <class>', got {line!r}")
+            raise FileFormatError(f"{path}:{lineno}: expected '<sample id> <class>', got {line!r}")
         try:
             label = int(parts[1])
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: class {parts[1]!r} is not an integer") from None
+            raise FileFormatError(f"{path}:{lineno}: class {parts[1]!r} is not an integer") from None
         if not 0 <= label <= 9:
-            raise ValueError(f"{path}:{lineno}: class {label} outside 0..9")
+            raise FileFormatError(f"{path}:{lineno}: class {label} outside 0..9")
+        if not all(c.isalnum() or c in "_-." for c in parts[0]) or set(parts[0]) == {"."}:
+            raise FileFormatError(f"{path}:{lineno}: sample id {parts[0]!r} is not a plain file name")
         rows.append((parts[0], label))
     return rows
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..errors import FileFormatError
+from ..filecheck import check_h5_sizes
 from .events import EventDataset
 from .root import ENV_VAR, resolve_data_root
 
@@ -24,6 +26,8 @@ SENSOR_SIZE = (700, 1, 1)  # tonic.datasets.hsd.HSD.sensor_size (tests check the
 EVENT_DTYPE = np.dtype([("t", int), ("x", int), ("p", int)])  # tonic.datasets.hsd.HSD.dtype
 N_CHANNELS = 700
 N_CLASSES = 20
+#: latest spike time accepted (seconds; SHD recordings last about 1 s)
+MAX_TIME_S = 3600.0
 
 
 def shd_path(root: Path, split: str) -> Path | None:
@@ -36,28 +40,62 @@ def shd_path(root: Path, split: str) -> Path | None:
 
 
 def read_shd_file(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray]:
-    """All recordings of one SHD ``.h5`` file: (list of (t, x, p) arrays, labels int64 (N,))."""
+    """All recordings of one SHD ``.h5`` file: (list of (t, x, p) arrays, labels int64 (N,)).
+
+    FileFormatError naming the file if it is not a readable HDF5 file, declares more data than
+    it can hold (checked before reading), lacks a dataset, or holds wrong dtypes or shapes,
+    times that are not finite, negative or beyond :data:`MAX_TIME_S`, units outside 0..699 or
+    labels outside 0..19."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SHD file {path} does not exist")
     try:
-        with h5py.File(path, "r") as f:
-            for key in ("spikes/times", "spikes/units", "labels"):
-                if key not in f:
-                    raise ValueError(f"{path}: missing dataset '{key}' (not an SHD file?)")
-            times = f["spikes/times"][()]
-            units = f["spikes/units"][()]
-            labels = np.asarray(f["labels"][()]).astype(np.int64)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read as HDF5 ({exc})") from exc
+        f = h5py.File(path, "r")
+    except Exception as exc:
+        raise FileFormatError(f"{path}: cannot read as HDF5 ({type(exc).__name__}: {str(exc)[:300]})") from None
+    try:
+        check_h5_sizes(f, path)
+        for key in ("spikes/times", "spikes/units", "labels"):
+            if key not in f or not isinstance(f[key], h5py.Dataset):
+                raise FileFormatError(f"{path}: missing dataset '{key}' (not an SHD file?)")
+        for key in ("spikes/times", "spikes/units"):
+            ds = f[key]
+            if ds.ndim != 1 or h5py.check_vlen_dtype(ds.dtype) is None:
+                raise FileFormatError(f"{path}: '{key}' is {ds.dtype} of shape {ds.shape}, expected a 1-d "
+                                      "variable-length dataset")
+        times = f["spikes/times"][()]
+        units = f["spikes/units"][()]
+        labels = np.asarray(f["labels"][()])
+    except FileFormatError:
+        raise
+    except Exception as exc:  # h5py/HDF5 errors on a damaged file
+        raise FileFormatError(f"{path}: cannot read as HDF5 ({type(exc).__name__}: {str(exc)[:300]})") from None
+    finally:
+        f.close()
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise FileFormatError(f"{path}: labels are {labels.dtype} of shape {labels.shape}, expected 1-d integers")
+    if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
+        raise FileFormatError(f"{path}: labels outside 0..{N_CLASSES - 1}")
+    labels = labels.astype(np.int64)
     if not (len(times) == len(units) == len(labels)):
-        raise ValueError(f"{path}: {len(times)} times, {len(units)} units, {len(labels)} labels")
+        raise FileFormatError(f"{path}: {len(times)} times, {len(units)} units, {len(labels)} labels")
     events = []
     for i, (tt, uu) in enumerate(zip(times, units)):
+        tt, uu = np.asarray(tt), np.asarray(uu)
+        if tt.ndim != 1 or uu.ndim != 1 or tt.dtype.kind not in "fiu" or uu.dtype.kind not in "iu":
+            raise FileFormatError(f"{path}: sample {i}: times {tt.dtype} and units {uu.dtype}, expected 1-d "
+                                  "numbers and integers")
         if len(tt) != len(uu):
-            raise ValueError(f"{path}: sample {i} has {len(tt)} times but {len(uu)} units")
-        if len(uu) and int(np.max(uu)) >= N_CHANNELS:
-            raise ValueError(f"{path}: sample {i} has unit {int(np.max(uu))} >= {N_CHANNELS}")
+            raise FileFormatError(f"{path}: sample {i} has {len(tt)} times but {len(uu)} units")
+        if len(uu) and (int(np.min(uu)) < 0 or int(np.max(uu)) >= N_CHANNELS):
+            raise FileFormatError(f"{path}: sample {i} has unit {int(np.max(uu))} outside 0..{N_CHANNELS - 1} "
+                                  "(out-of-range address)")
+        t64 = tt.astype(np.float64)
+        if len(t64) and not (np.isfinite(t64).all() and t64.min() >= 0 and t64.max() <= MAX_TIME_S):
+            raise FileFormatError(f"{path}: sample {i} has spike times that are not finite, negative or beyond "
+                                  f"{MAX_TIME_S} s")
         ev = np.empty(len(tt), dtype=EVENT_DTYPE)   # as tonic.io.make_structured_array(t * 1e6, units, 1)
-        ev["t"], ev["x"], ev["p"] = tt.astype(np.float64) * 1e6, uu, 1
+        ev["t"], ev["x"], ev["p"] = t64 * 1e6, uu, 1
         events.append(ev)
     return events, labels
 

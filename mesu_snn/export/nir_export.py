@@ -81,7 +81,11 @@ import torch.nn as nn
 from ..errors import ChipConstraintError
 from ..functional.surrogate import ATan, FastSigmoid, Heaviside, make_surrogate
 from ..neurons import LIF
-from ..runs.atomic import atomic_path
+from ..errors import FileFormatError
+from ..filecheck import check_h5, stamp_h5_digest
+from ..runs.atomic import atomic_path, crash_point
+from ..runs.checkpoint import check_bayes_state
+from ..runs.layout import spec_numel
 from ..synapses import BayesConv2d, BayesianLayer, BayesLinear
 from ..models import model_from_spec, model_spec
 from .stages import AvgPool, Flatten, SpikingSequential, model_stages, stage_shapes
@@ -337,6 +341,7 @@ def to_nir(model: nn.Module, path, dt: float = DEFAULT_DT, force: bool = False,
     ``legacy``, ``pool``, ``uniform``, ``neuron``, ``if_r``: the compatibility options of the
     module docstring. FileExistsError if ``path`` exists and not ``force``."""
     import nir
+    import h5py
     graph = model_to_graph(model, dt, layer_metadata, metadata, pool=pool, uniform=uniform, neuron=neuron, if_r=if_r)
     if legacy:
         bad = [k for k, n in graph.nodes.items() if type(n).__name__ in ("LIF", "IF")
@@ -348,6 +353,9 @@ def to_nir(model: nn.Module, path, dt: float = DEFAULT_DT, force: bool = False,
         nir.write(tmp, graph)
         if legacy:
             _to_legacy(tmp)
+        with h5py.File(tmp, "r+") as f:       # the tree's SHA-256 (of the file as written), verified by read_graph
+            crash_point(f"h5_open:{Path(path).name}")
+            stamp_h5_digest(f)
     return Path(path)
 
 
@@ -374,24 +382,29 @@ SUPPORTED = ("Input", "Output", "Affine", "Linear", "Conv2d", "LIF", "IF", "AvgP
 
 
 def read_graph(path):
-    """``nir.read`` with one clear error naming the file: FileNotFoundError, or ValueError for a
-    file that is not HDF5, is truncated/corrupt, or is HDF5 but not a NIR graph."""
+    """``nir.read`` with one clear error naming the file: FileNotFoundError, or FileFormatError
+    (a ValueError) for a file that is not HDF5, is truncated/corrupt, declares more data than it
+    holds, fails its SHA-256 (files we write carry one: :mod:`mesu_snn.filecheck`), or is HDF5
+    but not a NIR graph."""
     import h5py
     import nir
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"NIR file {path} does not exist")
     try:
-        with h5py.File(path, "r") as f:
-            if "node" not in f:
-                raise ValueError(f"{path}: HDF5 file but not a NIR graph (no 'node' group; top-level keys "
-                                 f"{sorted(f.keys())})")
-    except OSError as e:
-        raise ValueError(f"{path}: not a readable HDF5/NIR file (corrupt or truncated): {e}") from None
+        f = h5py.File(path, "r")
+    except Exception as e:
+        raise FileFormatError(f"{path}: not a readable HDF5/NIR file (corrupt or truncated): "
+                              f"{type(e).__name__}: {str(e)[:300]}") from None
+    with f:
+        check_h5(f, path)
+        if "node" not in f:
+            raise FileFormatError(f"{path}: HDF5 file but not a NIR graph (no 'node' group; top-level keys "
+                                  f"{sorted(f.keys())[:10]})")
     try:
         return nir.read(path, type_check=False)
     except Exception as e:  # nir raises KeyError/AssertionError/TypeError on damaged graphs
-        raise ValueError(f"{path}: damaged NIR graph: {type(e).__name__}: {e}") from None
+        raise FileFormatError(f"{path}: damaged NIR graph: {type(e).__name__}: {str(e)[:300]}") from None
 
 
 def _chain(graph, source: str) -> list[str]:
@@ -578,6 +591,10 @@ def _rebuild(spec: dict, stages, source) -> nn.Module:
     """Our own model class from its spec, with the imported stages' parameters and neurons."""
     lifs = [s for s in stages if isinstance(s, LIF)]
     layers = [s for s in stages if isinstance(s, BayesianLayer)]
+    have = sum(p.numel() for s in stages for p in s.parameters())
+    if spec_numel(spec) > 2 * have + 4096:     # build nothing the graph's tensors could not fill
+        raise ValueError(f"{source}: the recorded model {spec.get('class')} asks for about {spec_numel(spec)} "
+                         f"parameters but the graph holds {have}; the file is corrupt")
     model = model_from_spec(spec)
     if spec["class"] == "SpikingMLP":
         model.neurons = nn.ModuleList(lifs)
@@ -607,8 +624,18 @@ def from_nir(path, sigma: float | None = None, dt: float | None = None, as_seque
     spikes (a :class:`SpikingSequential`, (M, T, B, C)): a reference NIR simulator for checking
     what an export means where it is loaded."""
     graph = read_graph(path)
-    return graph_to_model(graph, sigma=sigma, dt=dt, source=str(path), as_sequential=as_sequential,
-                          semantics=semantics)
+    try:
+        model = graph_to_model(graph, sigma=sigma, dt=dt, source=str(path), as_sequential=as_sequential,
+                               semantics=semantics)
+    except FileFormatError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
+            MemoryError) as e:   # a graph read from a file may hold anything
+        msg = str(e)[:500]
+        raise FileFormatError(msg if str(path) in msg else f"{path}: damaged NIR graph: {type(e).__name__}: "
+                              f"{msg}") from None
+    check_bayes_state(model.state_dict(), path)     # μ and neuron parameters finite, σ finite and > 0
+    return model
 
 
 class SpikeCountReadout(nn.Module):

@@ -194,16 +194,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 
-def remove_stale_temps(*folders) -> list[Path]:
+def remove_stale_temps(*folders, target: str | None = None) -> list[Path]:
     """Delete the temporary files (``.<name>.<random>.tmp``) that a killed writer left in
-    ``folders``; return them. Only call it while no other process writes there."""
+    ``folders`` (with ``target``: only those of the file named ``target``); return them. Only
+    call it while no other process writes there."""
     gone = []
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            if p.is_file() and _TEMP.match(p.name):
+            if p.is_file() and _TEMP.match(p.name) and (target is None or p.name.startswith(f".{target}.")
+                                                       and p.name.count(".") == target.count(".") + 3):
                 p.unlink()
                 gone.append(p)
     return gone

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..errors import FileFormatError
 from .atomic import atomic_write_bytes
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_bayes_state", "CHECKPOINT_VERSION"]
@@ -72,43 +73,47 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         outer = _safe_load(path.read_bytes())
     except Exception as e:  # a truncated or foreign file, or a pickle that wants code
         why = ("it holds objects other than tensors and plain types, which could run code"
-               if "Weights only load failed" in str(e) else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        raise ValueError(f"{path}: not a readable mesu_snn checkpoint; it was refused by the safe "
+               if "Weights only load failed" in str(e) else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+        raise FileFormatError(f"{path}: not a readable mesu_snn checkpoint; it was refused by the safe "
                          f"(weights-only) reader ({why})") from None
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a mesu_snn checkpoint (no format tag {FORMAT!r}); checkpoints "
+        raise FileFormatError(f"{path}: not a mesu_snn checkpoint (no format tag {FORMAT!r}); checkpoints "
                          "written before version 2 cannot be loaded safely: re-run the training")
     if outer.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {outer.get('version')!r}, this mesu_snn reads "
+        raise FileFormatError(f"{path}: checkpoint version {outer.get('version')!r}, this mesu_snn reads "
                          f"version {CHECKPOINT_VERSION}")
     data = outer.get("payload")
     if not (isinstance(data, torch.Tensor) and data.dtype == torch.uint8 and data.dim() == 1):
-        raise ValueError(f"{path}: checkpoint payload is missing or malformed")
+        raise FileFormatError(f"{path}: checkpoint payload is missing or malformed")
     data = data.numpy().tobytes()
-    if hashlib.sha256(data).hexdigest() != outer.get("sha256"):
-        raise ValueError(f"{path}: checksum mismatch: the checkpoint is corrupt (a changed byte); "
+    if not isinstance(outer.get("sha256"), str) or hashlib.sha256(data).hexdigest() != outer["sha256"]:
+        raise FileFormatError(f"{path}: checksum mismatch: the checkpoint is corrupt (a changed byte); "
                          "it is not loaded")
     try:
         ckpt = _safe_load(data)
     except Exception as e:
-        raise ValueError(f"{path}: unreadable checkpoint payload ({type(e).__name__}: {e})") from None
+        raise FileFormatError(f"{path}: unreadable checkpoint payload ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: checkpoint payload is not a dict")
+        raise FileFormatError(f"{path}: checkpoint payload is not a dict")
     if isinstance(ckpt.get("model"), dict):
         check_bayes_state(ckpt["model"], path)
     return ckpt
 
 
 def check_bayes_state(state: dict, source) -> None:
-    """Every ``*_mu`` tensor finite, every ``*_sigma`` finite and > 0; else ValueError naming it."""
+    """Every ``*_sigma`` tensor finite and > 0, every other floating tensor (``*_mu``, neuron
+    parameters) finite; else FileFormatError (a ValueError) naming ``source`` and the tensor."""
     for k, v in state.items():
+        if isinstance(v, torch.Tensor) and k.endswith(("_mu", "_sigma")) and not torch.is_floating_point(v):
+            raise FileFormatError(f"{source}: {k} is a {v.dtype} tensor; μ and σ are floating point")
         if not isinstance(v, torch.Tensor) or not torch.is_floating_point(v):
             continue
         if k.endswith("_sigma"):
             bad = ~torch.isfinite(v) | (v <= 0)
             if bool(bad.any()):
-                raise ValueError(f"{source}: {k} has {int(bad.sum())} entries that are not finite and > 0 "
-                                 "(a σ must be positive); the file is corrupt or the run diverged")
-        elif k.endswith("_mu") and not bool(torch.isfinite(v).all()):
-            raise ValueError(f"{source}: {k} has {int((~torch.isfinite(v)).sum())} non-finite entries "
-                             "(NaN/Inf μ); the file is corrupt or the run diverged")
+                raise FileFormatError(f"{source}: {k} has {int(bad.sum())} entries that are not finite and > 0 "
+                                      "(a σ must be positive); the file is corrupt or the run diverged")
+        elif not bool(torch.isfinite(v).all()):
+            what = "NaN/Inf μ" if k.endswith("_mu") else "NaN/Inf"
+            raise FileFormatError(f"{source}: {k} has {int((~torch.isfinite(v)).sum())} non-finite entries "
+                                  f"({what}); the file is corrupt or the run diverged")

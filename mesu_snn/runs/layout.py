@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import FileFormatError
 from ..models import model_from_spec
 
 if sys.version_info >= (3, 11):
@@ -117,27 +118,30 @@ def run_files(run_dir) -> dict[str, Path | None]:
 def read_metrics(path) -> dict:
     try:
         m = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise FileFormatError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(m, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(m).__name__}")
+        raise FileFormatError(f"{path}: expected a JSON object, got {type(m).__name__}")
     return m
 
 
 def read_config(path) -> dict:
     try:
         return tomllib.loads(Path(path).read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid TOML ({e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise FileFormatError(f"{path}: not valid TOML ({e})") from None
 
 
 def read_log(path) -> dict[str, np.ndarray]:
     """CSV log -> {column: float array} (non-numeric cells become NaN)."""
     import csv
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise FileFormatError(f"{path}: not a readable CSV log ({e})") from None
     if not rows:
-        raise ValueError(f"{path}: empty CSV log")
+        raise FileFormatError(f"{path}: empty CSV log")
     head, body = rows[0], rows[1:]
 
     def num(v):
@@ -158,17 +162,53 @@ def load_run_model(run_dir) -> nn.Module:
     ckpt = load_checkpoint(path)
     state = ckpt.get("model")
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: checkpoint has no model state dict (keys {sorted(ckpt)})")
+        raise FileFormatError(f"{path}: checkpoint has no model state dict (keys {sorted(ckpt)})")
     spec = ckpt.get("model_spec")
     if not isinstance(spec, dict):
-        raise ValueError(f"{path}: checkpoint has no model description (model_spec); it predates mesu_snn's "
+        raise FileFormatError(f"{path}: checkpoint has no model description (model_spec); it predates mesu_snn's "
                          "version-2 checkpoints: re-run the training")
-    model = model_from_spec(spec)
+    have = sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))
+    try:
+        need = spec_numel(spec)
+    except Exception as e:  # a spec of a crafted checkpoint may hold anything
+        raise FileFormatError(f"{path}: malformed model description ({type(e).__name__}: {str(e)[:200]})") from None
+    if need > 2 * have + 4096:       # build nothing the state dict could not fill
+        raise FileFormatError(f"{path}: the model description asks for about {need} parameters but the state dict "
+                              f"holds {have} values; the checkpoint is corrupt")
+    try:
+        model = model_from_spec(spec)
+    except Exception as e:
+        raise FileFormatError(f"{path}: the model description does not build a model ({type(e).__name__}: "
+                              f"{str(e)[:300]})") from None
+    want = model.state_dict()
+    for k, v in state.items():
+        if k in want and isinstance(v, torch.Tensor) and v.dtype != want[k].dtype:
+            raise FileFormatError(f"{path}: {k} is {v.dtype}, the model holds {want[k].dtype}; the checkpoint is "
+                                  "corrupt")
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: state dict does not fit the model {spec['class']}: {e}") from None
+    except Exception as e:
+        raise FileFormatError(f"{path}: state dict does not fit the model {spec['class']}: {str(e)[:500]}") from None
     return model
+
+
+def spec_numel(spec: dict) -> int:
+    """Upper bound of the number of μ/σ/bias elements the model of ``spec`` allocates
+    (our three model classes; other classes are refused by model_from_spec anyway)."""
+    def ints(v, n=None):
+        v = list(v)
+        if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in v) or (n and len(v) != n):
+            raise ValueError(f"expected {n or 'a list of'} non-negative integers, got {v!r}"[:200])
+        return v
+    if spec.get("class") == "SpikingConvNet":
+        c, h, w = ints(spec["input_shape"], 3)
+        ch, (k, n) = ints(spec["channels"]), ints([spec.get("kernel_size", 3), spec["n_classes"]])
+        total = sum(2 * (a * b * k * k + b) for a, b in zip(ch[:-1], ch[1:]))
+        for _ in ch[1:]:
+            h, w = h // 2, w // 2
+        return total + 2 * ((ch[-1] if ch else c) * h * w * n + n)
+    sizes = ints(spec.get("sizes", []))
+    return sum(2 * (a * b + b) for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 def save_importance(path, hessian: np.ndarray, measures: dict[str, np.ndarray], sigma: np.ndarray,
@@ -189,10 +229,10 @@ def read_importance(path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             d = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable importance .npz ({e})") from None
+    except (OSError, ValueError, EOFError, KeyError) as e:   # zipfile/numpy errors on a damaged file
+        raise FileFormatError(f"{path}: not a readable importance .npz ({e})") from None
     if "hessian" not in d or "sigma" not in d:
-        raise ValueError(f"{path}: importance file lacks 'hessian' or 'sigma'")
+        raise FileFormatError(f"{path}: importance file lacks 'hessian' or 'sigma'")
     return {"hessian": d["hessian"], "sigma": d["sigma"],
             "measures": {k.split(":", 1)[1]: v for k, v in d.items() if k.startswith("measure:")},
             "info": json.loads(str(d["info"])) if "info" in d else {}}

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..callbacks import Callback
+from ..filecheck import stamp_h5_digest
 from ..synapses import bayesian_pairs
 from .atomic import atomic_write_with, check_free_space, check_writable, crash_point
 from .schema import FORMAT, QUANTILES, SCHEMA_VERSION, SIGMA_RANGE, SUMMARY_SCALARS, describe_dataset
@@ -151,6 +152,7 @@ def write_trace_file(path, trace: dict, appendable: bool = True) -> Path:
                     g.create_dataset(f"{name}/mu", data=v["mu"], **(kw if appendable else {}))
                     g.create_dataset(f"{name}/sigma", data=v["sigma"], **(kw if appendable else {}))
             f.visititems(lambda _, obj: describe_dataset(obj) if isinstance(obj, h5py.Dataset) else None)
+            stamp_h5_digest(f)
             crash_point(f"h5_open:{path.name}")
         finally:
             f.close()

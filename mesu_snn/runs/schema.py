@@ -14,6 +14,9 @@ Root attributes::
     every           k: summaries are written every k optimizer updates (and at update 0)
     n_tracked, seed tracked synapses per layer and the seed that chose them
     quantiles       the q of the *_quantiles columns, e.g. [0, .05, .25, .5, .75, .95, 1]
+    mesu_snn_sha256 SHA-256 of the file's whole tree (every other attribute, name, dtype, shape and
+                    data; :func:`mesu_snn.filecheck.h5_digest`), verified on read: a changed byte is
+                    an error, never silently different data (files without it are read unchecked)
     resumed_at      (only after a resume) updates from which an interrupted run restarted; rows
                     recorded after that update before the interruption were dropped
 
@@ -47,6 +50,8 @@ moment loses at most the rows since the last flush and every part stays readable
 trace as one file of this layout and removes the folder.
 """
 from __future__ import annotations
+
+from ..errors import FileFormatError
 
 FORMAT = "mesu_snn.sigma_trace"
 SCHEMA_VERSION = 1
@@ -89,14 +94,17 @@ def describe_dataset(dataset) -> None:
 
 
 def check_trace_file(f, source: str) -> None:
-    """ValueError naming ``source`` unless the open h5py File ``f`` is a σ trace of this schema."""
+    """FileFormatError naming ``source`` unless the open h5py File ``f`` is a σ trace of this schema."""
     fmt = f.attrs.get("format")
     fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
     if fmt != FORMAT:
-        raise ValueError(f"{source}: not a mesu_snn σ trace (format attribute {fmt!r}, expected {FORMAT!r})")
-    ver = int(f.attrs.get("schema_version", -1))
+        raise FileFormatError(f"{source}: not a mesu_snn σ trace (format attribute {fmt!r}, expected {FORMAT!r})")
+    try:
+        ver = int(f.attrs.get("schema_version", -1))
+    except (TypeError, ValueError):
+        ver = f.attrs.get("schema_version")
     if ver != SCHEMA_VERSION:
-        raise ValueError(f"{source}: σ-trace schema version {ver} is not supported (expected {SCHEMA_VERSION})")
+        raise FileFormatError(f"{source}: σ-trace schema version {ver} is not supported (expected {SCHEMA_VERSION})")
     for key in ("summary_updates", "tracked_updates", "layers"):
         if key not in f:
-            raise ValueError(f"{source}: σ trace is missing '/{key}'")
+            raise FileFormatError(f"{source}: σ trace is missing '/{key}'")
