@@ -19,3 +19,6 @@ def test_readme_python_blocks_run():
         except Exception as e:  # pragma: no cover - the message says which block
             raise AssertionError(f"README python block {i + 1} fails: {type(e).__name__}: {e}") from e
     assert ns["logits"].shape == (8, 32, 10)
+    # the snnTorch tutorial-style and Norse networks: one output per MC sample, trained by MESU
+    assert ns["t_logits"].shape == ns["n_logits"].shape == (8, 32, 10)
+    assert all(g["step"] == 1 for opt in (ns["opt_t"], ns["opt_n"]) for g in opt.param_groups)
