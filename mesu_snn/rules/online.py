@@ -275,6 +275,7 @@ class OnlineMESURule(MESURule):
     def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5,
                  feedback: str = "symmetric", feedback_seed: int = 0, chunk: int = 16, fixed_point_bits: int = 0):
+        self.check_hyperparameters(locals())
         if isinstance(fixed_point_bits, bool) or not isinstance(fixed_point_bits, int) or fixed_point_bits == 1 \
                 or not 0 <= fixed_point_bits <= 32:
             raise ValueError(f"fixed_point_bits must be 0 (float) or an int in [2, 32], got {fixed_point_bits!r}")
@@ -343,6 +344,7 @@ class OnlineSGDRule(Rule):
 
     def __init__(self, model: nn.Module, lr: float = 0.01, momentum: float = 0.0, feedback: str = "symmetric",
                  feedback_seed: int = 0, chunk: int = 16):
+        self.check_hyperparameters(locals())
         self.engine = OnlineEligibility(model, feedback, feedback_seed, chunk)
         params = mean_mode_parameters(model)
         super().__init__(model, make_base_optimizer(params, "sgd", lr, momentum), "mean",
