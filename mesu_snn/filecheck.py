@@ -25,7 +25,7 @@ import numpy as np
 from .errors import FileFormatError
 
 __all__ = ["MAX_EXPANSION", "SLACK", "DIGEST_ATTR", "allowed_bytes", "check_declared", "check_h5", "check_h5_sizes",
-           "h5_digest", "stamp_h5_digest", "foreign_error"]
+           "h5_digest", "stamp_h5_digest", "foreign_error", "open_h5"]
 
 #: deflate (gzip, zlib, HDF5's gzip filter) cannot expand data by more than 1032:1
 MAX_EXPANSION = 1032
@@ -33,6 +33,22 @@ MAX_EXPANSION = 1032
 SLACK = 1 << 20
 #: root attribute holding the SHA-256 of an HDF5 file's tree
 DIGEST_ATTR = "mesu_snn_sha256"
+
+
+def open_h5(path, kind: str = "HDF5"):
+    """``h5py.File(path, "r")`` with the one error every reader gives: FileNotFoundError naming
+    the path, or a :class:`~mesu_snn.errors.FileFormatError` (a ValueError) naming the file if
+    it is not a readable HDF5 file (corrupt, truncated or another format). ``kind`` names what
+    was expected in the messages ("SHD", "NIR", "netx", ...)."""
+    import h5py
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} file {path} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except Exception as e:
+        raise FileFormatError(f"{path}: not a readable HDF5 file (expected {kind}; corrupt, truncated or another "
+                              f"format): {type(e).__name__}: {str(e)[:300]}") from None
 
 
 def allowed_bytes(file_size: int, compressed: bool) -> int:

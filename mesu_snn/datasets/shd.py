@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from ..errors import FileFormatError
-from ..filecheck import check_h5_sizes
+from ..filecheck import check_h5_sizes, open_h5
 from .events import EventDataset
 from .root import ENV_VAR, resolve_data_root
 
@@ -47,12 +47,7 @@ def read_shd_file(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray
     times that are not finite, negative or beyond :data:`MAX_TIME_S`, units outside 0..699 or
     labels outside 0..19."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"SHD file {path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except Exception as exc:
-        raise FileFormatError(f"{path}: cannot read as HDF5 ({type(exc).__name__}: {str(exc)[:300]})") from None
+    f = open_h5(path, "SHD")
     try:
         check_h5_sizes(f, path)
         for key in ("spikes/times", "spikes/units", "labels"):

@@ -459,15 +459,11 @@ def read_netx(path, realisation: int | None = None) -> list[ChipLayer]:
     ASCII, ``weight``/``bias`` as integers, neuron scalars). ``realisation=k`` swaps in the
     k-th sampled weight set of ``mesu_snn/realisations``. ValueError naming the file for a
     file that is not HDF5, not netx, or uses blocks or neurons outside dense/conv/flatten CUBA."""
-    import h5py
+    from ..filecheck import check_h5_sizes, open_h5
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"netx file {path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise ValueError(f"{path}: not a readable HDF5 file (corrupt or truncated): {e}") from None
+    f = open_h5(path, "netx")
     with f:
+        check_h5_sizes(f, path)
         if "layer" not in f:
             raise ValueError(f"{path}: HDF5 file but not a netx network (no 'layer' group; top-level keys "
                              f"{sorted(f.keys())})")

@@ -78,11 +78,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ChipConstraintError
+from ..errors import ChipConstraintError, FileFormatError
 from ..functional.surrogate import ATan, FastSigmoid, Heaviside, make_surrogate
 from ..neurons import LIF
-from ..errors import FileFormatError
-from ..filecheck import check_h5, stamp_h5_digest
+from ..filecheck import check_h5, open_h5, stamp_h5_digest
 from ..runs.atomic import atomic_path, crash_point
 from ..runs.checkpoint import check_bayes_state
 from ..runs.layout import spec_numel
@@ -389,13 +388,7 @@ def read_graph(path):
     import h5py
     import nir
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"NIR file {path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except Exception as e:
-        raise FileFormatError(f"{path}: not a readable HDF5/NIR file (corrupt or truncated): "
-                              f"{type(e).__name__}: {str(e)[:300]}") from None
+    f = open_h5(path, "NIR")
     with f:
         check_h5(f, path)
         if "node" not in f:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import FileFormatError
 from ..filecheck import DIGEST_ATTR, check_h5, foreign_error
+from ..filecheck import open_h5 as _open_h5_file
 from .schema import check_trace_file
 
 __all__ = ["read_trace", "open_h5", "trace_parts", "merge_traces", "ROW_KEYS", "SUMMARY_KEYS"]
@@ -35,15 +36,8 @@ def open_h5(path, checked: bool = True):
     """An h5py File opened read-only; FileNotFoundError, or one FileFormatError naming the file
     if it is not a readable HDF5 file (corrupt, truncated, or another format), or (``checked``)
     declares more data than it can hold or fails its SHA-256 (:func:`mesu_snn.filecheck.check_h5`)."""
-    import h5py
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except Exception as e:
-        raise FileFormatError(f"{path}: not a readable HDF5 file (corrupt, truncated or another format): "
-                              f"{type(e).__name__}: {str(e)[:300]}") from None
+    f = _open_h5_file(path, "σ trace")
     try:
         if checked:
             check_h5(f, path)
