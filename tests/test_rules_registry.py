@@ -167,3 +167,60 @@ def test_rule_state_round_trip():
                 assert torch.equal(ma, mb) and torch.equal(sa, sb)
     with pytest.raises(ValueError, match="rule"):
         make_rule("sgd", _net()).load_state_dict(make_rule("adam", _net()).state_dict())
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "ewc", "si"])
+def test_mean_mode_rules_refuse_a_poisoning_step_and_restore_their_state(name):
+    """SGD/Adam/EWC/SI update in place through torch optimizers: a non-finite gradient, or a step
+    whose result is non-finite, raises NonFiniteStepError and leaves the parameters and the
+    optimizer state (momentum, Adam moments) exactly as they were; a good step still runs."""
+    import torch
+    import mesu_snn as ms
+    from mesu_snn.errors import NonFiniteStepError
+    from mesu_snn.rules import make_rule
+    torch.manual_seed(0)
+    net = ms.SpikingMLP([6, 5, 3])
+    rule = make_rule(name, net, **({"momentum": 0.9} if name != "adam" else {}))
+    x, y = torch.rand(4, 2, 6), torch.tensor([0, 2])
+    params = [p for g in rule.optimizer.param_groups for p in g["params"]]
+
+    def backward():
+        rule.zero_grad()
+        rule.loss(net(x), y).backward()
+
+    def snapshot():
+        return ([p.detach().clone() for p in params],
+                {i: {k: v.clone() for k, v in rule.optimizer.state[p].items() if torch.is_tensor(v)}
+                 for i, p in enumerate(params) if p in rule.optimizer.state})
+
+    def unchanged(snap):
+        for p, b in zip(params, snap[0]):
+            assert torch.equal(p.detach(), b)
+        for i, st in snap[1].items():
+            for k, v in st.items():
+                assert torch.equal(rule.optimizer.state[params[i]][k], v), (name, k)
+
+    backward()
+    rule.step()                                        # a good step: optimizer state now exists
+    backward()
+    params[0].grad[0, 0] = float("nan")                # a non-finite gradient
+    snap = snapshot()
+    with pytest.raises(NonFiniteStepError, match="left untouched"):
+        rule.step()
+    unchanged(snap)
+    backward()
+    rule.step()                                        # the rule still steps afterwards
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(params, snap[0]))
+    if name == "adam":                                 # Adam's step is bounded by lr: no overflow
+        return
+    with torch.no_grad():                              # finite parameters and gradients whose
+        for p in params:                               # step overflows: p - lr·g = +inf
+            p.fill_(3e38)
+    backward()
+    for p in params:
+        p.grad.fill_(-3e38)
+    rule.optimizer.param_groups[0]["lr"] = 1.0
+    snap = snapshot()
+    with pytest.raises(NonFiniteStepError, match="left as they were"):
+        rule.step()
+    unchanged(snap)

@@ -18,8 +18,11 @@ import torch
 import torch.nn as nn
 
 from ..bounds import check_number
+from ..errors import NonFiniteStepError
+from ..kernels.fused_update import all_finite
 from ..losses import nll_loss
 from ..synapses import bayesian_pairs, set_mode
+from .bayes_optimizer import BayesianOptimizer
 
 __all__ = ["Rule", "REDUCTIONS", "mean_mode_parameters", "make_base_optimizer"]
 
@@ -85,7 +88,37 @@ class Rule:
         self.optimizer.zero_grad(set_to_none=True)
 
     def step(self) -> None:
+        if isinstance(self.optimizer, BayesianOptimizer):
+            self.optimizer.step()             # MESU/BGD check their own step before writing
+        else:
+            self.checked_optimizer_step()
+
+    def checked_optimizer_step(self) -> None:
+        """The base optimizer's step, refused whole if it would poison the model: a non-finite
+        gradient, or a step that leaves any parameter non-finite (an lr far too large), raises
+        :class:`~mesu_snn.errors.NonFiniteStepError` with the parameters *and* the optimizer's
+        state (momentum, Adam moments) as they were before. (MESU and BGD check their own steps
+        before writing, :mod:`mesu_snn.rules.bayes_optimizer`; this is the same guarantee for the
+        mean-mode rules, whose torch optimizers update in place: a snapshot is restored.)"""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if not all_finite([p.grad for p in params]):
+            raise NonFiniteStepError(f"{self.name}: non-finite gradient: step refused, parameters left untouched")
+        saved = [p.detach().clone() for p in params]
+        state = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in self.optimizer.state[p].items()}
+                 for p in params if p in self.optimizer.state}
         self.optimizer.step()
+        if all_finite(params):
+            return
+        with torch.no_grad():
+            for p, old in zip(params, saved):
+                p.copy_(old)
+        for p in params:
+            if p in state:
+                self.optimizer.state[p] = state[p]
+            else:
+                self.optimizer.state.pop(p, None)
+        raise NonFiniteStepError(f"{self.name}: the step would make a parameter non-finite (lr too large for these "
+                                 "gradients): step refused, parameters and optimizer state left as they were")
 
     def end_task(self, task_index: int, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
         """Called after task ``task_index`` only if ``uses_task_boundaries``. ``batches()`` yields

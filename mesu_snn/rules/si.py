@@ -68,7 +68,7 @@ class SynapticIntelligence(Rule):
             if self.tasks_consolidated and self.si_c:
                 g = g - 2.0 * self.si_c * w * (p.detach() - a)      # the data loss's gradient only
             grads.append(g.clone())
-        self.optimizer.step()
+        self.checked_optimizer_step()
         for om, g, p, b in zip(self.omega, grads, self.params, before):
             if g is not None:
                 om.sub_(g * (p.detach() - b))
