@@ -136,7 +136,21 @@ def phase_final(args) -> None:
     fdir = OUT / args.folder
     fdir.mkdir(parents=True, exist_ok=True)
     rules = args.rules or list(GRID)
-    jobs = [(r, _hp_from_tag(r, best[r]["tag"]), s) for s in FINAL_SEEDS for r in rules]
+    overrides: dict[str, dict[str, str]] = {}
+    for o in args.override:            # rule:key=value, e.g. mesu:memory=600000
+        r, _, kv = o.partition(":")
+        k, _, v = kv.partition("=")
+        if r not in GRID or not k or not v:
+            raise SystemExit(f"--override {o!r}: expected RULE:KEY=VALUE with RULE in {sorted(GRID)}")
+        overrides.setdefault(r, {})[k] = v
+
+    def hp_for(r: str) -> list[str]:
+        hp = dict(h.split("=", 1) for h in _hp_from_tag(r, best[r]["tag"]))
+        hp.update(overrides.get(r, {}))
+        return [f"{k}={v}" for k, v in sorted(hp.items())]
+
+    seeds = args.seeds or FINAL_SEEDS
+    jobs = [(r, hp_for(r), s) for s in seeds for r in rules]
     extra = ["--tasks", str(args.tasks), "--hidden", *map(str, args.hidden)]
     if args.test_per_task:
         extra += ["--test-per-task", str(args.test_per_task)]
@@ -158,6 +172,11 @@ def main(argv=None):
     ap.add_argument("--test-per-task", type=int, default=None, help="final runs: test images per task (default all)")
     ap.add_argument("--train-per-task", type=int, default=FINAL_TRAIN,
                     help="final runs: images per task (0: all 60,000, the paper's epoch)")
+    ap.add_argument("--override", nargs="*", default=[],
+                    help="final runs: RULE:KEY=VALUE replacing a tuned setting, e.g. mesu:memory=600000 "
+                         "(MESU's window was tuned in tasks of 5,000 images: 50,000 = 10 tasks; at the "
+                         "paper's 60,000 images per task the same 10-task window is 600,000)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="final runs: seeds (default FINAL_SEEDS)")
     args = ap.parse_args(argv)
     t0 = time.time()
     {"val": phase_val, "final": phase_final}[args.phase](args)
