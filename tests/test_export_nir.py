@@ -439,3 +439,60 @@ def test_sinabs_reads_the_speck_file_and_reproduces_spikes(tmp_path):
                        env=dict(os.environ, PYTHONPATH=where), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), ours.numpy())
+
+
+_SPYX_SIDE = """
+import sys, numpy as np, nir, jax.numpy as jnp
+from spyx.nir import from_nir
+_, out = from_nir(nir.read(sys.argv[1]), jnp.asarray(np.load(sys.argv[2]).astype(np.float32)), dt=float(sys.argv[4]))
+np.save(sys.argv[3], np.asarray(out))
+"""
+
+
+def _spyx(python, path, x, tmp_path, dt=1e-4):
+    import os
+    import subprocess
+    np.save(tmp_path / "x.npy", x)
+    r = subprocess.run([python, "-c", _SPYX_SIDE, str(path), str(tmp_path / "x.npy"), str(tmp_path / "o.npy"), str(dt)],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return np.load(tmp_path / "o.npy")
+
+
+def test_spyx_importer_reproduces_bias_free_networks_two_steps_late(tmp_path):
+    """Spyx 1.0 (``spyx.nir.from_nir``, JAX/flax; set MESU_SNN_SPYX_PYTHON to an interpreter that
+    has it) runs our files in its own convention: a LIF emits the spike of its *previous*
+    membrane (s_t = H(v_{t-1} − θ), then v_t = β v_{t-1} + x_t − s_t θ), so each spiking layer
+    adds one step of delay, and it always subtracts θ. For our default neuron (subtract reset,
+    reset_delay=True: snnTorch's Leaky) and no biases its output equals ours two steps later
+    (two layers), exactly. Biases do not survive the delay (layer k integrates its bias k steps
+    before its first input arrives: checked to differ), and zero-reset files differ (Spyx
+    subtracts). Conv nets: Spyx ignores ``AvgPool2d`` (its Linear then fails on the shape): use
+    ``pool="sum"``; it runs channels-last and flattens (H, W, C) where NIR means (C, H, W), so the
+    layer after a Flatten sees permuted inputs (spikes differ unless they saturate)."""
+    import os
+    python = os.environ.get("MESU_SNN_SPYX_PYTHON")
+    if not python:
+        pytest.skip("set MESU_SNN_SPYX_PYTHON to a Python with spyx 1.0 (jax, flax) and nir installed")
+    torch.manual_seed(0)
+    net = ms.SpikingMLP([6, 16, 4], bias=False, readout="count")
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.weight_mu.mul_(3.0)
+    x = torch.rand(30, 5, 6) * 2
+    ours = _mean_spikes(net, x).numpy()
+    assert 0 < ours.sum() < ours.size
+    with pytest.warns(UserWarning, match="reset"):
+        path = to_nir(net, tmp_path / "spyx.nir")
+    theirs = _spyx(python, path, x.numpy(), tmp_path)
+    assert theirs.shape == ours.shape
+    assert not theirs[:2].any()                         # nothing reaches the output before step 2
+    np.testing.assert_array_equal(theirs[2:], ours[:-2])
+    biased = ms.SpikingMLP([6, 16, 4], readout="count")
+    with torch.no_grad():
+        for layer in biased.layers:
+            layer.weight_mu.mul_(3.0)
+            layer.bias_mu.uniform_(0.2, 0.5)
+    with pytest.warns(UserWarning, match="reset"):
+        bpath = to_nir(biased, tmp_path / "spyx_bias.nir")
+    assert (_spyx(python, bpath, x.numpy(), tmp_path)[2:] != _mean_spikes(biased, x).numpy()[:-2]).any()
