@@ -344,41 +344,64 @@ static int all_finite(void** ptrs, const int64_t* sizes, int64_t n) {
 // before anything changes). write = 1: the pairs are updated in place; returns 1.
 // c: nmk = -k, kmp = k*mu_prior (0 if mu_prior is 0), nlm = -lr_mu, nk2 = -k/2, k2p = k/2*sigma_prior^2,
 // nls = -lr_sigma/2, clamp (< 0: none).
+// One tensor of MESU, branch-free in its loop so that it vectorises (the per-element arithmetic is
+// the same in every variant: the results do not depend on the vector width). WRITE = false: returns
+// 1 if some new mu is non-finite or some new sigma non-finite or <= 0, nothing written.
+template <typename F, bool CLIP, bool MP, bool WRITE>
+static int mesu_tensor(F* mu, F* sg, const F* gm, const F* gs, int64_t N, F nmk, F kmp, F nlm, F nk2, F k2p,
+                       F nls, F c, F nc) {
+  const F big = std::numeric_limits<F>::max();
+  int bad = 0;
+  for (int64_t e = 0; e < N; ++e) {
+    const F s = sg[e];
+    F pmu = mu[e] * nmk;
+    if (MP) pmu = pmu + kmp;
+    pmu = pmu * s;
+    F psg = s * s; psg = psg * nk2; psg = psg + k2p;
+    if (!CLIP) {
+      F t1 = nlm * s; t1 = t1 * gm[e]; pmu = pmu + t1;
+      F t2 = nls * s; t2 = t2 * gs[e]; psg = psg + t2;
+    } else {
+      F a = s * gm[e]; a = a < nc ? nc : a; a = a > c ? c : a; F t1 = a * nlm; pmu = pmu + t1;
+      F b = s * gs[e]; b = b < nc ? nc : b; b = b > c ? c : b; F t2 = b * nls; psg = psg + t2;
+    }
+    F dm = pmu * s; const F nmu = mu[e] + dm;
+    F ds = psg * s; const F nsg = s + ds;
+    if (WRITE) { mu[e] = nmu; sg[e] = nsg; }
+    else bad |= (int)(!(std::fabs(nmu) <= big)) | (int)(!(nsg > (F)0)) | (int)(!(nsg <= big));   // NaN fails every compare
+  }
+  return bad;
+}
+
+// MESU on n (mu, sigma) pairs, the formulas of mesu_snn.kernels.fused_update (same order).
+// write = 0: nothing is written; returns 1 if every new mu is finite and every new sigma finite
+// and > 0, else 0 (the optimizers' "refuse a step that would poison the model" check, done
+// before anything changes). write = 1: the pairs are updated in place; returns 1.
+// c: nmk = -k, kmp = k*mu_prior (0 if mu_prior is 0), nlm = -lr_mu, nk2 = -k/2, k2p = k/2*sigma_prior^2,
+// nls = -lr_sigma/2, clamp (< 0: none).
 template <typename F>
 static int mesu_pairs(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n,
                       double nmk_d, double kmp_d, int has_mp, double nlm_d, double nk2_d, double k2p_d, double nls_d,
                       double clamp_d, int write) {
   const F nmk = (F)nmk_d, kmp = (F)kmp_d, nlm = (F)nlm_d, nk2 = (F)nk2_d, k2p = (F)k2p_d, nls = (F)nls_d;
   const bool clip = clamp_d >= 0; const F c = (F)clamp_d, nc = (F)(-clamp_d);
-  const F big = std::numeric_limits<F>::max();
-  int bad = 0;
   for (int64_t q = 0; q < n; ++q) {
     F* mu = (F*)mus[q]; F* sg = (F*)sigs[q]; const F* gm = (const F*)gmus[q]; const F* gs = (const F*)gsigs[q];
-    for (int64_t e = 0; e < sizes[q]; ++e) {
-      const F s = sg[e];
-      F pmu = mu[e] * nmk;
-      if (has_mp) pmu = pmu + kmp;
-      pmu = pmu * s;
-      F psg = s * s; psg = psg * nk2; psg = psg + k2p;
-      if (!clip) {
-        F t1 = nlm * s; t1 = t1 * gm[e]; pmu = pmu + t1;
-        F t2 = nls * s; t2 = t2 * gs[e]; psg = psg + t2;
-      } else {
-        F a = s * gm[e]; a = a < nc ? nc : a; a = a > c ? c : a; F t1 = a * nlm; pmu = pmu + t1;
-        F b = s * gs[e]; b = b < nc ? nc : b; b = b > c ? c : b; F t2 = b * nls; psg = psg + t2;
-      }
-      F dm = pmu * s; const F nmu = mu[e] + dm;
-      F ds = psg * s; const F nsg = s + ds;
-      if (write) { mu[e] = nmu; sg[e] = nsg; }
-      else bad |= !(std::fabs(nmu) <= big) | !(nsg > 0 && nsg <= big);    // NaN fails every compare
-    }
+    const int64_t N = sizes[q];
+#define MESU_T(C, P, W) mesu_tensor<F, C, P, W>(mu, sg, gm, gs, N, nmk, kmp, nlm, nk2, k2p, nls, c, nc)
+    int bad;
+    if (write) bad = clip ? (has_mp ? MESU_T(true, true, true) : MESU_T(true, false, true))
+                          : (has_mp ? MESU_T(false, true, true) : MESU_T(false, false, true));
+    else bad = clip ? (has_mp ? MESU_T(true, true, false) : MESU_T(true, false, false))
+                    : (has_mp ? MESU_T(false, true, false) : MESU_T(false, false, false));
+#undef MESU_T
     if (bad) return 0;
   }
   return 1;
 }
 
 extern "C" {
-int mesu_abi_version() { return 2; }
+int mesu_abi_version() { return 3; }
 
 // one set of entry points per dtype: NAME_f32 (float) and NAME_f64 (double)
 #define MESU_ENTRY_POINTS(SFX, F) \
@@ -486,7 +509,7 @@ def _build() -> ctypes.CDLL:
             raise
         lib = _compile(cxx, FLAGS)        # an older compiler without the -march level
     cdll = ctypes.CDLL(str(lib))
-    if cdll.mesu_abi_version() != 2:
+    if cdll.mesu_abi_version() != 3:
         raise RuntimeError(f"{lib} has an unexpected ABI version")
     p, i64, dbl, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
     for suffix in ("f32", "f64"):
