@@ -38,8 +38,9 @@ from ..models import ACTIVATIONS, BayesMLP, SpikingMLP
 from ..synapses import BayesLinear
 from .bayes_optimizer import BayesianOptimizer
 from .mesu import MESU
+from .rule import Rule
 
-__all__ = ["StreamingStep", "unsupported_reason"]
+__all__ = ["StreamingStep", "unsupported_reason", "whole_step_for"]
 
 _ACT_BACKWARD = {
     "relu": lambda g, y: torch.ops.aten.threshold_backward(g, y, 0),
@@ -93,10 +94,11 @@ def _model_reason(net) -> str | None:
 
 
 def unsupported_reason(net: torch.nn.Module, optimizer=None, x: torch.Tensor | None = None,
-                       samples: int | None = None) -> str | None:
+                       samples: int | None = None, check_switch: bool = True) -> str | None:
     """None if :class:`StreamingStep` runs this model (with this optimizer, on this input) exactly as
-    the autograd step would, else why not (a short phrase)."""
-    if not whole_step_enabled():
+    the autograd step would, else why not (a short phrase). ``check_switch=False``: regardless of
+    :func:`~mesu_snn.kernels.fast_paths`."""
+    if check_switch and not whole_step_enabled():
         return "switched off (fast_paths)"
     reason = _model_reason(net)
     if reason is not None:
@@ -136,7 +138,7 @@ class StreamingStep:
     first and falls back to the autograd step)."""
 
     def __init__(self, net: torch.nn.Module, optimizer, samples: int, reduction: str = "sum"):
-        reason = unsupported_reason(net, optimizer, samples=samples)
+        reason = unsupported_reason(net, optimizer, samples=samples, check_switch=False)
         if reason is not None:
             raise ValueError(f"StreamingStep does not cover this configuration: {reason}")
         if reduction not in ("sum", "mean"):
@@ -152,6 +154,8 @@ class StreamingStep:
         The full check (:func:`unsupported_reason`) runs again only when something it looks at could
         have changed: the switch, a layer's mode or frozen draws, a parameter's requires_grad, the
         model's parameters or hooks, the input's device, dtype or shape."""
+        if not whole_step_enabled():
+            return "switched off (fast_paths)"
         if self.spiking and not all(supports(lif.params) for lif in self.net.neurons):
             return "LIF parameters the fused kernel does not support"
         key = self._key(x)
@@ -302,3 +306,25 @@ def _shared_backward(layer: BayesLinear, x, g, eps, w):
     gw = gaussian_weight_backward(g_w, eps[0])
     gb = None if layer.bias_mu is None else gaussian_weight_backward(gf.sum(1), eps[1])
     return gw, gb
+
+
+def rule_reason(rule) -> str | None:
+    """None if the trainer may replace ``rule``'s forward, loss and backward by :class:`StreamingStep`
+    (a Bayesian, non-online rule whose loss is the plain NLL: MESU, BGD), else why not."""
+    if not isinstance(rule, Rule) or not rule.bayesian or rule.online:
+        return "not a Bayesian backward-pass rule"
+    cls = type(rule)
+    if cls.loss is not Rule.loss or cls.data_loss is not Rule.data_loss or cls.penalty is not Rule.penalty or \
+            cls.zero_grad is not Rule.zero_grad:
+        return f"rule {rule.name!r} changes the loss"
+    return None
+
+
+def whole_step_for(rule, samples: int):
+    """The :class:`StreamingStep` the trainer uses for ``rule`` (its model and optimizer) with
+    ``samples`` Monte-Carlo samples, or False if the rule or model is not covered (the per-batch
+    :meth:`StreamingStep.supported` check still applies)."""
+    if rule_reason(rule) is not None or \
+            unsupported_reason(rule.model, rule.optimizer, samples=samples, check_switch=False) is not None:
+        return False
+    return StreamingStep(rule.model, rule.optimizer, samples, reduction=rule.reduction)
