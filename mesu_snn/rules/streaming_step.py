@@ -65,6 +65,12 @@ def _has_hooks(net: torch.nn.Module) -> bool:
     return any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None) for p in net.parameters())
 
 
+def _lif_key(lif) -> tuple:
+    """Everything a LIF's ``params`` is made of (its kernel configuration changes only with these)."""
+    return (lif._scalar_beta, lif._scalar_threshold, id(lif.beta), id(lif.threshold), lif.reset, lif.reset_delay,
+            lif.detach_reset, id(lif.surrogate), lif.surrogate, lif.v_leak, lif.v_reset, lif.input_scale)
+
+
 def _model_reason(net) -> str | None:
     if type(net) not in (SpikingMLP, BayesMLP):
         return f"model {type(net).__name__} (only SpikingMLP and BayesMLP)"
@@ -147,7 +153,7 @@ class StreamingStep:
         self.spiking = type(net) is SpikingMLP
         self._params = list(net.parameters())
         self._modules = list(net.modules())
-        self._checked = None
+        self._checked = self._lif_key = None
 
     def supported(self, x: torch.Tensor) -> str | None:
         """None if this step covers a call on x now (the model may have changed since), else why not.
@@ -156,8 +162,16 @@ class StreamingStep:
         model's parameters or hooks, the input's device, dtype or shape."""
         if not whole_step_enabled():
             return "switched off (fast_paths)"
-        if self.spiking and not all(supports(lif.params) for lif in self.net.neurons):
-            return "LIF parameters the fused kernel does not support"
+        if self.spiking:
+            lif_key = tuple(_lif_key(n) for n in self.net.neurons)
+            if lif_key != self._lif_key:
+                params = [n.params for n in self.net.neurons]
+                if not all(supports(p) for p in params):
+                    return "LIF parameters the fused kernel does not support"
+                self._configs = [lif_config(p) for p in params]
+                out = self.net.neurons[-1]
+                self._readout_config = lif_config(out.params.with_(reset="none"))
+                self._lif_key = lif_key
         key = self._key(x)
         if key != self._checked:
             reason = unsupported_reason(self.net, self.optimizer, x, self.samples)
@@ -167,13 +181,13 @@ class StreamingStep:
         return None
 
     def _key(self, x):
-        net = self.net
-        return (whole_step_enabled(), x.device, x.dtype, x.shape, x.requires_grad,
-                tuple((l.mode, l._frozen is None) for l in net.layers),
-                tuple(p.requires_grad for p in self._params), tuple(len(m._parameters) for m in self._modules), len(self._modules) == sum(1 for _ in net.modules()),
-                tuple(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in self._modules),
-                tuple(len(p._backward_hooks or ()) for p in self._params), _global_hooks(),
-                tuple(len(g["params"]) for g in self.optimizer.param_groups))
+        """What :func:`unsupported_reason` looked at, in a cheap comparable form."""
+        return (x.device, x.dtype, x.shape, x.requires_grad, _global_hooks(),
+                tuple((l.mode, l._frozen is None) for l in self.net.layers),
+                tuple((p.requires_grad, bool(p._backward_hooks)) for p in self._params),
+                tuple((len(m._parameters), bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks),
+                       tuple(map(id, m._modules.values()))) for m in self._modules),
+                tuple(map(len, (g["params"] for g in self.optimizer.param_groups))))
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.step(x, y, generator)
@@ -210,7 +224,7 @@ class StreamingStep:
             h = first._apply_shared(x, w0, b0)
             st0 = (eps0, w0)
         if self.spiking:
-            configs = [lif_config(lif.params) for lif in net.neurons]
+            configs = self._configs
             h = h.contiguous()
         cache = []                                     # per hidden layer: (its input, eps, w)
         for i in range(1, len(layers)):
@@ -229,13 +243,12 @@ class StreamingStep:
             h = h.reshape(m, *lead, layer.out_features)
             cache.append((inp, state, eps, w))
         if self.spiking:
-            last = net.neurons[-1]
             if net.readout == "count":
                 c_out = configs[-1]
                 s, u_out = lif_forward(h, c_out, None, time_dim=1)
                 out = s.sum(1)
             else:
-                c_out = lif_config(last.params.with_(reset="none"))
+                c_out = self._readout_config
                 _, u_out = lif_forward(h, c_out, None, time_dim=1)
                 out = u_out.mean(1)
         else:
