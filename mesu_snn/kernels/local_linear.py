@@ -61,13 +61,23 @@ def _t1_forward(x, wmu, wsig, bmu, bsig, z):
     return a, (x, x2, wsig, bsig if bsig is not None else wsig.new_empty(0), v)
 
 
-def _t1_backward(saved, has_bias, g, ni):
-    """∂C/∂(μ, σ, μ_b, σ_b) (None where ``ni`` says not needed) from g (M, B, J)."""
+def _mm(a, b, out=None):
+    return a @ b if out is None else torch.mm(a, b, out=out)
+
+
+def _mul(a, b, out=None):
+    return a * b if out is None else torch.mul(a, b, out=out)
+
+
+def _t1_backward(saved, has_bias, g, ni, out=None):
+    """∂C/∂(μ, σ, μ_b, σ_b) (None where ``ni`` says not needed) from g (M, B, J); ``out``: optional
+    buffers for ∂C/∂μ and ∂C/∂σ of the weights."""
     x, x2, wsig, bsig, v = saved
     gsum = g.sum(0)                                     # (B, J)
     k = (g * v).sum(0)                                  # Σ_m g·v, (B, J)
-    g_wmu = gsum.t() @ x if ni[0] else None
-    g_wsig = wsig * (k.t() @ x2) if ni[1] else None
+    o_mu, o_sig = (None, None) if out is None else out
+    g_wmu = _mm(gsum.t(), x, o_mu) if ni[0] else None
+    g_wsig = _mul(wsig, k.t() @ x2, o_sig) if ni[1] else None
     g_bmu = gsum.sum(0) if has_bias and ni[2] else None
     g_bsig = bsig * k.sum(0) if has_bias and ni[3] else None
     return g_wmu, g_wsig, g_bmu, g_bsig
@@ -128,13 +138,15 @@ def _t_forward(x, wmu, wsig, bmu, bsig, z):
     return a, (x, wsig, bsig if bsig is not None else wsig.new_empty(0), uv, zu)
 
 
-def _t_backward(saved, has_bias, g, ni):
-    """∂C/∂(μ, σ, μ_b, σ_b) (None where ``ni`` says not needed) from g (M, T, B, J)."""
+def _t_backward(saved, has_bias, g, ni, out=None):
+    """∂C/∂(μ, σ, μ_b, σ_b) (None where ``ni`` says not needed) from g (M, T, B, J); ``out``: optional
+    buffers for ∂C/∂μ and ∂C/∂σ of the weights."""
     x, wsig, bsig, uv, zu = saved
     t, b, n_in = x.shape
     m, j = g.shape[0], g.shape[-1]
     gsum = g.sum(0)                                     # (T, B, J)
-    g_wmu = gsum.reshape(t * b, j).t() @ x.reshape(t * b, n_in) if ni[0] else None
+    o_mu, o_sig = (None, None) if out is None else out
+    g_wmu = _mm(gsum.reshape(t * b, j).t(), x.reshape(t * b, n_in), o_mu) if ni[0] else None
     g_wsig = g_bsig = None
     lib, sfx = _native_lib(x, g)
     if (ni[1] or (has_bias and ni[3])) and lib is not None and g.dtype == x.dtype:
@@ -145,7 +157,7 @@ def _t_backward(saved, has_bias, g, ni):
         getattr(lib, f"local_k_{sfx}")(gc.data_ptr(), uvc.data_ptr(), ks.data_ptr(),
                                        None if kb is None else kb.data_ptr(), t, b * j, m)
         if ni[1]:
-            g_wsig = wsig * (ks.reshape(-1, j).t() @ zu.reshape(-1, n_in))
+            g_wsig = _mul(wsig, ks.reshape(-1, j).t() @ zu.reshape(-1, n_in), o_sig)
         if kb is not None:
             g_bsig = bsig * kb.reshape(b, j).sum(0)
     elif ni[1] or (has_bias and ni[3]):
@@ -155,7 +167,7 @@ def _t_backward(saved, has_bias, g, ni):
         if ni[1]:
             # Σ_{t,s} K[t,s] Z[t,s] over the upper triangle of the symmetric Z: (K + Kᵀ), diagonal once
             ks = (k + k.transpose(0, 1)).reshape(t * t, -1).index_select(0, flat_u).mul_(half)   # (P, N)
-            g_wsig = wsig * (ks.reshape(-1, j).t() @ zu.reshape(-1, n_in))
+            g_wsig = _mul(wsig, ks.reshape(-1, j).t() @ zu.reshape(-1, n_in), o_sig)
         if has_bias and ni[3]:
             g_bsig = bsig * k.sum((0, 1)).reshape(b, j).sum(0)
     g_bmu = gsum.sum((0, 1)) if has_bias and ni[2] else None
@@ -367,9 +379,10 @@ def local_linear_forward(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma:
 
 
 @torch.no_grad()
-def local_linear_backward(state: LocalLinearState, g: torch.Tensor):
+def local_linear_backward(state: LocalLinearState, g: torch.Tensor, out=None):
     """∂C/∂(weight_mu, weight_sigma, bias_mu, bias_sigma) (biases: None without them) from g = ∂C/∂a,
-    a from :func:`local_linear_forward`: the backward :func:`local_linear`'s autograd graph runs."""
+    a from :func:`local_linear_forward`: the backward :func:`local_linear`'s autograd graph runs.
+    ``out``: optional (out, in) buffers (∂C/∂weight_mu, ∂C/∂weight_sigma) written instead of new tensors."""
     plan = state.plan
     m, n_out = g.shape[0], g.shape[-1]
     b = plan.x.shape[-2]
@@ -377,13 +390,19 @@ def local_linear_backward(state: LocalLinearState, g: torch.Tensor):
     if plan.t_run == 1:
         g = g.reshape(m, plan.t, b, n_out)
         g = g.sum(1) if plan.t > 1 else g[:, 0]            # the expand over the T steps
-        grads = _t1_backward(state.saved, state.has_bias, g, need)
+        grads = _t1_backward(state.saved, state.has_bias, g, need, out if plan.idx is None else None)
     else:
-        grads = _t_backward(state.saved, state.has_bias, g.reshape(m, plan.t, b, n_out), need)
+        grads = _t_backward(state.saved, state.has_bias, g.reshape(m, plan.t, b, n_out), need,
+                            out if plan.idx is None else None)
     g_wmu, g_wsig, g_bmu, g_bsig = grads
     if plan.idx is not None:                                # the dropped columns: zero gradients
-        full = g_wmu.new_zeros((2, n_out, state.n_in))
-        full[0].index_copy_(1, plan.idx, g_wmu)
-        full[1].index_copy_(1, plan.idx, g_wsig)
-        g_wmu, g_wsig = full[0], full[1]
+        if out is None:
+            full = g_wmu.new_zeros((2, n_out, state.n_in))
+            out = full[0], full[1]
+        else:
+            out[0].zero_()
+            out[1].zero_()
+        out[0].index_copy_(1, plan.idx, g_wmu)
+        out[1].index_copy_(1, plan.idx, g_wsig)
+        g_wmu, g_wsig = out
     return g_wmu, g_wsig, g_bmu, g_bsig

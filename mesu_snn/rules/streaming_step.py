@@ -138,7 +138,8 @@ class StreamingStep:
     like ``optimizer.zero_grad(); nll_loss(net(x, samples=M), y).backward(); optimizer.step()``.
 
     ``forward_backward(x, y, generator)`` -> (loss, logits (M, B, C)) only writes the gradients
-    (``μ.grad``, ``σ.grad``; the previous ones are replaced, not accumulated).
+    (``μ.grad``, ``σ.grad``; the previous ones are replaced, not accumulated: a gradient tensor this
+    step wrote is overwritten in place by the next call, as long as it is still the ``.grad``).
     reduction: ``"sum"`` (MESU, BGD) or ``"mean"`` over the batch. Raises ValueError naming the reason
     if the model or optimizer is not covered (see :func:`unsupported_reason`; the trainer checks
     first and falls back to the autograd step)."""
@@ -154,6 +155,7 @@ class StreamingStep:
         self._params = list(net.parameters())
         self._modules = list(net.modules())
         self._checked = self._lif_key = None
+        self._bufs: dict = {}                          # id(parameter) -> the gradient tensor written last
 
     def supported(self, x: torch.Tensor) -> str | None:
         """None if this step covers a call on x now (the model may have changed since), else why not.
@@ -282,24 +284,39 @@ class StreamingStep:
             gf = g_h.reshape(m, -1, layer.out_features)
             g_in, g_w, g_b = sampled_linear_backward(gf, inp.reshape(m, -1, layer.in_features), w,
                                                      need_b=layer.bias_mu is not None)
-            grads.append((layer, gaussian_weight_backward(g_w, eps[0]),
-                          None if g_b is None else gaussian_weight_backward(g_b, eps[1])))
+            grads.append((layer, gaussian_weight_backward(g_w, eps[0], out=self._out(layer.weight_mu, layer.weight_sigma)),
+                          None if g_b is None else
+                          gaussian_weight_backward(g_b, eps[1], out=self._out(layer.bias_mu, layer.bias_sigma))))
             g_in = g_in.reshape(inp.shape)
             if self.spiking:
                 g_h = lif_backward(state, None, g_in, None, configs[i - 1], 1)[0]
             else:
                 g_h = _ACT_BACKWARD[net.activation](g_in, state)
         if first.estimator == "local":
-            g_wmu, g_wsig, g_bmu, g_bsig = local_linear_backward(st0, g_h)
+            g_wmu, g_wsig, g_bmu, g_bsig = local_linear_backward(st0, g_h, out=self._out(first.weight_mu,
+                                                                                          first.weight_sigma))
             grads.append((first, (g_wmu, g_wsig), None if g_bmu is None else (g_bmu, g_bsig)))
         else:
             eps0, w0 = st0
-            grads.append((first, *_shared_backward(first, x, g_h, eps0, w0)))
+            grads.append((first, *_shared_backward(first, x, g_h, eps0, w0, self._out)))
+        bufs = self._bufs
         for layer, gw, gb in grads:
-            layer.weight_mu.grad, layer.weight_sigma.grad = gw
-            if gb is not None:
-                layer.bias_mu.grad, layer.bias_sigma.grad = gb
+            for p, gp in zip((layer.weight_mu, layer.weight_sigma, layer.bias_mu, layer.bias_sigma),
+                             (*gw, *(gb or (None, None)))):
+                if gp is not None:
+                    if p.grad is not gp:
+                        p.grad = gp
+                    bufs[id(p)] = gp
         return loss, out
+
+    def _out(self, a, b):
+        """The gradient tensors this step wrote into the pair (a, b) last time, to be overwritten, if
+        they are still the pair's ``.grad`` (else None: new tensors are made)."""
+        ga, gb = a.grad, b.grad
+        bufs = self._bufs
+        if ga is not None and gb is not None and bufs.get(id(a)) is ga and bufs.get(id(b)) is gb:
+            return ga, gb
+        return None
 
 
 def _weights(layer: BayesLinear, eps):
@@ -310,14 +327,15 @@ def _weights(layer: BayesLinear, eps):
     return w, b
 
 
-def _shared_backward(layer: BayesLinear, x, g, eps, w):
+def _shared_backward(layer: BayesLinear, x, g, eps, w, out_for):
     """Gradients of the input layer with drawn weights (:meth:`BayesLinear._apply_shared`):
     y (M, P, out) = x (P, in) @ w[m]ᵀ + b[m]."""
     m, out, inp = w.shape
     gf = g.reshape(m, -1, out)                                           # (M, P, out)
     g_w = (gf.transpose(1, 2).reshape(m * out, -1) @ x.reshape(-1, inp)).view(m, out, inp)
-    gw = gaussian_weight_backward(g_w, eps[0])
-    gb = None if layer.bias_mu is None else gaussian_weight_backward(gf.sum(1), eps[1])
+    gw = gaussian_weight_backward(g_w, eps[0], out=out_for(layer.weight_mu, layer.weight_sigma))
+    gb = None if layer.bias_mu is None else gaussian_weight_backward(gf.sum(1), eps[1],
+                                                                     out=out_for(layer.bias_mu, layer.bias_sigma))
     return gw, gb
 
 
