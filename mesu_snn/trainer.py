@@ -357,7 +357,7 @@ class Trainer:
         else:
             whole = self._whole_step(x)
             if whole is not None:   # the hand-written step: same draws, same gradients, no autograd graph
-                loss, out = whole.forward_backward(x, y, self._noise)
+                loss, out = whole.forward_backward(x, y, self._noise, checked=True)
                 self.rule.last_batch_size = int(y.shape[0])
             else:
                 out = self.model(x, samples=self._samples(True), generator=self._noise)

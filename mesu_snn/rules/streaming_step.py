@@ -204,9 +204,11 @@ class StreamingStep:
         return loss
 
     @torch.no_grad()
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
-        """The loss and the (M, B, C) logits; every μ.grad and σ.grad set to this batch's gradient."""
-        reason = self.supported(x)
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None, *,
+                         checked: bool = False):
+        """The loss and the (M, B, C) logits; every μ.grad and σ.grad set to this batch's gradient.
+        ``checked=True``: the caller has just had :meth:`supported` return None for this x."""
+        reason = None if checked else self.supported(x)
         if reason is not None:
             raise ValueError(f"StreamingStep does not cover this call: {reason}")
         if y.dim() != 1 or y.shape[0] != x.shape[-2] or y.dtype not in (torch.int64, torch.int32, torch.uint8,
