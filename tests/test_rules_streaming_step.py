@@ -266,3 +266,28 @@ def test_trainer_uses_it_and_gives_the_autograd_run(monkeypatch):
     raw["rule"] = {"name": "adam", "lr": 1e-3}
     build_trainer(parse_config(raw)).fit()
     assert not calls
+
+
+def test_changes_between_calls_are_followed():
+    """A LIF setting changed between steps (reset timing) and a zeroed gradient are taken into account."""
+    x, y = _data("snn", 1, torch.float64)
+    outs = []
+    for fused in (False, True):
+        net = _net("snn", dtype=torch.float64)
+        opt = _opt(net, "mesu")
+        gen = torch.Generator().manual_seed(2)
+        step = StreamingStep(net, opt, samples=M)
+        for k in range(3):
+            for lif in net.neurons:
+                lif.reset_delay = k % 2 == 0
+            if k == 2:
+                opt.zero_grad(set_to_none=True)
+            if fused:
+                step(x, y, gen)
+            else:
+                opt.zero_grad(set_to_none=True)
+                ms.nll_loss(net(x, samples=M, generator=gen), y).backward()
+                opt.step(batch_size=1)
+        outs.append([p.detach().clone() for p in net.parameters()])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
