@@ -291,3 +291,28 @@ def test_changes_between_calls_are_followed():
         outs.append([p.detach().clone() for p in net.parameters()])
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_replaced_neuron_or_layer_is_seen():
+    x, y = _data("snn", 1, torch.float64)
+    outs = []
+    for fused in (False, True):
+        net = _net("snn", dtype=torch.float64)
+        opt = _opt(net, "mesu")
+        gen = torch.Generator().manual_seed(4)
+        step = StreamingStep(net, opt, samples=M)
+        for k in range(2):
+            if k == 1:
+                net.neurons[0] = ms.LIF(beta=0.5, threshold=0.7, reset="zero").double()
+            if fused:
+                assert step.supported(x) is None
+                step(x, y, gen)
+            else:
+                opt.zero_grad(set_to_none=True)
+                ms.nll_loss(net(x, samples=M, generator=gen), y).backward()
+                opt.step(batch_size=1)
+        outs.append([p.detach().clone() for p in net.parameters()])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    net.neurons[0] = ms.LIF(learn_beta=True).double()
+    assert "learnable" in step.supported(x)

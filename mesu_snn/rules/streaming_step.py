@@ -67,8 +67,10 @@ def _has_hooks(net: torch.nn.Module) -> bool:
 
 def _lif_key(lif) -> tuple:
     """Everything a LIF's ``params`` is made of (its kernel configuration changes only with these)."""
-    return (lif._scalar_beta, lif._scalar_threshold, id(lif.beta), id(lif.threshold), lif.reset, lif.reset_delay,
-            lif.detach_reset, id(lif.surrogate), lif.surrogate, lif.v_leak, lif.v_reset, lif.input_scale)
+    d, buf = lif.__dict__, lif._buffers
+    return (d["_scalar_beta"], d["_scalar_threshold"], id(buf.get("beta")), id(buf.get("threshold")), d["reset"],
+            d["reset_delay"], d["detach_reset"], id(d["surrogate"]), d["surrogate"], d["v_leak"], d["v_reset"],
+            d["input_scale"])
 
 
 def _model_reason(net) -> str | None:
@@ -152,9 +154,8 @@ class StreamingStep:
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
         self.net, self.optimizer, self.samples, self.reduction = net, optimizer, samples, reduction
         self.spiking = type(net) is SpikingMLP
-        self._params = list(net.parameters())
-        self._modules = list(net.modules())
-        self._checked = self._lif_key = None
+        self._collect()
+        self._checked = None
         self._bufs: dict = {}                          # id(parameter) -> the gradient tensor written last
 
     def supported(self, x: torch.Tensor) -> str | None:
@@ -164,32 +165,39 @@ class StreamingStep:
         model's parameters or hooks, the input's device, dtype or shape."""
         if not whole_step_enabled():
             return "switched off (fast_paths)"
-        if self.spiking:
-            lif_key = tuple(_lif_key(n) for n in self.net.neurons)
-            if lif_key != self._lif_key:
-                params = [n.params for n in self.net.neurons]
-                if not all(supports(p) for p in params):
-                    return "LIF parameters the fused kernel does not support"
-                self._configs = [lif_config(p) for p in params]
-                out = self.net.neurons[-1]
-                self._readout_config = lif_config(out.params.with_(reset="none"))
-                self._lif_key = lif_key
-        key = self._key(x)
-        if key != self._checked:
+        if self._key(x) != self._checked:
             reason = unsupported_reason(self.net, self.optimizer, x, self.samples)
             if reason is not None:
                 return reason
-            self._checked = key
+            self._collect()                            # the model's parts may be new objects
+            self._checked = self._key(x)
+        if self.spiking:
+            lif_key = tuple([_lif_key(n) for n in self._neurons])
+            if lif_key != self._lif_key:
+                params = [n.params for n in self._neurons]
+                if not all(supports(p) for p in params):
+                    return "LIF parameters the fused kernel does not support"
+                self._configs = [lif_config(p) for p in params]
+                self._readout_config = lif_config(params[-1].with_(reset="none"))
+                self._lif_key = lif_key
         return None
+
+    def _collect(self):
+        net = self.net
+        self._params = list(net.parameters())
+        self._modules = list(net.modules())
+        self._layers = list(net.layers)
+        self._neurons = list(net.neurons) if self.spiking else []
+        self._lif_key = None
 
     def _key(self, x):
         """What :func:`unsupported_reason` looked at, in a cheap comparable form."""
         return (x.device, x.dtype, x.shape, x.requires_grad, _global_hooks(),
-                tuple((l.mode, l._frozen is None) for l in self.net.layers),
-                tuple((p.requires_grad, bool(p._backward_hooks)) for p in self._params),
-                tuple((len(m._parameters), bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks),
-                       tuple(map(id, m._modules.values()))) for m in self._modules),
-                tuple(map(len, (g["params"] for g in self.optimizer.param_groups))))
+                tuple([(l.mode, l._frozen is None) for l in self._layers]),
+                tuple([(p.requires_grad, not p._backward_hooks) for p in self._params]),
+                tuple([(len(m._parameters), not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks),
+                        *map(id, m._modules.values())) for m in self._modules]),
+                tuple([len(g["params"]) for g in self.optimizer.param_groups]))
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.step(x, y, generator)
