@@ -208,6 +208,8 @@ def test_other_models_optimizers_inputs_and_the_switch():
     assert step.supported(x) is None
     with pytest.raises(ValueError, match="does not cover"):
         StreamingStep(conv, None, samples=M)
+    with pytest.raises(ValueError, match="no optimizer"):
+        StreamingStep(snn, None, samples=M)
     with pytest.raises(ValueError, match="reduction"):
         StreamingStep(snn, opt, samples=M, reduction="max")
     with pytest.raises(ValueError, match="targets"):

@@ -148,6 +148,8 @@ class StreamingStep:
 
     def __init__(self, net: torch.nn.Module, optimizer, samples: int, reduction: str = "sum"):
         reason = unsupported_reason(net, optimizer, samples=samples, check_switch=False)
+        if reason is None and optimizer is None:
+            reason = "no optimizer"
         if reason is not None:
             raise ValueError(f"StreamingStep does not cover this configuration: {reason}")
         if reduction not in ("sum", "mean"):
