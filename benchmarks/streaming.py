@@ -9,7 +9,9 @@ estimator "weights" or "local"; ``mesu_snn_local_torch``: "local" without the co
 ``det_snntorch`` and ``det_norse`` (deterministic, Adam),
 ``bayes_naive_snntorch`` (the hand-written Bayesian loop); for the ANN 784-50-10 (ReLU, no bias):
 ``ann_mesu_weights`` / ``ann_mesu_local`` / ``ann_mesu_local_torch`` (BayesLinear layers + MESU) and
-``ann_det_adam``;
+``ann_det_adam``; ``*_fused`` rows: the same network and MESU stepped by :class:`mesu_snn.rules.StreamingStep`
+(forward, hand-written backward and update without an autograd graph, as the trainer runs it;
+``x_autograd`` = ms of the row without ``_fused`` / ms of the row);
 and ``multistream5_*``: K = 5 independent SpikingMLP 784-50-10 streams, one by one vs stacked
 (:class:`mesu_snn.multistream.StackedSpikingMLP`), ms per step of all 5 streams.
 Timing as in ``bench.py`` (rows interleaved round by round, median over rounds). Writes
@@ -48,6 +50,7 @@ def rows(device: str, multistream: bool = True):
             ("mesu_snn_local", "delayed", w, lambda w=w: wl.mesu_snn_step(w, device, estimator="local")),
             ("mesu_snn_local_torch", "delayed", w,
              lambda w=w: wl.mesu_snn_step(w, device, estimator="local", native=False)),
+            ("mesu_snn_local_fused", "delayed", w, lambda w=w: wl.mesu_snn_step_fused(w, device, estimator="local")),
             ("det_snntorch", "delayed (snnTorch)", w, lambda w=w: wl.det_snntorch(w, device)),
             ("det_norse", "immediate (Norse)", w, lambda w=w: wl.det_norse(w, device)),
             ("bayes_naive_snntorch", "delayed (snnTorch)", w, lambda w=w: wl.bayes_naive_snntorch(w, device)),
@@ -57,6 +60,7 @@ def rows(device: str, multistream: bool = True):
         ("ann_mesu_local", "ReLU", ANN_50, lambda: wl.mesu_ann_step(ANN_50, device, estimator="local")),
         ("ann_mesu_local_torch", "ReLU", ANN_50, lambda: wl.mesu_ann_step(ANN_50, device, estimator="local",
                                                                            native=False)),
+        ("ann_mesu_local_fused", "ReLU", ANN_50, lambda: wl.mesu_ann_step_fused(ANN_50, device, estimator="local")),
         ("ann_det_adam", "ReLU", ANN_50, lambda: wl.det_ann_step(ANN_50, device)),
     ]
     if multistream:
@@ -82,6 +86,8 @@ def add_ratios(results):
                 "x_torch": f"{wname}/{row}_torch"}
         if row.endswith("_torch"):
             refs.pop("x_weights")
+        if row.endswith("_fused"):          # the hand-written whole step vs the autograd step of the same row
+            refs = {"x_det_snntorch": det, "x_naive": refs["x_naive"], "x_autograd": f"{wname}/{row[:-len('_fused')]}"}
         if row.startswith("multistream"):
             r["samples_per_s"] = round(r["samples_per_s"] * STREAMS, 1)   # one update per stream per step
             refs = {"x_one_by_one": f"{wname}/{row.replace('stacked', 'one_by_one')}"}
@@ -97,13 +103,13 @@ def markdown(meta, results) -> str:
             f"{meta['iters']} steps; load average (1/5/15 min) {meta.get('loadavg_start')} at start, "
             f"{meta.get('loadavg_end')} at end.\nCommand: `{meta['command']}`\n\n"
             "| workload | row | ms/step (median) | ms/step (min) | updates/s | × det. snnTorch (ANN: det. Adam) "
-            "| × hand-written Bayes | × weights estimator | × one by one | × without native loops |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
+            "| × hand-written Bayes | × weights estimator | × one by one | × without native loops | × autograd step |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in results:
         wname, row = r["name"].split("/", 1)
         if "error" in r:
-            lines.append(f"| {wname} | {row} | error: {r['error'][:80]} | | | | | | | |")
+            lines.append(f"| {wname} | {row} | error: {r['error'][:80]} | | | | | | | | |")
             continue
 
         def f(k, fmt="{:.2f}"):
@@ -111,7 +117,7 @@ def markdown(meta, results) -> str:
             return "" if v is None else fmt.format(v)
         lines.append(f"| {wname} | {row} | {f('ms_per_step', '{:.3f}')} | {f('ms_min', '{:.3f}')} | "
                      f"{f('samples_per_s', '{:.0f}')} | {f('x_det_snntorch')} | {f('x_naive')} | "
-                     f"{f('x_weights')} | {f('x_one_by_one')} | {f('x_torch')} |")
+                     f"{f('x_weights')} | {f('x_one_by_one')} | {f('x_torch')} | {f('x_autograd')} |")
     return head + "\n".join(lines) + "\n"
 
 

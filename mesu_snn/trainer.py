@@ -9,6 +9,11 @@ For every mini-batch of a *task-free* stream (plain ``(x, y)``, no task index)::
 
 An online rule (``rule.online``: ``mesu_online``, ``sgd_online``) computes its gradient forward
 in time with eligibility traces instead: ``loss, out = rule.train_step(x, y, M, noise)``.
+Where :class:`~mesu_snn.rules.StreamingStep` covers the model and rule (a SpikingMLP or BayesMLP
+trained by MESU or BGD on the CPU, see :func:`~mesu_snn.rules.unsupported_reason`), the forward
+and backward run as its hand-written step without an autograd graph: the same draws and the same
+gradients to rounding, then the same ``rule.step()``; ``with fast_paths(whole_step=False):`` forces
+the autograd step.
 
 The learner never sees task boundaries. The trainer knows them (from the stream's schedule)
 only to evaluate: after the last batch of task i it measures the held-out accuracy on every
@@ -44,6 +49,7 @@ from .models import model_spec
 from .bounds import check_number
 from .errors import NonFiniteStepError
 from .rules.rule import Rule
+from .rules.streaming_step import whole_step_for
 from .synapses import bayesian_pairs
 from .seeding import capture_rng, derive_seed, generator, restore_rng
 from .streams import TaskStream
@@ -349,14 +355,29 @@ class Trainer:
         if self.rule.online:        # eligibility traces: the rule runs the window itself, no backward
             loss, out = self.rule.train_step(x, y, samples=self._samples(True), generator=self._noise)
         else:
-            out = self.model(x, samples=self._samples(True), generator=self._noise)
-            loss = self.rule.loss(out, y)
-            self.rule.zero_grad()
-            loss.backward()
+            whole = self._whole_step(x)
+            if whole is not None:   # the hand-written step: same draws, same gradients, no autograd graph
+                loss, out = whole.forward_backward(x, y, self._noise, checked=True)
+                self.rule.last_batch_size = int(y.shape[0])
+            else:
+                out = self.model(x, samples=self._samples(True), generator=self._noise)
+                loss = self.rule.loss(out, y)
+                self.rule.zero_grad()
+                loss.backward()
             self.rule.step()
         with torch.no_grad():
             acc = float((out.detach().softmax(-1).mean(0).argmax(-1) == y).float().mean())
         return float(loss.detach()), acc
+
+    def _whole_step(self, x: torch.Tensor):
+        """The :class:`~mesu_snn.rules.StreamingStep` for this batch, or None for the autograd step."""
+        samples = self._samples(True)
+        st = getattr(self, "_streaming", None)
+        if st is None or (st is not False and st.samples != samples):
+            st = self._streaming = whole_step_for(self.rule, samples)
+        if st is False or st.supported(x) is not None:
+            return None
+        return st
 
     def _maybe_evaluate(self, u: int) -> Evaluation | None:
         ended = self.ends_at.get(u, [])

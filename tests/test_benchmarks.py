@@ -37,7 +37,7 @@ def test_streaming_runs_every_row(tmp_path):
     assert streaming.main(args) == 0
     data = json.loads(next(tmp_path.glob("cpu_streaming_*.json")).read_text())
     rows = {r["name"]: r for r in data["results"]}
-    assert len(rows) == 20 and not [r for r in rows.values() if "error" in r]
+    assert len(rows) == 23 and not [r for r in rows.values() if "error" in r]
     r = rows["stream-50/mesu_snn_local"]
     assert r["x_torch"] == pytest.approx(rows["stream-50/mesu_snn_local_torch"]["ms_per_step"] / r["ms_per_step"],
                                          rel=0.01)
@@ -45,3 +45,7 @@ def test_streaming_runs_every_row(tmp_path):
     assert r["x_weights"] == pytest.approx(rows["stream-50/mesu_snn_weights"]["ms_per_step"] / r["ms_per_step"],
                                            rel=0.01)
     assert "x_one_by_one" in rows["stream-50/multistream5_stacked_local"]
+    for name, auto in (("stream-50/mesu_snn_local_fused", "stream-50/mesu_snn_local"),
+                       ("ann-50/ann_mesu_local_fused", "ann-50/ann_mesu_local")):
+        assert rows[name]["x_autograd"] == pytest.approx(rows[auto]["ms_per_step"] / rows[name]["ms_per_step"], rel=0.01)
+        assert "x_det_snntorch" in rows[name]

@@ -470,3 +470,35 @@ def test_lif_and_layers_refuse_non_finite_numbers():
         with pytest.raises(ValueError, match=msg):
             ms.BayesLinear(3, 2, **kw)
     ms.LIF(beta=torch.tensor([0.0, 1.0]), threshold=0.5)      # the bounds themselves are fine
+
+
+def test_the_cached_compiled_step_sees_new_or_changed_gradients():
+    """The compiled MESU step keeps its checked pointer arrays for the very same tensors; a new gradient
+    tensor, or a NaN written into the kept one, is still checked (and the step refused)."""
+    from mesu_snn.errors import NonFiniteStepError
+    from mesu_snn.kernels import native
+    if not native.available():
+        pytest.skip("no compiled loops here")
+    torch.manual_seed(0)
+    layer = ms.BayesLinear(6, 4)
+    opt = ms.MESU(layer, memory=1e3, sigma_prior=1.0)
+    ref = ms.MESU([(layer.weight_mu.detach().clone(), layer.weight_sigma.detach().clone()),
+                   (layer.bias_mu.detach().clone(), layer.bias_sigma.detach().clone())], memory=1e3, sigma_prior=1.0)
+    for p, q in zip(opt.param_groups[0]["params"], ref.param_groups[0]["params"]):
+        p.grad = torch.randn_like(p) * 0.1
+        q.grad = p.grad.clone()
+    for _ in range(3):                                   # the second and third steps hit the cache
+        opt.step()
+        ref._native_cache = None
+        ref.step()
+    assert opt._native_cache is not None
+    for p, q in zip(opt.param_groups[0]["params"], ref.param_groups[0]["params"]):
+        assert torch.equal(p, q)
+    before = [p.detach().clone() for p in layer.parameters()]
+    layer.weight_mu.grad[0, 0] = float("nan")            # in place: the kept tensor, checked again
+    with pytest.raises(NonFiniteStepError):
+        opt.step()
+    layer.weight_mu.grad = torch.full_like(layer.weight_mu, float("inf"))   # a new tensor
+    with pytest.raises(NonFiniteStepError):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(layer.parameters(), before))

@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 from . import native
 from .switch import native_enabled
 
-__all__ = ["gaussian_weight"]
+__all__ = ["gaussian_weight", "gaussian_weight_backward"]
 
 
 class _GaussianWeightFn(torch.autograd.Function):
@@ -32,24 +32,33 @@ class _GaussianWeightFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         (eps,) = ctx.saved_tensors
-        sfx = native.suffix(g) if native_enabled() and g.dtype == eps.dtype else None
-        lib = native.library() if sfx is not None else None
-        if lib is not None:
-            # both sums in one compiled pass (Σ_m g, Σ_m g·ε, sample by sample as below)
-            g, eps = g.contiguous(), eps.contiguous()
-            m = g.shape[0]
-            g_mu = g.new_empty(g.shape[1:]) if ctx.needs_input_grad[0] else None
-            g_sigma = g.new_empty(g.shape[1:]) if ctx.needs_input_grad[1] else None
-            getattr(lib, f"gw_backward_{sfx}")(g.data_ptr(), eps.data_ptr(), 0 if g_mu is None else g_mu.data_ptr(),
-                                              0 if g_sigma is None else g_sigma.data_ptr(), m, g[0].numel())
-            return g_mu, g_sigma, None
-        g_mu = g.sum(0) if ctx.needs_input_grad[0] else None
-        g_sigma = None
-        if ctx.needs_input_grad[1]:
-            g_sigma = g[0] * eps[0]
-            for g_m, e_m in zip(g.unbind(0)[1:], eps.unbind(0)[1:]):
-                g_sigma.addcmul_(g_m, e_m)
+        g_mu, g_sigma = gaussian_weight_backward(g, eps, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         return g_mu, g_sigma, None
+
+
+def gaussian_weight_backward(g: torch.Tensor, eps: torch.Tensor, need_mu: bool = True,
+                             need_sigma: bool = True, out=None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """g = ∂C/∂w (M, *W), ε (M, *W) -> (∂C/∂μ = Σ_m g_m, ∂C/∂σ = Σ_m g_m·ε_m), either None if not needed;
+    ``out``: optional (*W) buffers (for ∂C/∂μ, ∂C/∂σ; contiguous) written instead of new tensors."""
+    o_mu, o_sig = (None, None) if out is None else out
+    sfx = native.suffix(g) if native_enabled() and g.dtype == eps.dtype else None
+    lib = native.library() if sfx is not None else None
+    if lib is not None:
+        # both sums in one compiled pass (Σ_m g, Σ_m g·ε, sample by sample as below)
+        g, eps = g.contiguous(), eps.contiguous()
+        m = g.shape[0]
+        g_mu = (g.new_empty(g.shape[1:]) if o_mu is None else o_mu) if need_mu else None
+        g_sigma = (g.new_empty(g.shape[1:]) if o_sig is None else o_sig) if need_sigma else None
+        getattr(lib, f"gw_backward_{sfx}")(g.data_ptr(), eps.data_ptr(), 0 if g_mu is None else g_mu.data_ptr(),
+                                          0 if g_sigma is None else g_sigma.data_ptr(), m, g[0].numel())
+        return g_mu, g_sigma
+    g_mu = (g.sum(0) if o_mu is None else torch.sum(g, 0, out=o_mu)) if need_mu else None
+    g_sigma = None
+    if need_sigma:
+        g_sigma = g[0] * eps[0] if o_sig is None else torch.mul(g[0], eps[0], out=o_sig)
+        for g_m, e_m in zip(g.unbind(0)[1:], eps.unbind(0)[1:]):
+            g_sigma.addcmul_(g_m, e_m)
+    return g_mu, g_sigma
 
 
 def gaussian_weight(mu: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

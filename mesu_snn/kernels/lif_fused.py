@@ -36,7 +36,7 @@ from ..functional.surrogate import ATan, FastSigmoid, Heaviside
 from . import native
 from .switch import native_enabled
 
-__all__ = ["supports", "lif_sequence_fused", "LIFConfig"]
+__all__ = ["supports", "lif_sequence_fused", "LIFConfig", "lif_config", "lif_forward", "lif_backward"]
 
 class LIFConfig(NamedTuple):
     """Plain-number LIF configuration used by the fused kernel."""
@@ -65,6 +65,18 @@ def supports(p: LIFParameters) -> bool:
 def _config(p: LIFParameters) -> LIFConfig:
     return LIFConfig(float(_beta(p)), float(p.threshold), p.reset, bool(p.reset_delay), bool(p.detach_reset),
                      float(p.v_leak), float(p.v_reset), float(p.input_scale), p.surrogate)
+
+
+def lif_config(p: LIFParameters) -> LIFConfig:
+    """The plain-number configuration the kernels run (``supports(p)`` must hold)."""
+    return _config(p)
+
+
+def lif_forward(x: torch.Tensor, c: LIFConfig, v0: torch.Tensor | None = None,
+                time_dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward of the fused sequence without autograd: currents -> (spikes, pre-reset membranes u),
+    both shaped like x (u is what :func:`lif_backward` needs)."""
+    return _forward(x, c, v0, time_dim)
 
 
 def _surrogate_grad(sur, z: torch.Tensor) -> torch.Tensor:
@@ -204,51 +216,65 @@ class _LIFSequenceFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_spikes, g_mem=None):
         u, v0 = ctx.saved_tensors
-        c, td = ctx.c, ctx.time_dim
-        lib, sfx = _native_lib(u)
-        if lib is not None and u.is_contiguous() and g_spikes.dtype == u.dtype and \
-                (g_mem is None or g_mem.dtype == u.dtype):
-            return _backward_native(ctx, lib, sfx, u, v0, g_spikes, g_mem)
-        ut = u.movedim(td, 0)
-        sg = _surrogate_grad(c.surrogate, ut - c.threshold)           # dS_t/du_t, all steps at once
-        sgv = None if c.detach_reset else sg.clone()
-        s = (ut > c.threshold).to(u.dtype) if c.reset == "zero" else None
-        a = sg.mul_(g_spikes.movedim(td, 0))                           # direct term, becomes g_u in place
-        gm = g_mem.movedim(td, 0) if g_mem is not None else None
-        if c.reset_delay or c.reset == "none":
-            # u_{t+1} depends on u_t through the (delayed) reset: g_u_t = A_t + gm_t + C_t·g_u_{t+1}
-            if gm is not None:
-                a.add_(gm)
-            coef = _delayed_coef(ut, s, sgv, c)
+        g_x, g_v0 = lif_backward(u, v0 if ctx.has_v0 else None, g_spikes, g_mem, ctx.c, ctx.time_dim,
+                                 need_v0=ctx.needs_input_grad[1])
+        return g_x, g_v0, None, None, None
+
+
+def lif_backward(u: torch.Tensor, v0: torch.Tensor | None, g_spikes: torch.Tensor, g_mem: torch.Tensor | None,
+                 c: LIFConfig, time_dim: int, need_v0: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The backward of the fused sequence (:class:`_LIFSequenceFn`), callable without autograd:
+    u the pre-reset membranes its forward (:func:`lif_forward`) returned, the gradients of the spikes
+    and (or None) of the returned membranes -> (∂C/∂x, ∂C/∂v0 or None)."""
+    lib, sfx = _native_lib(u)
+    if lib is not None and u.is_contiguous() and g_spikes.dtype == u.dtype and \
+            (g_mem is None or g_mem.dtype == u.dtype):
+        return _backward_native(lib, sfx, u, v0, g_spikes, g_mem, c, time_dim, need_v0)
+    td = time_dim
+    ut = u.movedim(td, 0)
+    sg = _surrogate_grad(c.surrogate, ut - c.threshold)           # dS_t/du_t, all steps at once
+    sgv = None if c.detach_reset else sg.clone()
+    s = (ut > c.threshold).to(u.dtype) if c.reset == "zero" else None
+    a = sg.mul_(g_spikes.movedim(td, 0))                           # direct term, becomes g_u in place
+    gm = g_mem.movedim(td, 0) if g_mem is not None else None
+    if c.reset_delay or c.reset == "none":
+        # u_{t+1} depends on u_t through the (delayed) reset: g_u_t = A_t + gm_t + C_t·g_u_{t+1}
+        if gm is not None:
+            a.add_(gm)
+        coef = _delayed_coef(ut, s, sgv, c)
+    else:
+        # v_t = reset(u_t) is returned and feeds u_{t+1}: g_u_t = A_t + e_t·(gm_t + beta·g_u_{t+1})
+        e = _reset_factor(ut, s, sgv, c)
+        if gm is not None:
+            a.add_(gm * e if isinstance(e, torch.Tensor) else gm)
+        coef = e * c.beta
+    steps = a.unbind(0)
+    coefs = coef.unbind(0) if isinstance(coef, torch.Tensor) else None
+    for t in range(len(steps) - 2, -1, -1):
+        if coefs is not None:
+            steps[t].addcmul_(coefs[t], steps[t + 1])
         else:
-            # v_t = reset(u_t) is returned and feeds u_{t+1}: g_u_t = A_t + e_t·(gm_t + beta·g_u_{t+1})
-            e = _reset_factor(ut, s, sgv, c)
-            if gm is not None:
-                a.add_(gm * e if isinstance(e, torch.Tensor) else gm)
-            coef = e * c.beta
-        steps = a.unbind(0)
-        coefs = coef.unbind(0) if isinstance(coef, torch.Tensor) else None
-        for t in range(len(steps) - 2, -1, -1):
-            if coefs is not None:
-                steps[t].addcmul_(coefs[t], steps[t + 1])
-            else:
-                steps[t].add_(steps[t + 1], alpha=coef)
-        g_v0 = None
-        if ctx.has_v0 and ctx.needs_input_grad[1]:
-            if c.reset_delay and c.reset != "none":
-                s0 = (v0 > c.threshold).to(u.dtype) if c.reset == "zero" else None
-                sg0 = None if c.detach_reset else _surrogate_grad(c.surrogate, v0 - c.threshold)
-                g_v0 = a[0] * _delayed_coef(v0, s0, sg0, c)
-            else:
-                g_v0 = a[0] * c.beta
-            g_v0 = _sum_to(g_v0, v0.shape)
-        g_x = a if c.input_scale == 1.0 else a.mul_(c.input_scale)
-        return g_x.movedim(0, td), g_v0, None, None, None
+            steps[t].add_(steps[t + 1], alpha=coef)
+    g_v0 = _grad_v0(a[0], v0, c, need_v0)
+    g_x = a if c.input_scale == 1.0 else a.mul_(c.input_scale)
+    return g_x.movedim(0, td), g_v0
 
 
-def _backward_native(ctx, lib, sfx, u, v0, g_spikes, g_mem):
-    """The backward of :class:`_LIFSequenceFn` in one compiled pass (same formulas)."""
-    c, td = ctx.c, ctx.time_dim
+def _grad_v0(a0, v0, c: LIFConfig, need_v0: bool):
+    """∂C/∂v0 from ∂C/∂u at the first step (None without v0 or when not needed)."""
+    if v0 is None or v0.numel() == 0 or not need_v0:
+        return None
+    if c.reset_delay and c.reset != "none":
+        s0 = (v0 > c.threshold).to(a0.dtype) if c.reset == "zero" else None
+        sg0 = None if c.detach_reset else _surrogate_grad(c.surrogate, v0 - c.threshold)
+        g_v0 = a0 * _delayed_coef(v0, s0, sg0, c)
+    else:
+        g_v0 = a0 * c.beta
+    return _sum_to(g_v0, v0.shape)
+
+
+def _backward_native(lib, sfx, u, v0, g_spikes, g_mem, c: LIFConfig, td: int, need_v0: bool):
+    """:func:`lif_backward` in one compiled pass (same formulas)."""
     gs = g_spikes.contiguous()
     gm = None if g_mem is None else g_mem.contiguous()
     a = torch.empty_like(u)
@@ -257,18 +283,9 @@ def _backward_native(ctx, lib, sfx, u, v0, g_spikes, g_mem):
     getattr(lib, f"lif_backward_{sfx}")(u.data_ptr(), gs.data_ptr(), None if gm is None else gm.data_ptr(),
                                         a.data_ptr(), o, t, i, c.beta, c.threshold, _RESET_CODE[c.reset],
                                         int(c.reset_delay), int(c.detach_reset), c.v_reset, sur, p)
-    g_v0 = None
-    if ctx.has_v0 and ctx.needs_input_grad[1]:
-        a0 = a.select(td, 0)
-        if c.reset_delay and c.reset != "none":
-            s0 = (v0 > c.threshold).to(u.dtype) if c.reset == "zero" else None
-            sg0 = None if c.detach_reset else _surrogate_grad(c.surrogate, v0 - c.threshold)
-            g_v0 = a0 * _delayed_coef(v0, s0, sg0, c)
-        else:
-            g_v0 = a0 * c.beta
-        g_v0 = _sum_to(g_v0, v0.shape)
+    g_v0 = _grad_v0(a.select(td, 0), v0, c, need_v0)
     g_x = a if c.input_scale == 1.0 else a.mul_(c.input_scale)
-    return g_x, g_v0, None, None, None
+    return g_x, g_v0
 
 
 def _delayed_coef(u, s, sg, c: LIFConfig):

@@ -16,6 +16,7 @@ choice of Cholesky or eigen path) make it not CUDA-graph capturable as written.
 from __future__ import annotations
 
 import ctypes
+from typing import NamedTuple
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -24,7 +25,7 @@ from ..functional.local_reparam import factor_covariance, pair_products
 from . import native
 from .switch import native_enabled
 
-__all__ = ["local_linear"]
+__all__ = ["local_linear", "local_linear_forward", "local_linear_backward", "LocalLinearState"]
 
 #: on CPU, columns of the input that are zero throughout are dropped when fewer than this fraction are active
 _SPARSE_FRACTION = 0.75
@@ -35,31 +36,51 @@ class _LocalLinearT1(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, wmu, wsig, bmu, bsig, z):
-        mean = x @ wmu.t()
-        x2 = x.square()
-        var = x2 @ wsig.square().t()
-        if bmu is not None:
-            mean = mean + bmu
-            var = var + bsig.square()
-        sd = var.sqrt_()
-        a = torch.addcmul(mean, z, sd)                     # (M, B, J)
-        v = z * torch.where(sd > 0, sd.reciprocal(), 0.0)  # Cov⁺u = z/sd
-        ctx.save_for_backward(x, x2, wsig, bsig if bsig is not None else wsig.new_empty(0), v)
+        a, saved = _t1_forward(x, wmu, wsig, bmu, bsig, z)
+        ctx.save_for_backward(*saved)
         ctx.has_bias = bmu is not None
         return a
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        x, x2, wsig, bsig, v = ctx.saved_tensors
-        ni = ctx.needs_input_grad
-        gsum = g.sum(0)                                     # (B, J)
-        k = (g * v).sum(0)                                  # Σ_m g·v, (B, J)
-        g_wmu = gsum.t() @ x if ni[1] else None
-        g_wsig = wsig * (k.t() @ x2) if ni[2] else None
-        g_bmu = gsum.sum(0) if ctx.has_bias and ni[3] else None
-        g_bsig = bsig * k.sum(0) if ctx.has_bias and ni[4] else None
-        return None, g_wmu, g_wsig, g_bmu, g_bsig, None
+        return (None, *_t1_backward(ctx.saved_tensors, ctx.has_bias, g, ctx.needs_input_grad[1:5]), None)
+
+
+def _t1_forward(x, wmu, wsig, bmu, bsig, z):
+    """:class:`_LocalLinearT1`'s forward: (a, the tensors its backward needs)."""
+    mean = x @ wmu.t()
+    x2 = x.square()
+    var = x2 @ wsig.square().t()
+    if bmu is not None:
+        mean = mean + bmu
+        var = var + bsig.square()
+    sd = var.sqrt_()
+    a = torch.addcmul(mean, z, sd)                     # (M, B, J)
+    v = z * torch.where(sd > 0, sd.reciprocal(), 0.0)  # Cov⁺u = z/sd
+    return a, (x, x2, wsig, bsig if bsig is not None else wsig.new_empty(0), v)
+
+
+def _mm(a, b, out=None):
+    return a @ b if out is None else torch.mm(a, b, out=out)
+
+
+def _mul(a, b, out=None):
+    return a * b if out is None else torch.mul(a, b, out=out)
+
+
+def _t1_backward(saved, has_bias, g, ni, out=None):
+    """∂C/∂(μ, σ, μ_b, σ_b) (None where ``ni`` says not needed) from g (M, B, J); ``out``: optional
+    buffers for ∂C/∂μ and ∂C/∂σ of the weights."""
+    x, x2, wsig, bsig, v = saved
+    gsum = g.sum(0)                                     # (B, J)
+    k = (g * v).sum(0)                                  # Σ_m g·v, (B, J)
+    o_mu, o_sig = (None, None) if out is None else out
+    g_wmu = _mm(gsum.t(), x, o_mu) if ni[0] else None
+    g_wsig = _mul(wsig, k.t() @ x2, o_sig) if ni[1] else None
+    g_bmu = gsum.sum(0) if has_bias and ni[2] else None
+    g_bsig = bsig * k.sum(0) if has_bias and ni[3] else None
+    return g_wmu, g_wsig, g_bmu, g_bsig
 
 
 class _LocalLinearT(torch.autograd.Function):
@@ -70,75 +91,87 @@ class _LocalLinearT(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, wmu, wsig, bmu, bsig, z):
-        lib, sfx = _native_lib(x, z)
-        if lib is not None:
-            return _forward_native(ctx, lib, sfx, x, wmu, wsig, bmu, bsig, z)
-        t, b, n_in = x.shape
-        m, j = z.shape[0], wmu.shape[0]
-        n = b * j
-        iu, flat_u, flat_l, half = _triangle(t, x.device, x.dtype)
-        mean = (x.reshape(t * b, n_in) @ wmu.t()).reshape(t, b, j)
-        if bmu is not None:
-            mean = mean + bmu
-        zu = x.index_select(0, iu[0]) * x.index_select(0, iu[1])       # (P, B, in), pairs t <= s
-        cu = (zu.reshape(-1, n_in) @ wsig.square().t()).reshape(-1, n)  # (P, B·J)
-        if bsig is not None:
-            cu = (cu.reshape(-1, b, j) + bsig.square()).reshape(-1, n)
-        cut = cu.t()
-        cov = cu.new_empty((n, t * t))
-        cov.index_copy_(1, flat_u, cut).index_copy_(1, flat_l, cut)
-        cov = cov.view(n, t, t)
-
-        def exact_cov(mask):   # the covariances cov[mask] recomputed in float64
-            idx = mask.nonzero().squeeze(1)
-            bi, ji = idx // j, idx % j
-            zz = pair_products(x.double())[bi]                          # (k, T, T, in)
-            c = torch.einsum("ktsi,ki->kts", zz, wsig.double()[ji].square())
-            return c if bsig is None else c + bsig.double()[ji].square()[:, None, None]
-        lf, wf = factor_covariance(cov, exact_cov)                      # (N, T, T) each
-        lw = torch.cat([lf, wf], 1).permute(2, 1, 0).contiguous()     # (T, 2T, N): [L; W][row, k, n] at [k, row, n]
-        uv = lw[0].unsqueeze(0) * z[:, 0].unsqueeze(1)                  # (M, 2T, N): u = L z, v = W z,
-        for kk in range(1, t):                                          # accumulated over k (measured faster
-            uv.addcmul_(lw[kk].unsqueeze(0), z[:, kk].unsqueeze(1))     # than a broadcast sum or 10×10 bmm)
-        a = torch.add(uv[:, :t].reshape(m, t, b, j), mean)
-        ctx.save_for_backward(x, wsig, bsig if bsig is not None else wsig.new_empty(0), uv, zu)
+        a, saved = _t_forward(x, wmu, wsig, bmu, bsig, z)
+        ctx.save_for_backward(*saved)
         ctx.has_bias = bmu is not None
         return a
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        x, wsig, bsig, uv, zu = ctx.saved_tensors
-        ni = ctx.needs_input_grad
-        t, b, n_in = x.shape
-        m, j = g.shape[0], g.shape[-1]
-        gsum = g.sum(0)                                     # (T, B, J)
-        g_wmu = gsum.reshape(t * b, j).t() @ x.reshape(t * b, n_in) if ni[1] else None
-        g_wsig = g_bsig = None
-        lib, sfx = _native_lib(x, g)
-        if (ni[2] or (ctx.has_bias and ni[4])) and lib is not None and g.dtype == x.dtype:
-            gc = g.reshape(m, t, b * j).contiguous()
-            ks = x.new_empty((t * (t + 1) // 2, b * j))
-            kb = x.new_empty((b * j,)) if ctx.has_bias and ni[4] else None
-            uvc = uv.contiguous()
-            getattr(lib, f"local_k_{sfx}")(gc.data_ptr(), uvc.data_ptr(), ks.data_ptr(),
-                                           None if kb is None else kb.data_ptr(), t, b * j, m)
-            if ni[2]:
-                g_wsig = wsig * (ks.reshape(-1, j).t() @ zu.reshape(-1, n_in))
-            if kb is not None:
-                g_bsig = bsig * kb.reshape(b, j).sum(0)
-        elif ni[2] or (ctx.has_bias and ni[4]):
-            iu, flat_u, flat_l, half = _triangle(t, x.device, x.dtype)
-            v = uv[:, t:]                                   # (M, T, N)
-            k = (g.reshape(m, t, 1, b * j) * v.unsqueeze(1)).sum(0)      # K[t, s, n] = Σ_m g[m,t,n] v[m,s,n]
-            if ni[2]:
-                # Σ_{t,s} K[t,s] Z[t,s] over the upper triangle of the symmetric Z: (K + Kᵀ), diagonal once
-                ks = (k + k.transpose(0, 1)).reshape(t * t, -1).index_select(0, flat_u).mul_(half)   # (P, N)
-                g_wsig = wsig * (ks.reshape(-1, j).t() @ zu.reshape(-1, n_in))
-            if ctx.has_bias and ni[4]:
-                g_bsig = bsig * k.sum((0, 1)).reshape(b, j).sum(0)
-        g_bmu = gsum.sum((0, 1)) if ctx.has_bias and ni[3] else None
-        return None, g_wmu, g_wsig, g_bmu, g_bsig, None
+        return (None, *_t_backward(ctx.saved_tensors, ctx.has_bias, g, ctx.needs_input_grad[1:5]), None)
+
+
+def _t_forward(x, wmu, wsig, bmu, bsig, z):
+    """:class:`_LocalLinearT`'s forward: (a, the tensors its backward needs)."""
+    lib, sfx = _native_lib(x, z)
+    if lib is not None:
+        return _forward_native(lib, sfx, x, wmu, wsig, bmu, bsig, z)
+    t, b, n_in = x.shape
+    m, j = z.shape[0], wmu.shape[0]
+    n = b * j
+    iu, flat_u, flat_l, half = _triangle(t, x.device, x.dtype)
+    mean = (x.reshape(t * b, n_in) @ wmu.t()).reshape(t, b, j)
+    if bmu is not None:
+        mean = mean + bmu
+    zu = x.index_select(0, iu[0]) * x.index_select(0, iu[1])       # (P, B, in), pairs t <= s
+    cu = (zu.reshape(-1, n_in) @ wsig.square().t()).reshape(-1, n)  # (P, B·J)
+    if bsig is not None:
+        cu = (cu.reshape(-1, b, j) + bsig.square()).reshape(-1, n)
+    cut = cu.t()
+    cov = cu.new_empty((n, t * t))
+    cov.index_copy_(1, flat_u, cut).index_copy_(1, flat_l, cut)
+    cov = cov.view(n, t, t)
+
+    def exact_cov(mask):   # the covariances cov[mask] recomputed in float64
+        idx = mask.nonzero().squeeze(1)
+        bi, ji = idx // j, idx % j
+        zz = pair_products(x.double())[bi]                          # (k, T, T, in)
+        c = torch.einsum("ktsi,ki->kts", zz, wsig.double()[ji].square())
+        return c if bsig is None else c + bsig.double()[ji].square()[:, None, None]
+    lf, wf = factor_covariance(cov, exact_cov)                      # (N, T, T) each
+    lw = torch.cat([lf, wf], 1).permute(2, 1, 0).contiguous()     # (T, 2T, N): [L; W][row, k, n] at [k, row, n]
+    uv = lw[0].unsqueeze(0) * z[:, 0].unsqueeze(1)                  # (M, 2T, N): u = L z, v = W z,
+    for kk in range(1, t):                                          # accumulated over k (measured faster
+        uv.addcmul_(lw[kk].unsqueeze(0), z[:, kk].unsqueeze(1))     # than a broadcast sum or 10×10 bmm)
+    a = torch.add(uv[:, :t].reshape(m, t, b, j), mean)
+    return a, (x, wsig, bsig if bsig is not None else wsig.new_empty(0), uv, zu)
+
+
+def _t_backward(saved, has_bias, g, ni, out=None):
+    """∂C/∂(μ, σ, μ_b, σ_b) (None where ``ni`` says not needed) from g (M, T, B, J); ``out``: optional
+    buffers for ∂C/∂μ and ∂C/∂σ of the weights."""
+    x, wsig, bsig, uv, zu = saved
+    t, b, n_in = x.shape
+    m, j = g.shape[0], g.shape[-1]
+    gsum = g.sum(0)                                     # (T, B, J)
+    o_mu, o_sig = (None, None) if out is None else out
+    g_wmu = _mm(gsum.reshape(t * b, j).t(), x.reshape(t * b, n_in), o_mu) if ni[0] else None
+    g_wsig = g_bsig = None
+    lib, sfx = _native_lib(x, g)
+    if (ni[1] or (has_bias and ni[3])) and lib is not None and g.dtype == x.dtype:
+        gc = g.reshape(m, t, b * j).contiguous()
+        ks = x.new_empty((t * (t + 1) // 2, b * j))
+        kb = x.new_empty((b * j,)) if has_bias and ni[3] else None
+        uvc = uv.contiguous()
+        getattr(lib, f"local_k_{sfx}")(gc.data_ptr(), uvc.data_ptr(), ks.data_ptr(),
+                                       None if kb is None else kb.data_ptr(), t, b * j, m)
+        if ni[1]:
+            g_wsig = _mul(wsig, ks.reshape(-1, j).t() @ zu.reshape(-1, n_in), o_sig)
+        if kb is not None:
+            g_bsig = bsig * kb.reshape(b, j).sum(0)
+    elif ni[1] or (has_bias and ni[3]):
+        iu, flat_u, flat_l, half = _triangle(t, x.device, x.dtype)
+        v = uv[:, t:]                                   # (M, T, N)
+        k = (g.reshape(m, t, 1, b * j) * v.unsqueeze(1)).sum(0)      # K[t, s, n] = Σ_m g[m,t,n] v[m,s,n]
+        if ni[1]:
+            # Σ_{t,s} K[t,s] Z[t,s] over the upper triangle of the symmetric Z: (K + Kᵀ), diagonal once
+            ks = (k + k.transpose(0, 1)).reshape(t * t, -1).index_select(0, flat_u).mul_(half)   # (P, N)
+            g_wsig = _mul(wsig, ks.reshape(-1, j).t() @ zu.reshape(-1, n_in), o_sig)
+        if has_bias and ni[3]:
+            g_bsig = bsig * k.sum((0, 1)).reshape(b, j).sum(0)
+    g_bmu = gsum.sum((0, 1)) if has_bias and ni[2] else None
+    return g_wmu, g_wsig, g_bmu, g_bsig
 
 
 def _native_lib(x: torch.Tensor, other: torch.Tensor):
@@ -152,7 +185,7 @@ def _native_lib(x: torch.Tensor, other: torch.Tensor):
     return (lib, sfx) if lib is not None else (None, None)
 
 
-def _forward_native(ctx, lib, sfx, x, wmu, wsig, bmu, bsig, z):
+def _forward_native(lib, sfx, x, wmu, wsig, bmu, bsig, z):
     """:meth:`_LocalLinearT.forward` with its small steps in compiled loops (the same maths: float64
     Cholesky where it is well conditioned, the torch eigen path for the columns it flags)."""
     t, b, n_in = x.shape
@@ -179,9 +212,7 @@ def _forward_native(ctx, lib, sfx, x, wmu, wsig, bmu, bsig, z):
     if nbad:
         _factor_flagged(x, wsig, bsig, cu, z, uv, bad.bool(), t, j)
     a = torch.add(uv[:, :t].reshape(m, t, b, j), mean)
-    ctx.save_for_backward(x, wsig, bsig if bsig is not None else wsig.new_empty(0), uv, zu)
-    ctx.has_bias = bmu is not None
-    return a
+    return a, (x, wsig, bsig if bsig is not None else wsig.new_empty(0), uv, zu)
 
 
 #: factor_covariance's default chol_rtol (the native loop applies the same test)
@@ -247,8 +278,38 @@ def local_linear(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma: torch.T
     if x.requires_grad:
         raise ValueError("local_linear (estimator='local') samples pre-activations given the input; the input "
                          "must not require grad (use it for a first layer fed with data, or estimator='weights')")
-    n_out, n_in = weight_mu.shape
-    lead = x.shape[:-1]
+    n_out = weight_mu.shape[0]
+    plan = _prepare(x, weight_mu, weight_sigma)
+    xt, wmu, wsig, t_run = plan.x, plan.weight_mu, plan.weight_sigma, plan.t_run
+    b = xt.shape[-2]
+    if t_run == 1:
+        z = torch.randn((samples, b, n_out), generator=generator, dtype=x.dtype, device=x.device)
+        a = _LocalLinearT1.apply(xt[0], wmu, wsig, bias_mu, bias_sigma, z).unsqueeze(1)
+        if plan.t > 1:
+            a = a.expand(samples, plan.t, b, n_out)
+    else:
+        z = torch.randn((samples, plan.t, b * n_out), generator=generator, dtype=x.dtype, device=x.device)
+        a = _LocalLinearT.apply(xt, wmu, wsig, bias_mu, bias_sigma, z)
+    return a.reshape(samples, *plan.lead, n_out)
+
+
+class _Plan(NamedTuple):
+    """What :func:`local_linear` runs on: x (T_run, B, in') with the silent columns dropped (``idx``
+    the kept ones, or None) and, for a time-constant input, one step only (T_run = 1 < T)."""
+    x: torch.Tensor
+    weight_mu: torch.Tensor
+    weight_sigma: torch.Tensor
+    idx: torch.Tensor | None
+    t: int
+    t_run: int
+    lead: tuple
+
+
+def _prepare(x, weight_mu, weight_sigma) -> _Plan:
+    """The input checks of :func:`local_linear` (silent columns, a time-constant input) and the
+    input and weights they leave."""
+    n_in = weight_mu.shape[1]
+    lead = tuple(x.shape[:-1])
     if x.dim() == 1:
         x = x.unsqueeze(0)
     b = x.shape[-2]
@@ -272,6 +333,7 @@ def local_linear(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma: torch.T
         time_constant = None
     else:
         active = time_constant = None
+    idx = None
     if active is not None:
         # inputs that are zero at every step and batch element do not reach the output: drop their
         # columns (exact; their gradients are zero, written by index_select's backward); CPU only
@@ -281,15 +343,66 @@ def local_linear(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma: torch.T
     if time_constant is None:
         time_constant = t > 1 and torch.equal(xt, xt[:1].expand_as(xt))
     if time_constant:
-        xt, t_run = xt[:1], 1           # time-constant input: rank-1 covariance
-    else:
-        t_run = t
-    if t_run == 1:
+        return _Plan(xt[:1], weight_mu, weight_sigma, idx, t, 1, lead)     # rank-1 covariance
+    return _Plan(xt, weight_mu, weight_sigma, idx, t, t, lead)
+
+
+class LocalLinearState(NamedTuple):
+    """What :func:`local_linear_backward` needs from :func:`local_linear_forward`."""
+    plan: _Plan
+    saved: tuple
+    has_bias: bool
+    n_in: int
+
+
+@torch.no_grad()
+def local_linear_forward(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma: torch.Tensor,
+                         bias_mu: torch.Tensor | None = None, bias_sigma: torch.Tensor | None = None,
+                         samples: int = 1, generator: torch.Generator | None = None):
+    """:func:`local_linear` without autograd, for hand-written training steps: -> (a, state) with the
+    same a (the same draws from ``generator``, the same kernels); ``local_linear_backward(state, g)``
+    then gives the gradients autograd would. No argument checks (:func:`local_linear` has them)."""
+    n_out = weight_mu.shape[0]
+    plan = _prepare(x, weight_mu, weight_sigma)
+    xt, b = plan.x, plan.x.shape[-2]
+    if plan.t_run == 1:
         z = torch.randn((samples, b, n_out), generator=generator, dtype=x.dtype, device=x.device)
-        a = _LocalLinearT1.apply(xt[0], weight_mu, weight_sigma, bias_mu, bias_sigma, z).unsqueeze(1)
-        if t > 1:
-            a = a.expand(samples, t, b, n_out)
+        a, saved = _t1_forward(xt[0], plan.weight_mu, plan.weight_sigma, bias_mu, bias_sigma, z)
+        a = a.unsqueeze(1)
+        if plan.t > 1:
+            a = a.expand(samples, plan.t, b, n_out)
     else:
-        z = torch.randn((samples, t, b * n_out), generator=generator, dtype=x.dtype, device=x.device)
-        a = _LocalLinearT.apply(xt, weight_mu, weight_sigma, bias_mu, bias_sigma, z)
-    return a.reshape(samples, *lead, n_out)
+        z = torch.randn((samples, plan.t, b * n_out), generator=generator, dtype=x.dtype, device=x.device)
+        a, saved = _t_forward(xt, plan.weight_mu, plan.weight_sigma, bias_mu, bias_sigma, z)
+    return a.reshape(samples, *plan.lead, n_out), LocalLinearState(plan, saved, bias_mu is not None,
+                                                                    weight_mu.shape[1])
+
+
+@torch.no_grad()
+def local_linear_backward(state: LocalLinearState, g: torch.Tensor, out=None):
+    """∂C/∂(weight_mu, weight_sigma, bias_mu, bias_sigma) (biases: None without them) from g = ∂C/∂a,
+    a from :func:`local_linear_forward`: the backward :func:`local_linear`'s autograd graph runs.
+    ``out``: optional (out, in) buffers (∂C/∂weight_mu, ∂C/∂weight_sigma) written instead of new tensors."""
+    plan = state.plan
+    m, n_out = g.shape[0], g.shape[-1]
+    b = plan.x.shape[-2]
+    need = (True, True, state.has_bias, state.has_bias)
+    if plan.t_run == 1:
+        g = g.reshape(m, plan.t, b, n_out)
+        g = g.sum(1) if plan.t > 1 else g[:, 0]            # the expand over the T steps
+        grads = _t1_backward(state.saved, state.has_bias, g, need, out if plan.idx is None else None)
+    else:
+        grads = _t_backward(state.saved, state.has_bias, g.reshape(m, plan.t, b, n_out), need,
+                            out if plan.idx is None else None)
+    g_wmu, g_wsig, g_bmu, g_bsig = grads
+    if plan.idx is not None:                                # the dropped columns: zero gradients
+        if out is None:
+            full = g_wmu.new_zeros((2, n_out, state.n_in))
+            out = full[0], full[1]
+        else:
+            out[0].zero_()
+            out[1].zero_()
+        out[0].index_copy_(1, plan.idx, g_wmu)
+        out[1].index_copy_(1, plan.idx, g_wsig)
+        g_wmu, g_wsig = out
+    return g_wmu, g_wsig, g_bmu, g_bsig

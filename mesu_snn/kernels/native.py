@@ -197,57 +197,84 @@ static void pair_products(const F* x, F* zu, int64_t T, int64_t E) {
 // cu (P, N): the upper-triangle covariances per column n; z (M, T, N) normals -> uv (M, 2T, N) with
 // u = L z, v = L^-T z (L the float64 Cholesky factor, rounded to F as the torch path does); columns
 // whose Cholesky fails or has a pivot L_kk^2 <= rtol * max diag are flagged in bad (and left zero).
+// The factorisation runs for all columns at once, n innermost (it vectorises): every column sees the
+// same double operations in the same order as a column-by-column Cholesky and forward substitution;
+// a column that fails goes on with NaNs and is flagged at the end.
 template <typename F>
 static int64_t local_factor(const F* cu, const F* z, F* uv, unsigned char* bad, int64_t T, int64_t N,
                             int64_t M, double rtol) {
-  double* c = (double*)std::malloc(sizeof(double) * (3 * T * T + T));
-  F* lw = (F*)std::malloc(sizeof(F) * 2 * T * T * N);      // lw[(r * T + k) * N + n]
-  if (!c || !lw) { std::free(c); std::free(lw); return -1; }
-  double* L = c + T * T; double* Li = L + T * T; double* dinv = Li + T * T;
-  int64_t nbad = 0;
-  for (int64_t n = 0; n < N; ++n) {
+  const int64_t TT = T * T;
+  double* C = (double*)std::malloc(sizeof(double) * (3 * TT * N + T * N + 3 * N));
+  F* lw = (F*)std::malloc(sizeof(F) * 2 * TT * N);      // lw[(r * T + k) * N + n]
+  if (!C || !lw) { std::free(C); std::free(lw); return -1; }
+  double* L = C + TT * N; double* Li = L + TT * N; double* dinv = Li + TT * N;   // [q * N + n]
+  double* scale = dinv + T * N; double* piv = scale + N; double* okv = piv + N;
+  {
     int64_t p = 0;
     for (int64_t t = 0; t < T; ++t)
-      for (int64_t s = t; s < T; ++s, ++p) { const double v = (double)cu[p * N + n]; c[t * T + s] = v; c[s * T + t] = v; }
-    bool ok = true;
-    double scale = 0.0, piv = INFINITY;
-    for (int64_t j = 0; j < T; ++j) { const double d = c[j * T + j]; if (d > scale || j == 0) scale = d; }
-    for (int64_t j = 0; j < T * T; ++j) L[j] = 0.0;
-    for (int64_t j = 0; j < T && ok; ++j) {
-      double sum = c[j * T + j];
-      for (int64_t k = 0; k < j; ++k) sum -= L[j * T + k] * L[j * T + k];
-      if (!(sum > 0.0)) { ok = false; break; }
+      for (int64_t s = t; s < T; ++s, ++p) {
+        const F* row = cu + p * N; double* a = C + (t * T + s) * N; double* b = C + (s * T + t) * N;
+        for (int64_t n = 0; n < N; ++n) { const double v = (double)row[n]; a[n] = v; b[n] = v; }
+      }
+  }
+  for (int64_t n = 0; n < N; ++n) { scale[n] = C[n]; piv[n] = INFINITY; okv[n] = 1.0; }
+  for (int64_t j = 1; j < T; ++j) {
+    const double* d = C + (j * T + j) * N;
+    for (int64_t n = 0; n < N; ++n) scale[n] = d[n] > scale[n] ? d[n] : scale[n];
+  }
+  for (int64_t q = 0; q < TT * N; ++q) { L[q] = 0.0; Li[q] = 0.0; }
+  for (int64_t j = 0; j < T; ++j) {
+    double* ljj = L + (j * T + j) * N; double* dj = dinv + j * N;
+    const double* cjj = C + (j * T + j) * N;
+    for (int64_t n = 0; n < N; ++n) ljj[n] = cjj[n];                  // sum, accumulated in place
+    for (int64_t k = 0; k < j; ++k) {
+      const double* ljk = L + (j * T + k) * N;
+      for (int64_t n = 0; n < N; ++n) { double sq = ljk[n] * ljk[n]; ljj[n] = ljj[n] - sq; }
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      const double sum = ljj[n];
+      okv[n] = (sum > 0.0) ? okv[n] : 0.0;
       const double d = std::sqrt(sum), inv = 1.0 / d;
-      L[j * T + j] = d;
-      dinv[j] = inv;
-      if (d * d < piv) piv = d * d;
-      for (int64_t i = j + 1; i < T; ++i) {
-        double v = c[i * T + j];
-        for (int64_t k = 0; k < j; ++k) v -= L[i * T + k] * L[j * T + k];
-        L[i * T + j] = v * inv;
-      }
+      ljj[n] = d; dj[n] = inv;
+      const double dd = d * d;
+      piv[n] = dd < piv[n] ? dd : piv[n];
     }
-    if (!ok || !(piv > rtol * scale)) {
-      bad[n] = 1; ++nbad;
-      for (int64_t q = 0; q < 2 * T * T; ++q) lw[q * N + n] = (F)0;
-      continue;
-    }
-    bad[n] = 0;
-    // Li = L^-1 (lower triangular), by forward substitution on the columns of I
-    for (int64_t j = 0; j < T * T; ++j) Li[j] = 0.0;
-    for (int64_t col = 0; col < T; ++col) {
-      Li[col * T + col] = dinv[col];
-      for (int64_t i = col + 1; i < T; ++i) {
-        double v = 0.0;
-        for (int64_t k = col; k < i; ++k) v -= L[i * T + k] * Li[k * T + col];
-        Li[i * T + col] = v * dinv[i];
+    for (int64_t i = j + 1; i < T; ++i) {
+      double* lij = L + (i * T + j) * N; const double* cij = C + (i * T + j) * N;
+      for (int64_t n = 0; n < N; ++n) lij[n] = cij[n];
+      for (int64_t k = 0; k < j; ++k) {
+        const double* lik = L + (i * T + k) * N; const double* ljk = L + (j * T + k) * N;
+        for (int64_t n = 0; n < N; ++n) { double pr = lik[n] * ljk[n]; lij[n] = lij[n] - pr; }
       }
+      for (int64_t n = 0; n < N; ++n) lij[n] = lij[n] * dj[n];
     }
-    for (int64_t r = 0; r < T; ++r)
-      for (int64_t k = 0; k < T; ++k) {
-        lw[(r * T + k) * N + n] = (F)L[r * T + k];               // u row r: sum_k L[r,k] z_k
-        lw[((T + r) * T + k) * N + n] = (F)Li[k * T + r];        // v row r: sum_k (L^-T)[r,k] z_k = Li[k,r] z_k
+  }
+  // Li = L^-1 (lower triangular), by forward substitution on the columns of I
+  for (int64_t col = 0; col < T; ++col) {
+    double* lcc = Li + (col * T + col) * N; const double* dc = dinv + col * N;
+    for (int64_t n = 0; n < N; ++n) lcc[n] = dc[n];
+    for (int64_t i = col + 1; i < T; ++i) {
+      double* lic = Li + (i * T + col) * N;
+      for (int64_t n = 0; n < N; ++n) lic[n] = 0.0;
+      for (int64_t k = col; k < i; ++k) {
+        const double* lik = L + (i * T + k) * N; const double* lkc = Li + (k * T + col) * N;
+        for (int64_t n = 0; n < N; ++n) { double pr = lik[n] * lkc[n]; lic[n] = lic[n] - pr; }
       }
+      const double* di = dinv + i * N;
+      for (int64_t n = 0; n < N; ++n) lic[n] = lic[n] * di[n];
+    }
+  }
+  for (int64_t r = 0; r < T; ++r)
+    for (int64_t k = 0; k < T; ++k) {
+      const double* l = L + (r * T + k) * N; const double* li = Li + (k * T + r) * N;
+      F* ou = lw + (r * T + k) * N; F* ov = lw + ((T + r) * T + k) * N;
+      for (int64_t n = 0; n < N; ++n) { ou[n] = (F)l[n]; ov[n] = (F)li[n]; }   // u: L[r,k]; v: (L^-T)[r,k] = Li[k,r]
+    }
+  int64_t nbad = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const bool b = !(okv[n] != 0.0) || !(piv[n] > rtol * scale[n]);
+    bad[n] = b ? 1 : 0;
+    if (b) { ++nbad; for (int64_t q = 0; q < 2 * TT; ++q) lw[q * N + n] = (F)0; }
   }
   // uv[m, r, n] = sum_k lw[r, k, n] z[m, k, n], k = 0, 1, ... in order (vectorised over n)
   for (int64_t m = 0; m < M; ++m)
@@ -261,7 +288,7 @@ static int64_t local_factor(const F* cu, const F* z, F* uv, unsigned char* bad, 
         for (int64_t n = 0; n < N; ++n) { F pr = lk[n] * zk[n]; o[n] = o[n] + pr; }
       }
     }
-  std::free(c); std::free(lw);
+  std::free(C); std::free(lw);
   return nbad;
 }
 
@@ -344,41 +371,64 @@ static int all_finite(void** ptrs, const int64_t* sizes, int64_t n) {
 // before anything changes). write = 1: the pairs are updated in place; returns 1.
 // c: nmk = -k, kmp = k*mu_prior (0 if mu_prior is 0), nlm = -lr_mu, nk2 = -k/2, k2p = k/2*sigma_prior^2,
 // nls = -lr_sigma/2, clamp (< 0: none).
+// One tensor of MESU, branch-free in its loop so that it vectorises (the per-element arithmetic is
+// the same in every variant: the results do not depend on the vector width). WRITE = false: returns
+// 1 if some new mu is non-finite or some new sigma non-finite or <= 0, nothing written.
+template <typename F, bool CLIP, bool MP, bool WRITE>
+static int mesu_tensor(F* mu, F* sg, const F* gm, const F* gs, int64_t N, F nmk, F kmp, F nlm, F nk2, F k2p,
+                       F nls, F c, F nc) {
+  const F big = std::numeric_limits<F>::max();
+  int bad = 0;
+  for (int64_t e = 0; e < N; ++e) {
+    const F s = sg[e];
+    F pmu = mu[e] * nmk;
+    if (MP) pmu = pmu + kmp;
+    pmu = pmu * s;
+    F psg = s * s; psg = psg * nk2; psg = psg + k2p;
+    if (!CLIP) {
+      F t1 = nlm * s; t1 = t1 * gm[e]; pmu = pmu + t1;
+      F t2 = nls * s; t2 = t2 * gs[e]; psg = psg + t2;
+    } else {
+      F a = s * gm[e]; a = a < nc ? nc : a; a = a > c ? c : a; F t1 = a * nlm; pmu = pmu + t1;
+      F b = s * gs[e]; b = b < nc ? nc : b; b = b > c ? c : b; F t2 = b * nls; psg = psg + t2;
+    }
+    F dm = pmu * s; const F nmu = mu[e] + dm;
+    F ds = psg * s; const F nsg = s + ds;
+    if (WRITE) { mu[e] = nmu; sg[e] = nsg; }
+    else bad |= (int)(!(std::fabs(nmu) <= big)) | (int)(!(nsg > (F)0)) | (int)(!(nsg <= big));   // NaN fails every compare
+  }
+  return bad;
+}
+
+// MESU on n (mu, sigma) pairs, the formulas of mesu_snn.kernels.fused_update (same order).
+// write = 0: nothing is written; returns 1 if every new mu is finite and every new sigma finite
+// and > 0, else 0 (the optimizers' "refuse a step that would poison the model" check, done
+// before anything changes). write = 1: the pairs are updated in place; returns 1.
+// c: nmk = -k, kmp = k*mu_prior (0 if mu_prior is 0), nlm = -lr_mu, nk2 = -k/2, k2p = k/2*sigma_prior^2,
+// nls = -lr_sigma/2, clamp (< 0: none).
 template <typename F>
 static int mesu_pairs(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n,
                       double nmk_d, double kmp_d, int has_mp, double nlm_d, double nk2_d, double k2p_d, double nls_d,
                       double clamp_d, int write) {
   const F nmk = (F)nmk_d, kmp = (F)kmp_d, nlm = (F)nlm_d, nk2 = (F)nk2_d, k2p = (F)k2p_d, nls = (F)nls_d;
   const bool clip = clamp_d >= 0; const F c = (F)clamp_d, nc = (F)(-clamp_d);
-  const F big = std::numeric_limits<F>::max();
-  int bad = 0;
   for (int64_t q = 0; q < n; ++q) {
     F* mu = (F*)mus[q]; F* sg = (F*)sigs[q]; const F* gm = (const F*)gmus[q]; const F* gs = (const F*)gsigs[q];
-    for (int64_t e = 0; e < sizes[q]; ++e) {
-      const F s = sg[e];
-      F pmu = mu[e] * nmk;
-      if (has_mp) pmu = pmu + kmp;
-      pmu = pmu * s;
-      F psg = s * s; psg = psg * nk2; psg = psg + k2p;
-      if (!clip) {
-        F t1 = nlm * s; t1 = t1 * gm[e]; pmu = pmu + t1;
-        F t2 = nls * s; t2 = t2 * gs[e]; psg = psg + t2;
-      } else {
-        F a = s * gm[e]; a = a < nc ? nc : a; a = a > c ? c : a; F t1 = a * nlm; pmu = pmu + t1;
-        F b = s * gs[e]; b = b < nc ? nc : b; b = b > c ? c : b; F t2 = b * nls; psg = psg + t2;
-      }
-      F dm = pmu * s; const F nmu = mu[e] + dm;
-      F ds = psg * s; const F nsg = s + ds;
-      if (write) { mu[e] = nmu; sg[e] = nsg; }
-      else bad |= !(std::fabs(nmu) <= big) | !(nsg > 0 && nsg <= big);    // NaN fails every compare
-    }
+    const int64_t N = sizes[q];
+#define MESU_T(C, P, W) mesu_tensor<F, C, P, W>(mu, sg, gm, gs, N, nmk, kmp, nlm, nk2, k2p, nls, c, nc)
+    int bad;
+    if (write) bad = clip ? (has_mp ? MESU_T(true, true, true) : MESU_T(true, false, true))
+                          : (has_mp ? MESU_T(false, true, true) : MESU_T(false, false, true));
+    else bad = clip ? (has_mp ? MESU_T(true, true, false) : MESU_T(true, false, false))
+                    : (has_mp ? MESU_T(false, true, false) : MESU_T(false, false, false));
+#undef MESU_T
     if (bad) return 0;
   }
   return 1;
 }
 
 extern "C" {
-int mesu_abi_version() { return 2; }
+int mesu_abi_version() { return 3; }
 
 // one set of entry points per dtype: NAME_f32 (float) and NAME_f64 (double)
 #define MESU_ENTRY_POINTS(SFX, F) \
@@ -486,7 +536,7 @@ def _build() -> ctypes.CDLL:
             raise
         lib = _compile(cxx, FLAGS)        # an older compiler without the -march level
     cdll = ctypes.CDLL(str(lib))
-    if cdll.mesu_abi_version() != 2:
+    if cdll.mesu_abi_version() != 3:
         raise RuntimeError(f"{lib} has an unexpected ABI version")
     p, i64, dbl, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
     for suffix in ("f32", "f64"):

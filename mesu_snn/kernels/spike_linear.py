@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["spike_linear"]
+__all__ = ["spike_linear", "sampled_linear_backward"]
 
 
 class _SpikeLinearFn(torch.autograd.Function):
@@ -27,14 +27,22 @@ class _SpikeLinearFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         sb, w = ctx.saved_tensors
-        gs = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gs = torch.bmm(g, w)
-        if ctx.needs_input_grad[1]:
-            gw = torch.bmm(g.transpose(1, 2), sb.to(ctx.dtype))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.sum(1)
-        return gs, gw, gb
+        ni = ctx.needs_input_grad
+        return sampled_linear_backward(g, sb, w, ni[0], ni[1], ctx.has_bias and ni[2], ctx.dtype)
+
+
+def sampled_linear_backward(g: torch.Tensor, s: torch.Tensor, w: torch.Tensor, need_s: bool = True,
+                            need_w: bool = True, need_b: bool = False, dtype: torch.dtype | None = None):
+    """Backward of y[m] = s[m] @ w[m]ᵀ (+ b[m]): g (M, P, out), s (M, P, in) (any dtype, cast to
+    ``dtype`` if given), w (M, out, in) -> (∂C/∂s, ∂C/∂w, ∂C/∂b), each None if not needed."""
+    gs = gw = gb = None
+    if need_s:
+        gs = torch.bmm(g, w)
+    if need_w:
+        gw = torch.bmm(g.transpose(1, 2), s if dtype is None or s.dtype == dtype else s.to(dtype))
+    if need_b:
+        gb = g.sum(1)
+    return gs, gw, gb
 
 
 def spike_linear(s: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,

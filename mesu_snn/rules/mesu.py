@@ -110,8 +110,7 @@ class MESU(BayesianOptimizer):
                              f"model's σ (largest {top:.3g}): the prior step would make σ <= 0 at once (it keeps "
                              f"σ > 0 only for σ < sigma_prior·√(1 + 2·memory/batch_size) = {limit:.3g})")
 
-    @torch.no_grad()
-    def step(self, closure=None, batch_size: int | None = None):
+    def step(self, closure=None, batch_size: int | None = None):   # no_grad: BayesianOptimizer.step
         """One update. batch_size: B, the number of samples the summed loss covers (default:
         each group's ``batch_size``)."""
         if batch_size is not None:
