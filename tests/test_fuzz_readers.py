@@ -17,7 +17,7 @@ of a format without one (N-MNIST, SHD, a custom idx, a config) must still satisf
 format's invariants. Any other exception, a case running longer than :data:`CASE_SECONDS`,
 or a Python/numpy allocation above the bound of :mod:`mesu_snn.filecheck` (1032 × the file's
 size + slack, traced with ``tracemalloc``; the SHD reader's HDF5 reads run in a worker process,
-mesu_snn.h5sandbox, which applies the same bound before it reads) fails. Deterministic (``derandomize``); the CI run
+mesu_snn.filecheck.read_h5_isolated, which applies the same bound before it reads) fails. Deterministic (``derandomize``); the CI run
 is about 2,600 cases (sum of the ``@fuzz`` counts; the slower HDF5 readers get fewer). ``MESU_SNN_FUZZ_SCALE=K`` multiplies every count (the long run:
 ``scripts/fuzz_long.py``).
 """
@@ -116,7 +116,7 @@ def watched(path, traced: bool):
             assert peak <= bound, f"reading {path} ({size} bytes) allocated {peak} bytes, above the bound {bound}"
 
 
-#: seconds an HDF5 read in the SHD reader's worker may take (mesu_snn.h5sandbox), under CASE_SECONDS
+#: seconds an HDF5 read in the SHD reader's worker may take (mesu_snn.filecheck), under CASE_SECONDS
 H5_TIMEOUT_S = 5
 
 

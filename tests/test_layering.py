@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "mesu_snn"
 #: layer of each module or subpackage (the README's table); a module imports only its own
 #: layer or lower ones. mesu_snn/__init__.py is the facade over all of them.
 LAYERS = {
-    "errors": 0, "_version": 0, "bounds": 0, "filecheck": 0, "h5sandbox": 0,
+    "errors": 0, "_version": 0, "bounds": 0, "filecheck": 0,
     "functional": 1,
     "kernels": 2,
     "synapses": 3, "neurons": 3, "models": 3, "losses": 3, "rules": 3, "multistream": 3,

@@ -6,7 +6,7 @@ so it is not used directly): ``spikes/times`` (vlen float, seconds) times 1e6
 and cast to int -> ``t`` in microseconds; ``spikes/units`` (vlen uint16) ->
 ``x`` (channel 0..699); ``p`` = 1; Tonic's dtype and field order (t, x, p).
 Labels from ``labels`` (0..19). Read in a worker process with a timeout (libhdf5 can hang on a
-corrupt file; see :mod:`mesu_snn.h5sandbox`). File looked up as ``shd_{split}.h5`` in
+corrupt file; see :mod:`mesu_snn.filecheck`). File looked up as ``shd_{split}.h5`` in
 ``<root>/SHD/`` (tonic's save folder), ``<root>/shd/`` or ``<root>/``.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FileFormatError
-from ..h5sandbox import read_h5_isolated
+from ..filecheck import read_h5_isolated
 from .events import EventDataset
 from .root import ENV_VAR, resolve_data_root
 
@@ -42,7 +42,7 @@ def shd_path(root: Path, split: str) -> Path | None:
 def read_shd_file(path: str | os.PathLike, timeout: float | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """All recordings of one SHD ``.h5`` file: (list of (t, x, p) arrays, labels int64 (N,)).
 
-    The HDF5 reading runs in a worker process (:func:`mesu_snn.h5sandbox.read_h5_isolated`):
+    The HDF5 reading runs in a worker process (:func:`mesu_snn.filecheck.read_h5_isolated`):
     libhdf5 can loop forever on a corrupt variable-length heap, so a read that takes more than
     ``timeout`` seconds (default: 60 s + 1 s per 10 MB, or ``$MESU_SNN_H5_TIMEOUT``) stops the
     worker and is a FileFormatError naming the file and the stall.

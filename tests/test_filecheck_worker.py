@@ -1,4 +1,4 @@
-"""The HDF5 reading worker (mesu_snn.h5sandbox): a file on which libhdf5 loops forever is a
+"""The HDF5 reading worker (mesu_snn.filecheck.read_h5_isolated, probe_h5): a file on which libhdf5 loops forever is a
 FileFormatError naming the file after the timeout, the worker is replaced, nothing is left in
 the temporary folder, and the worker imports no torch."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest_data import write_shd
 
-import mesu_snn.h5sandbox as hs
+import mesu_snn.filecheck as hs
 from mesu_snn.datasets import load_shd, read_shd_file
 from mesu_snn.errors import FileFormatError
 
@@ -114,4 +114,31 @@ def test_the_worker_imports_neither_torch_nor_the_package_init():
     boot = hs._BOOT.replace("_serve()\n", "print(sorted(m for m in sys.modules if m.startswith(('torch', 'mesu_snn'))))\n")
     out = subprocess.run([sys.executable, "-I", "-c", boot, str(Path(hs.__file__).parent)], capture_output=True,
                          text=True, timeout=120, check=True).stdout
-    assert out.strip() == "['mesu_snn', 'mesu_snn.errors', 'mesu_snn.h5sandbox']", out
+    assert out.strip() == "['mesu_snn', 'mesu_snn.errors', 'mesu_snn.filecheck']", out
+
+
+def test_open_h5_has_the_worker_read_the_file_first_so_a_nir_graph_cannot_hang_us(tmp_path, monkeypatch):
+    """NIR (like σ-trace and netx) files keep their strings in the global heap: zeroing bytes of
+    its header makes libhdf5 loop forever (scripts/h5_heap_fuzz.py). open_h5's probe turns it
+    into a FileFormatError naming the file; the good file still loads."""
+    import torch
+
+    import mesu_snn as ms
+    from mesu_snn.export.nir_export import from_nir, to_nir
+    torch.manual_seed(1)
+    net = ms.SpikingMLP([5, 4, 3], reset="zero")
+    for lif in net.neurons:
+        lif.reset_delay = False
+    good = to_nir(net, tmp_path / "good.nir")
+    data = good.read_bytes()
+    heap = data.find(b"GCOL")
+    assert heap > 0
+    bad = tmp_path / "bad.nir"
+    bad.write_bytes(data[:heap + 12] + b"\0" * 35 + data[heap + 47:])
+    monkeypatch.setenv(hs.TIMEOUT_ENV, "2")
+    t0 = time.monotonic()
+    with pytest.raises(FileFormatError, match=r"bad\.nir: reading the NIR file stalled: no result after 2 s"):
+        from_nir(bad)
+    assert time.monotonic() - t0 < 60
+    back = from_nir(good)
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), net.state_dict().values()))
