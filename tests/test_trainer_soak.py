@@ -23,7 +23,7 @@ import pytest
 
 from mesu_snn.callbacks import Callback
 from mesu_snn.config import parse_config
-from mesu_snn.runs import build_run
+from mesu_snn.runs import build_run, load_checkpoint
 from mesu_snn.runs.recorder import SigmaRecorder, write_trace_file
 from mesu_snn.runs.trace import read_trace
 
@@ -114,8 +114,11 @@ def test_soak_many_tasks_memory_and_trace_size(tmp_path):
     slope, icpt = np.polyfit(x, y, 1)
     worst = float(np.max(np.abs(y - (slope * x + icpt)) / y))
     partial_max = max(v["trace_bytes"] for v in s)
+    ck = load_checkpoint(run / "checkpoints/last.pt")
+    log_bytes, acc_bytes = (run / "log.csv").stat().st_size, (run / "accuracy.csv").stat().st_size
     report = {"tasks": TASKS, "updates": int(t["tracked_updates"][-1]), "trace_rows": rows, "wall_s": round(wall, 1),
               "final_trace_bytes": trace.stat().st_size, "checkpoint_bytes": (run / "checkpoints/last.pt").stat().st_size,
+              "log_csv_bytes": log_bytes, "accuracy_csv_bytes": acc_bytes,
               "rss_first_mb": round(s[0]["rss"] / 2**20, 1), "rss_last_mb": round(s[-1]["rss"] / 2**20, 1),
               "rss_growth_mb": round(growth / 2**20, 2), "trace_cuts": cuts, "trace_bytes_per_record": round(slope, 1),
               "trace_linear_fit_worst_rel_err": round(worst, 4), "partial_max_bytes": partial_max, "samples": s}
@@ -128,3 +131,8 @@ def test_soak_many_tasks_memory_and_trace_size(tmp_path):
     assert growth < RSS_GROWTH_BOUND, report
     assert worst < 0.10, report
     assert partial_max < 2 * trace.stat().st_size, report
+    # the per-update log is O(1) in the number of tasks (the per-task accuracies: accuracy.csv,
+    # one row per evaluation, and history, both O(evaluations x tasks))
+    assert all(set(r) == set(trainer.LOG_FIELDS) for r in ck["state"]["log_rows"])
+    assert log_bytes < 64 * (trainer.n_updates + 1), report
+    assert len(ck["state"]["history"]) == len(metrics["accuracy_over_time"]) <= trainer.n_updates
