@@ -86,6 +86,7 @@ def test_soak_many_tasks_memory_and_trace_size(tmp_path):
         "model": {"hidden": [8]},
         "rule": {"name": "mesu", "memory": 2000.0},
         "schedule": {"train_samples": 1, "eval_samples": 1, "checkpoint_every": 8, "ood": False, "threads": 1,
+                     "chance_patience": 0,      # a memory and size test: a tiny net at chance must go on
                      "last_k": 1},
     })
     run = tmp_path / "soak"
@@ -126,6 +127,7 @@ def test_soak_many_tasks_memory_and_trace_size(tmp_path):
     out = os.environ.get("MESU_SNN_SOAK_REPORT")
     if out:
         Path(out).write_text(json.dumps(report, indent=1) + "\n")
+    assert not metrics["diverged"], metrics["diverged_reason"]
     assert len(metrics["accuracy_matrix"]) == TASKS if "accuracy_matrix" in metrics else True
     assert len(t["snapshots"]) == TASKS
     assert growth < RSS_GROWTH_BOUND, report
