@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ConfigError", "ConfigWarning", "estimate_memory", "check_memory", "RunConfig", "DataConfig", "StreamConfig", "EncoderConfig", "ModelConfig",
+__all__ = ["ConfigError", "ConfigWarning", "warn_unused_samples", "estimate_memory", "check_memory", "RunConfig", "DataConfig", "StreamConfig", "EncoderConfig", "ModelConfig",
            "RuleConfig", "ScheduleConfig", "load_config", "parse_config", "dump_toml"]
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "nmnist", "shd")
@@ -386,7 +387,7 @@ def estimate_memory(cfg: "RunConfig") -> dict[str, int]:
         sizes = [n_in, *m.hidden, n_classes]
         weights = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
         units = sum(sizes)
-    bayesian = cfg.rule.name in ("mesu", "bgd")
+    bayesian = RULES[cfg.rule.name].bayesian
     m_train, m_eval = (sch.train_samples, sch.eval_samples) if bayesian else (1, 1)
     n_test = cfg.data.test_per_task or TEST_SIZES[cfg.data.dataset]
     tasks = cfg.stream.n_tasks or -(-n_classes // (cfg.stream.classes_per_task or 2))
@@ -418,6 +419,25 @@ def check_memory(cfg: "RunConfig", available: int | None = None) -> None:
                 f"{cfg.model.kind} {cfg.model.hidden if cfg.model.kind != 'conv' else cfg.model.channels}, "
                 f"{cfg.encoder.num_steps} time steps), more than the {_fmt_bytes(available)} of memory of this "
                 f"machine; lower {fields_} or the model size")
+
+
+def warn_unused_samples(cfg: "RunConfig") -> None:
+    """A :class:`ConfigWarning` per ``schedule.train_samples`` / ``schedule.eval_samples`` set
+    (to other than its default) for a mean-mode rule (sgd, adam, ewc, si, sgd_online): those
+    rules train and evaluate the mean network, one pass with w = μ, so the field is unused.
+    Called once, when the configuration is validated (loaded), not per step."""
+    rule = RULES[cfg.rule.name]
+    if rule.bayesian:
+        return
+    bayes = ", ".join(n for n, c in RULES.items() if c.bayesian)
+    default = ScheduleConfig()
+    for name, when in (("train_samples", "per update"), ("eval_samples", "at evaluation")):
+        v, d = getattr(cfg.schedule, name), getattr(default, name)
+        if v != d:
+            warnings.warn(ConfigWarning(
+                f"config field schedule.{name} = {v} is unused: rule {cfg.rule.name!r} trains and evaluates the "
+                f"mean network (w = μ, one pass, no weight samples {when}); only the Bayesian rules ({bayes}) draw "
+                f"Monte-Carlo weight samples. Remove the field (default {d}) or pick a Bayesian rule"), stacklevel=4)
 
 
 SECTIONS = {"data": DataConfig, "stream": StreamConfig, "encoder": EncoderConfig, "model": ModelConfig,
@@ -464,6 +484,7 @@ class RunConfig:
                        f"got {self.encoder.kind!r}")
         if self.encoder.kind == "rate" and self.encoder.gain > 1.0:
             raise _err("encoder.gain", f"a rate code's gain scales a probability: must be <= 1, got {self.encoder.gain}")
+        warn_unused_samples(self)
         check_memory(self)
         return self
 

@@ -218,16 +218,40 @@ class Trainer:
         restore_rng(ckpt["rng"], self._generators())
         st = ckpt["state"]
         self.update = int(ckpt["position"])
-        self.R, self.history, self.log_rows = st["R"], st["history"], st["log_rows"]
+        self.R, self.history = st["R"], st["history"]
+        # checkpoints from before the fixed-width log held one acc_task_k column per task in every
+        # row (the same numbers as history): keep the fixed columns only
+        self.log_rows = [{k: r.get(k, "") for k in self.LOG_FIELDS} for r in st["log_rows"]] \
+            if st["log_rows"] and set(st["log_rows"][0]) != set(self.LOG_FIELDS) else st["log_rows"]
         self.train_acc_ema, self.final_metrics = st["train_acc_ema"], st["final_metrics"]
         self._diverged = bool(st.get("diverged", False))
         self.diverged_reason, self.diverged_at = st.get("diverged_reason"), st.get("diverged_at")
         self._at_chance = int(st.get("at_chance", 0))
 
+    #: columns of the per-update log rows: as many whatever the number of tasks (the accuracy of
+    #: each task lives in :attr:`history`, one entry per evaluation, see :meth:`accuracy_rows`)
+    LOG_FIELDS = ("update", "samples", "task", "loss", "train_acc", "eval_avg_acc")
+
     def log_fields(self) -> list[str]:
-        """Columns of the per-update log rows (``self.log_rows``)."""
-        return ["update", "samples", "task", "loss", "train_acc", "eval_avg_acc"] + \
-               [f"acc_task_{k}" for k in range(self.n_tasks)]
+        """Columns of the per-update log rows (``self.log_rows``): :data:`LOG_FIELDS`."""
+        return list(self.LOG_FIELDS)
+
+    def accuracy_fields(self) -> list[str]:
+        """Columns of :meth:`accuracy_rows`: update, samples, task_end, acc_task_0 .. acc_task_{n-1}."""
+        return ["update", "samples", "task_end"] + [f"acc_task_{k}" for k in range(self.n_tasks)]
+
+    def accuracy_row(self, entry: dict) -> dict:
+        """One evaluation of :attr:`history` as a CSV row (empty cells for tasks not evaluated)."""
+        row = {"update": entry["update"], "samples": entry["samples"],
+               "task_end": "" if entry["task_end"] is None else entry["task_end"]}
+        for k, a in enumerate(entry["accuracy"]):
+            row[f"acc_task_{k}"] = "" if a is None else f"{a:.4f}"
+        return row
+
+    def accuracy_rows(self) -> list[dict]:
+        """The accuracy of every task at every evaluation so far, one row per evaluation
+        (O(evaluations × tasks); what ``accuracy.csv`` of a run directory holds)."""
+        return [self.accuracy_row(h) for h in self.history]
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -272,11 +296,9 @@ class Trainer:
                 row = {"update": u, "samples": min(u * self.batch_size, self.n_samples),
                        "task": self.batch_task[u - 1], "loss": "" if loss is None else f"{loss:.6g}",
                        "train_acc": "" if acc is None else f"{acc:.4f}",
-                       "eval_avg_acc": "", **{f"acc_task_{k}": "" for k in range(self.n_tasks)}}
+                       "eval_avg_acc": ""}
                 if ev is not None:
                     row["eval_avg_acc"] = f"{float(np.mean(list(ev.accuracy.values()))):.4f}"
-                    for k, a in ev.accuracy.items():
-                        row[f"acc_task_{k}"] = f"{a:.4f}"
                 self.log_rows.append(row)
                 if u == self.n_updates:
                     self.final_metrics = self._finish(ev)

@@ -275,3 +275,36 @@ def test_split_task_count_follows_the_dataset_classes():
     with pytest.raises(ConfigError, match=r"stream.classes_per_task: must be <= 10"):
         parse_config({"rule": {"name": "sgd"}, "data": {"dataset": "mnist"},
                       "stream": {"kind": "split", "classes_per_task": 20}})
+
+
+def test_samples_set_for_a_mean_mode_rule_warn_once_at_load_naming_the_field(tmp_path):
+    import warnings
+
+    from mesu_snn.config import ConfigWarning
+    from mesu_snn.rules import RULES
+
+    def load(rule, schedule):
+        p = tmp_path / "c.toml"
+        p.write_text(f'[data]\ndataset = "digits"\n[rule]\nname = "{rule}"\n[schedule]\n{schedule}\n')
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            cfg = load_config(p)
+        return cfg, [str(x.message) for x in w if issubclass(x.category, ConfigWarning)]
+
+    for rule in ("sgd", "adam", "ewc", "si"):
+        cfg, msgs = load(rule, "eval_samples = 16\ntrain_samples = 2")
+        assert len(msgs) == 2, msgs
+        assert msgs[0].startswith("config field schedule.train_samples = 2 is unused: rule " + repr(rule))
+        assert msgs[1].startswith("config field schedule.eval_samples = 16 is unused")
+        assert "mean network" in msgs[1] and "mesu" in msgs[1] and "bgd" in msgs[1]
+        assert cfg.schedule.eval_samples == 16          # kept as written (the trainer uses M = 1)
+    # the defaults (as dump_toml writes them into every run's config.toml) do not warn
+    assert load("sgd", "eval_samples = 8\ntrain_samples = 4")[1] == []
+    cfg, msgs = load("sgd", "eval_every = 0")
+    assert msgs == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)     # a run's own config.toml (resume) is quiet
+        assert load_config(_write(tmp_path, dump_toml(cfg), "run.toml")).rule.name == "sgd"
+    # Bayesian rules use both fields: no warning
+    for rule in (n for n, c in RULES.items() if c.bayesian):
+        assert load(rule, "eval_samples = 16\ntrain_samples = 2")[1] == [], rule

@@ -16,7 +16,8 @@ checkpoint, the standard MNIST files) must never read as different data; a succe
 of a format without one (N-MNIST, SHD, a custom idx, a config) must still satisfy the
 format's invariants. Any other exception, a case running longer than :data:`CASE_SECONDS`,
 or a Python/numpy allocation above the bound of :mod:`mesu_snn.filecheck` (1032 × the file's
-size + slack, traced with ``tracemalloc``) fails. Deterministic (``derandomize``); the CI run
+size + slack, traced with ``tracemalloc``; the SHD reader's HDF5 reads run in a worker process,
+mesu_snn.filecheck.read_h5_isolated, which applies the same bound before it reads) fails. Deterministic (``derandomize``); the CI run
 is about 2,600 cases (sum of the ``@fuzz`` counts; the slower HDF5 readers get fewer). ``MESU_SNN_FUZZ_SCALE=K`` multiplies every count (the long run:
 ``scripts/fuzz_long.py``).
 """
@@ -35,7 +36,7 @@ import numpy as np
 import pytest
 import torch
 from conftest_data import shared_data_dir
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 import mesu_snn as ms
@@ -115,9 +116,19 @@ def watched(path, traced: bool):
             assert peak <= bound, f"reading {path} ({size} bytes) allocated {peak} bytes, above the bound {bound}"
 
 
+#: seconds an HDF5 read in the SHD reader's worker may take (mesu_snn.filecheck), under CASE_SECONDS
+H5_TIMEOUT_S = 5
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report():
+    old = os.environ.get("MESU_SNN_H5_TIMEOUT")
+    os.environ["MESU_SNN_H5_TIMEOUT"] = str(H5_TIMEOUT_S)
     yield
+    if old is None:
+        os.environ.pop("MESU_SNN_H5_TIMEOUT", None)
+    else:
+        os.environ["MESU_SNN_H5_TIMEOUT"] = old
     print(f"\nfuzz cases per reader: {COUNTS} (total {sum(COUNTS.values())})")
 
 
@@ -432,10 +443,23 @@ def _valid_shd(out):
             assert ev["x"].min() >= 0 and ev["x"].max() < 700 and ev["t"].min() >= 0
 
 
+HANG_SHD = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "fuzz_hang_shd.h5"
+
+
 @fuzz(200)
 @given(m=BYTE_MUTATION)
+@example(m=("zero", 3444.5 / 9013, 54, b"\0"))     # the long run's libhdf5 hang (zeroed global heap)
 def test_shd_bytes(work, shd_file, m):
     _bytes_case("shd", read_shd_file, shd_file, work / "m_shd.h5", m, check=_valid_shd)
+
+
+def test_shd_file_that_hangs_libhdf5(work, shd_file):
+    """The long run's case (benchmarks/results/fuzz_hang_shd.h5: the source SHD file with 54 bytes
+    of its global heap zeroed; libhdf5 loops forever reading 'spikes/times'): the reader's
+    worker is stopped after the timeout and the read is a FileFormatError naming the file."""
+    assert HANG_SHD.read_bytes() == mutate(shd_file.read_bytes(), ("zero", 3444.5 / 9013, 54, b"\0"))
+    kind, e = verdict("shd", read_shd_file, HANG_SHD)
+    assert kind == "error" and "stalled" in str(e), e
 
 
 # ------------------------------------------------------------------ crafted files per reader

@@ -154,7 +154,66 @@ def test_resume_in_process_is_bit_exact(digits_tasks, tmp_path, rule):
     for (m1, s1), (m2, s2) in zip(_pairs(ref.model), _pairs(resumed.model)):
         assert torch.equal(m1, m2) and torch.equal(s1, s2)
     assert (tmp_path / "run" / "log.csv").read_text() == (tmp_path / "ref" / "log.csv").read_text()
+    assert (tmp_path / "run" / "accuracy.csv").read_text() == (tmp_path / "ref" / "accuracy.csv").read_text()
     assert (tmp_path / "run" / "metrics.json").read_bytes() == (tmp_path / "ref" / "metrics.json").read_bytes()
+
+
+def _small(n_tasks, **over):
+    return digits_cfg("sgd", data={"train_per_task": 32, "test_per_task": 20}, stream={"n_tasks": n_tasks},
+                      schedule={"train_samples": 4, "eval_samples": 8, "eval_every": 3, "chance_patience": 0, **over})
+
+
+def test_log_rows_have_the_same_width_for_any_number_of_tasks(tmp_path):
+    import csv
+    width = {}
+    for n in (2, 6):
+        tr = build_run(_small(n), tmp_path / f"t{n}")
+        m = tr.fit()
+        log = list(csv.reader(open(tmp_path / f"t{n}" / "log.csv")))
+        assert log[0] == list(tr.LOG_FIELDS) and len(log) == tr.n_updates + 1
+        assert {len(r) for r in log} == {len(tr.LOG_FIELDS)}
+        assert all(set(r) == set(tr.LOG_FIELDS) for r in tr.log_rows)          # also in every checkpoint
+        assert set(ms.runs.load_checkpoint(tmp_path / f"t{n}" / "checkpoints" / "last.pt")["state"]["log_rows"][0]) \
+            == set(tr.LOG_FIELDS)
+        width[n] = len(log[0])
+        # the accuracy of each task: one row per evaluation in accuracy.csv, as in metrics.json
+        acc = list(csv.DictReader(open(tmp_path / f"t{n}" / "accuracy.csv")))
+        hist = m["accuracy_over_time"]
+        assert len(acc) == len(hist) and len(acc) < tr.n_updates
+        assert list(acc[0]) == ["update", "samples", "task_end"] + [f"acc_task_{k}" for k in range(n)]
+        for row, h in zip(acc, hist):
+            assert int(row["update"]) == h["update"]
+            assert row["task_end"] == ("" if h["task_end"] is None else str(h["task_end"]))
+            assert [None if row[f"acc_task_{k}"] == "" else float(row[f"acc_task_{k}"]) for k in range(n)] == \
+                [None if a is None else round(a, 4) for a in h["accuracy"]]
+        evals = [int(r[0]) for r in log[1:] if r[5] != ""]
+        assert evals == [h["update"] for h in hist]
+    assert width[2] == width[6]
+
+
+def test_resume_from_a_checkpoint_with_the_old_per_task_log_columns(tmp_path):
+    """Checkpoints written before the fixed-width log kept acc_task_k in every log row: they
+    resume, and end as an uninterrupted run."""
+    from mesu_snn.runs.checkpoint import load_checkpoint, save_checkpoint
+    over = {"checkpoint_every": 2, "eval_every": 1}
+    ref = build_run(_small(3, **over), tmp_path / "ref")
+    m_ref = ref.fit()
+    crashed = build_run(_small(3, **over), tmp_path / "run", callbacks=[Crash(ref.n_updates - 1)])
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit()
+    ck = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(ck)
+    rows = state["state"]["log_rows"]
+    assert rows and set(rows[0]) == set(ref.LOG_FIELDS)
+    hist = {h["update"]: h["accuracy"] for h in state["state"]["history"]}
+    for r in rows:                                       # the old layout
+        r.update({f"acc_task_{k}": "" if r["update"] not in hist or hist[r["update"]][k] is None
+                  else f"{hist[r['update']][k]:.4f}" for k in range(3)})
+    save_checkpoint(ck, state)
+    resumed = build_run(_small(3, **over), tmp_path / "run")
+    assert resumed.fit(resume=True) == m_ref
+    for name in ("log.csv", "accuracy.csv", "metrics.json"):
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
 
 
 def test_split_stream_scores_task_incrementally(digits_tasks):

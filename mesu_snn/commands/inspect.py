@@ -1,5 +1,5 @@
 """``mesu-snn inspect FILE``: a short, human-readable summary of any file mesu_snn writes — σ
-trace (.h5 / .h5.partial), NIR graph (.nir), metrics.json, config.toml, log.csv, checkpoint
+trace (.h5 / .h5.partial), NIR graph (.nir), metrics.json, config.toml, log.csv / accuracy.csv, checkpoint
 (.pt), importance.npz, PNG plot — or of every such file in a run directory.
 
 A corrupt, truncated or foreign file gives one error line naming the file and the problem."""
@@ -166,7 +166,9 @@ def _csv(path: Path) -> list[str]:
     from ..runs.layout import read_log
     d = read_log(path)
     n = len(next(iter(d.values()))) if d else 0
-    return [f"{path}: CSV log, {n} rows, columns {list(d)}"]
+    cols = list(d)
+    shown = cols if len(cols) <= 12 else [*cols[:6], f"... ({len(cols) - 8} more)", *cols[-2:]]
+    return [f"{path}: CSV log, {n} rows, {len(cols)} columns {shown}"]
 
 
 def _npz(path: Path) -> list[str]:

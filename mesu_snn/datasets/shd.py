@@ -5,7 +5,8 @@ Read with h5py exactly as ``tonic.datasets.hsd.HSD.__getitem__`` does
 so it is not used directly): ``spikes/times`` (vlen float, seconds) times 1e6
 and cast to int -> ``t`` in microseconds; ``spikes/units`` (vlen uint16) ->
 ``x`` (channel 0..699); ``p`` = 1; Tonic's dtype and field order (t, x, p).
-Labels from ``labels`` (0..19). File looked up as ``shd_{split}.h5`` in
+Labels from ``labels`` (0..19). Read in a worker process with a timeout (libhdf5 can hang on a
+corrupt file; see :mod:`mesu_snn.filecheck`). File looked up as ``shd_{split}.h5`` in
 ``<root>/SHD/`` (tonic's save folder), ``<root>/shd/`` or ``<root>/``.
 """
 
@@ -14,11 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..errors import FileFormatError
-from ..filecheck import check_h5_sizes, open_h5
+from ..filecheck import read_h5_isolated
 from .events import EventDataset
 from .root import ENV_VAR, resolve_data_root
 
@@ -39,41 +39,33 @@ def shd_path(root: Path, split: str) -> Path | None:
     return None
 
 
-def read_shd_file(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray]:
+def read_shd_file(path: str | os.PathLike, timeout: float | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """All recordings of one SHD ``.h5`` file: (list of (t, x, p) arrays, labels int64 (N,)).
+
+    The HDF5 reading runs in a worker process (:func:`mesu_snn.filecheck.read_h5_isolated`):
+    libhdf5 can loop forever on a corrupt variable-length heap, so a read that takes more than
+    ``timeout`` seconds (default: 60 s + 1 s per 10 MB, or ``$MESU_SNN_H5_TIMEOUT``) stops the
+    worker and is a FileFormatError naming the file and the stall.
 
     FileFormatError naming the file if it is not a readable HDF5 file, declares more data than
     it can hold (checked before reading), lacks a dataset, or holds wrong dtypes or shapes,
     times that are not finite, negative or beyond :data:`MAX_TIME_S`, units outside 0..699 or
     labels outside 0..19."""
     path = Path(path)
-    f = open_h5(path, "SHD")
-    try:
-        check_h5_sizes(f, path)
-        for key in ("spikes/times", "spikes/units", "labels"):
-            if key not in f or not isinstance(f[key], h5py.Dataset):
-                raise FileFormatError(f"{path}: missing dataset '{key}' (not an SHD file?)")
-        for key in ("spikes/times", "spikes/units"):
-            ds = f[key]
-            if ds.ndim != 1 or h5py.check_vlen_dtype(ds.dtype) is None:
-                raise FileFormatError(f"{path}: '{key}' is {ds.dtype} of shape {ds.shape}, expected a 1-d "
-                                      "variable-length dataset")
-        times = f["spikes/times"][()]
-        units = f["spikes/units"][()]
-        labels = np.asarray(f["labels"][()])
-    except FileFormatError:
-        raise
-    except Exception as exc:  # h5py/HDF5 errors on a damaged file
-        raise FileFormatError(f"{path}: cannot read as HDF5 ({type(exc).__name__}: {str(exc)[:300]})") from None
-    finally:
-        f.close()
+    got = read_h5_isolated(path, {"spikes/times": "vlen", "spikes/units": "vlen", "labels": "array"}, "SHD", timeout)
+    (t_all, t_off), (u_all, u_off), labels = got["spikes/times"], got["spikes/units"], got["labels"]
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise FileFormatError(f"{path}: labels are {labels.dtype} of shape {labels.shape}, expected 1-d integers")
     if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
         raise FileFormatError(f"{path}: labels outside 0..{N_CLASSES - 1}")
     labels = labels.astype(np.int64)
-    if not (len(times) == len(units) == len(labels)):
-        raise FileFormatError(f"{path}: {len(times)} times, {len(units)} units, {len(labels)} labels")
+    n_t, n_u = len(t_off) - 1, len(u_off) - 1
+    if not (n_t == n_u == len(labels)):
+        raise FileFormatError(f"{path}: {n_t} times, {n_u} units, {len(labels)} labels")
+    if u_all.dtype.kind not in "iu":
+        raise FileFormatError(f"{path}: times {t_all.dtype} and units {u_all.dtype}, expected numbers and integers")
+    times = [t_all[a:b] for a, b in zip(t_off[:-1], t_off[1:])]
+    units = [u_all[a:b] for a, b in zip(u_off[:-1], u_off[1:])]
     events = []
     for i, (tt, uu) in enumerate(zip(times, units)):
         tt, uu = np.asarray(tt), np.asarray(uu)

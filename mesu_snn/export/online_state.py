@@ -112,12 +112,12 @@ def export_online_state(rule, path, force: bool = False, nir_path=None) -> Path:
 def read_online_state(path) -> dict:
     """The file as {"attrs": {...}, "layers": [{"attrs": {...}, name: array, ...}, ...]}; ValueError
     naming the file if it is not an online-state file of a known version."""
-    import h5py
+    from ..filecheck import open_h5
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"online state file {path} does not exist")
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "online state") as f:
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
             if attrs.get("format") != FORMAT:
                 raise ValueError(f"{path}: not a {FORMAT} file (format attribute {attrs.get('format')!r})")

@@ -2,9 +2,9 @@
 the metrics and timing files. :func:`run_callbacks` gives the set ``mesu-snn train`` uses.
 
 Layout: :mod:`mesu_snn.runs.layout`. Every file is written atomically (temp file + rename)
-except ``log.csv``, which is appended to during the run and rewritten atomically from the
-trainer's rows at the start (after a resume) and at the end, so a kill leaves at most a
-partial last line that the next resume replaces.
+except ``log.csv`` and ``accuracy.csv``, which are appended to during the run and rewritten
+atomically from the trainer's rows at the start (after a resume) and at the end, so a kill
+leaves at most a partial last line that the next resume replaces.
 """
 from __future__ import annotations
 
@@ -16,56 +16,77 @@ from pathlib import Path
 from ..callbacks import Callback
 from .atomic import atomic_write_text, crash_point, disk_full_error, is_disk_full
 from .checkpoint import load_checkpoint, save_checkpoint
-from .layout import CHECKPOINT
+from .layout import ACCURACY_LOG, CHECKPOINT
 
 __all__ = ["CSVLogger", "Checkpointer", "MetricsWriter", "run_callbacks", "build_run"]
 
 
 class CSVLogger(Callback):
-    """``DIR/log.csv``: one row per update (loss, training accuracy, evaluations)."""
+    """``DIR/log.csv``: one row per update (loss, training accuracy, average evaluated accuracy),
+    its width independent of the number of tasks; ``DIR/accuracy.csv``: one row per evaluation
+    with the accuracy of every task (``acc_task_k``; O(evaluations × tasks))."""
 
     def __init__(self, run_dir):
         self.path = Path(run_dir) / "log.csv"
-        self._file = None
-        self._fields: list[str] = []
+        self.accuracy_path = Path(run_dir) / ACCURACY_LOG
+        self._files: dict[str, object] = {}
+        self._fields: dict[str, list[str]] = {}
+
+    def _tables(self, trainer) -> dict[Path, tuple[list[str], list[dict]]]:
+        return {self.path: (trainer.log_fields(), trainer.log_rows),
+                self.accuracy_path: (trainer.accuracy_fields(), trainer.accuracy_rows())}
 
     def _rewrite(self, trainer) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=trainer.log_fields(), lineterminator="\n")
-        w.writeheader()
-        w.writerows(trainer.log_rows)
-        atomic_write_text(self.path, buf.getvalue())
+        for path, (fields, rows) in self._tables(trainer).items():
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+            atomic_write_text(path, buf.getvalue())
 
     def on_fit_start(self, trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._rewrite(trainer)
         if trainer.final_metrics is None:
-            self._fields = trainer.log_fields()
-            self._file = open(self.path, "a", newline="")
+            for path, (fields, _) in self._tables(trainer).items():
+                self._fields[path.name] = fields
+                self._files[path.name] = open(path, "a", newline="")
+
+    def _write(self, path: Path, row: dict) -> None:
+        try:
+            csv.DictWriter(self._files[path.name], fieldnames=self._fields[path.name],
+                           lineterminator="\n").writerow(row)
+        except OSError as e:
+            raise (disk_full_error(path, e) if is_disk_full(e) else e) from None
 
     def on_step(self, trainer, row: dict) -> None:
-        try:
-            csv.DictWriter(self._file, fieldnames=self._fields, lineterminator="\n").writerow(row)
-        except OSError as e:
-            raise (disk_full_error(self.path, e) if is_disk_full(e) else e) from None
+        self._write(self.path, row)
+        if row.get("eval_avg_acc", "") != "" and trainer.history:
+            self._write(self.accuracy_path, trainer.accuracy_row(trainer.history[-1]))
 
     def flush(self) -> None:
-        if self._file is not None:
+        for path in (self.path, self.accuracy_path):
+            f = self._files.get(path.name)
+            if f is None:
+                continue
             try:
-                self._file.flush()
+                f.flush()
             except OSError as e:
-                raise (disk_full_error(self.path, e) if is_disk_full(e) else e) from None
+                raise (disk_full_error(path, e) if is_disk_full(e) else e) from None
+        if self._files:
             crash_point(f"log_flushed:{self.path.name}")
 
     def on_fit_exit(self, trainer) -> None:
-        f, self._file = self._file, None
-        if f is None:
-            return
-        try:
-            f.close()
-        except OSError as e:
-            if trainer.final_metrics is not None:       # a failed run's log is rewritten on resume
-                raise (disk_full_error(self.path, e) if is_disk_full(e) else e) from None
+        files, self._files = self._files, {}
+        err = None
+        for name, f in files.items():
+            try:
+                f.close()
+            except OSError as e:
+                err = err or (self.path.parent / name, e)
+        if err is not None and trainer.final_metrics is not None:   # a failed run's logs are rewritten on resume
+            path, e = err
+            raise (disk_full_error(path, e) if is_disk_full(e) else e) from None
 
     def on_finish(self, trainer, metrics, timing) -> None:
         self._rewrite(trainer)

@@ -6,7 +6,10 @@ Layout (written by ``mesu-snn train`` / ``demo`` and the trainer)::
     DIR/.mesu-run            marker: this folder is a mesu-snn run directory
     DIR/config.toml          the validated configuration
     DIR/metrics.json         accuracy matrix and every metric (written at the end)
-    DIR/log.csv              one row per update (loss, accuracy, evaluations)
+    DIR/log.csv              one row per update (loss, training accuracy, average evaluated
+                             accuracy): as many columns whatever the number of tasks
+    DIR/accuracy.csv         one row per evaluation: the accuracy of every task (acc_task_k);
+                             runs from before it kept these columns in every row of log.csv
     DIR/*.png                plots (accuracy matrix, accuracy of each task over time, ...)
     DIR/checkpoints/last.pt  atomic checkpoint every K updates (and at the end)
 
@@ -36,12 +39,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["MARKER", "CHECKPOINT", "PLOT_FILES", "create_run_dir", "is_run_dir", "run_is_finished", "run_files", "read_metrics", "read_config", "read_log", "load_run_model",
+__all__ = ["MARKER", "CHECKPOINT", "ACCURACY_LOG", "PLOT_FILES", "create_run_dir", "is_run_dir", "run_is_finished", "run_files", "read_metrics", "read_config", "read_log", "load_run_model",
            "save_importance", "read_importance", "TRACE_NAME", "IMPORTANCE_NAME"]
 
 TRACE_NAME = "sigma_trace.h5"
 CHECKPOINT = Path("checkpoints") / "last.pt"   #: the only checkpoint readers open
 MARKER = ".mesu-run"
+ACCURACY_LOG = "accuracy.csv"   #: per-evaluation accuracy of every task
 #: the per-run figures (:func:`mesu_snn.runs.plots.write_run_plots`), the last files a run writes
 PLOT_FILES = ("accuracy_matrix.png", "task_accuracy.png", "learning_accuracy.png")
 
@@ -112,6 +116,7 @@ def run_files(run_dir) -> dict[str, Path | None]:
     partial = d / (TRACE_NAME + ".partial")        # a folder of parts while running / after a crash
     trace = pick(d / TRACE_NAME) or (partial if partial.is_dir() else pick(partial))
     return {"config": pick(d / "config.toml"), "metrics": pick(d / "metrics.json"), "log": pick(d / "log.csv"),
+            "accuracy": pick(d / ACCURACY_LOG),
             "trace": trace, "checkpoint": ckpt, "importance": pick(d / IMPORTANCE_NAME)}
 
 
