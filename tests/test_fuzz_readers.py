@@ -237,6 +237,21 @@ def nir_file(work) -> Path:
     return to_nir(net, work / "src.nir")
 
 
+@pytest.fixture(scope="module")
+def netx_file(work) -> Path:
+    torch.manual_seed(2)
+    net = ms.SpikingMLP([5, 4, 3], reset="zero", readout="count")
+    for lif in net.neurons:
+        lif.reset_delay = False
+    return ms.to_netx(net, work / "src.net", realisations=1)
+
+
+def _netx_state(p):
+    from mesu_snn.export.netx import read_netx
+    return [(L.kind, L.weight.tolist(), None if L.bias is None else L.bias.tolist(), L.v_decay, L.v_th, L.scale)
+            for L in read_netx(p)]
+
+
 def _payload():
     torch.manual_seed(2)
     net = ms.SpikingMLP([5, 4, 3])
@@ -313,6 +328,15 @@ def _bytes_case(reader, read, src: Path, dst: Path, m, expected=None, check=None
 def test_nir_bytes(work, nir_file, m):
     r = ref("nir", lambda: model_state(from_nir(nir_file)))
     _bytes_case("nir", lambda p: model_state(from_nir(p)), nir_file, work / "m.nir", m, r)
+
+
+@fuzz(40)
+@given(m=BYTE_MUTATION)
+def test_netx_bytes(work, netx_file, m):
+    """Lava netx files we write carry the tree's SHA-256: a damaged one is an error naming it, never
+    changed weights read silently (the long heap fuzz found h5py OSErrors here before)."""
+    r = ref("netx", lambda: _netx_state(netx_file))
+    _bytes_case("netx", _netx_state, netx_file, work / "m.net", m, r)
 
 
 @fuzz(30)

@@ -84,8 +84,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ChipConstraintError
+from ..errors import ChipConstraintError, FileFormatError
 from ..neurons import LIF
+from ..filecheck import stamp_h5_digest
 from ..runs.atomic import atomic_path
 from ..synapses import BayesConv2d, BayesianLayer, BayesLinear
 from .stages import AvgPool, Flatten, SpikingSequential, model_stages, stage_shapes
@@ -445,6 +446,7 @@ def to_netx(model: nn.Module, path, bits: int = 8, realisations: int = 0, seed: 
                     g.create_dataset("weight", data=R.weight.astype(np.int32))
                     if R.bias is not None:
                         g.create_dataset("bias", data=np.clip(R.bias, BIAS_MIN, BIAS_MAX).astype(np.int32))
+            stamp_h5_digest(f)     # a root attribute: Lava's reader ignores it, ours checks it
     return Path(path)
 
 
@@ -459,11 +461,11 @@ def read_netx(path, realisation: int | None = None) -> list[ChipLayer]:
     ASCII, ``weight``/``bias`` as integers, neuron scalars). ``realisation=k`` swaps in the
     k-th sampled weight set of ``mesu_snn/realisations``. ValueError naming the file for a
     file that is not HDF5, not netx, or uses blocks or neurons outside dense/conv/flatten CUBA."""
-    from ..filecheck import check_h5_sizes, open_h5
+    from ..filecheck import check_h5, open_h5
     path = Path(path)
     f = open_h5(path, "netx")
     with f:
-        check_h5_sizes(f, path)
+        check_h5(f, path)              # declared sizes; the SHA-256 of the tree when the file has one (ours)
         if "layer" not in f:
             raise ValueError(f"{path}: HDF5 file but not a netx network (no 'layer' group; top-level keys "
                              f"{sorted(f.keys())})")
@@ -514,10 +516,10 @@ def read_netx(path, realisation: int | None = None) -> list[ChipLayer]:
                                         v_th=int(g["neuron/vThMant"][()]), scale=scale, bits=0, name=name,
                                         out_shape=shape, in_shape=in_shape or (), conv=conv, flatten=flat))
                 in_shape, flat = shape, False
-        except (KeyError, TypeError, IndexError) as e:
-            raise ValueError(f"{path}: damaged netx file: {type(e).__name__}: {e}") from None
+        except (KeyError, TypeError, IndexError, OSError) as e:   # OSError: h5py's read of a damaged dataset
+            raise FileFormatError(f"{path}: damaged netx file: {type(e).__name__}: {e}") from None
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise FileFormatError(f"{path}: {e}") from None
     if not layers:
         raise ValueError(f"{path}: netx file without dense or conv layers")
     return layers
