@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.optim.optimizer as _optim
 
 from ..kernels.gaussian_weight import gaussian_weight_backward
 from ..kernels.lif_fused import lif_backward, lif_config, lif_forward, supports
 from ..kernels.local_linear import local_linear_backward, local_linear_forward
 from ..kernels.spike_linear import sampled_linear_backward
-from ..kernels.switch import whole_step_enabled
+from ..kernels.switch import fast_paths_enabled, native_enabled, whole_step_enabled
 from ..models import ACTIVATIONS, BayesMLP, SpikingMLP
 from ..synapses import BayesLinear
 from .bayes_optimizer import BayesianOptimizer
-from .mesu import MESU
+from .bgd import BGD
+from .mesu import MESU, _check_batch
 from .rule import Rule
 
 __all__ = ["StreamingStep", "unsupported_reason", "whole_step_for"]
@@ -207,11 +209,40 @@ class StreamingStep:
     def step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Forward, backward and the optimizer's step; returns the loss (0-dim tensor)."""
         loss, _ = self.forward_backward(x, y, generator)
-        if isinstance(self.optimizer, MESU):
-            self.optimizer.step(batch_size=int(y.shape[0]))
-        else:
-            self.optimizer.step()
+        self.optimizer_step(int(y.shape[0]))
         return loss
+
+    def optimizer_step(self, batch_size: int) -> None:
+        """``optimizer.step(batch_size=B)`` (MESU) or ``optimizer.step()`` (BGD), with the same result,
+        refusal or skip and counters, without torch.optim's wrapper where nothing can observe it: the
+        optimizer is exactly a MESU or BGD whose ``step`` is not replaced on the instance (e.g. by an LR
+        scheduler), no optimizer step hook is registered (its own or global) and the autograd profiler
+        is off. A MESU step then runs its compiled step directly (``_native_step``: the cached guard and
+        update); whatever that declines (a non-finite gradient or result, no compiled loops, another
+        layout) goes to the full ``step``, which checks again, names the tensor and raises or skips."""
+        opt = self.optimizer
+        cls = type(opt)
+        if (cls is MESU or cls is BGD) and "step" not in opt.__dict__ and not opt._optimizer_step_pre_hooks \
+                and not opt._optimizer_step_post_hooks and not _optim._global_optimizer_pre_hooks \
+                and not _optim._global_optimizer_post_hooks and not torch.autograd._profiler_enabled():
+            if cls is MESU:
+                _check_batch(batch_size)
+                if fast_paths_enabled() and native_enabled():
+                    opt._step_batch = batch_size
+                    try:
+                        done = opt._native_step()
+                    finally:
+                        opt._step_batch = None
+                    if done:
+                        return
+            unwrapped = getattr(cls.step, "__wrapped__", None)
+            if unwrapped is not None:
+                unwrapped(opt, batch_size=batch_size) if cls is MESU else unwrapped(opt)
+                return
+        if isinstance(opt, MESU):
+            opt.step(batch_size=batch_size)
+        else:
+            opt.step()
 
     @torch.no_grad()
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None, *,
