@@ -11,7 +11,7 @@ import mesu_snn as ms
 from mesu_snn.errors import NonFiniteStepError
 from mesu_snn.kernels import fast_paths
 from mesu_snn.rules import StreamingStep, unsupported_reason
-from mesu_snn.rules.streaming_step import rule_reason, whole_step_for
+from mesu_snn.rules.streaming_step import _mc_nll, rule_reason, whole_step_for
 
 SIZES = [40, 12, 5]
 T, M = 6, 4
@@ -384,3 +384,25 @@ def test_the_direct_step_refuses_a_bad_batch_size():
     st.forward_backward(x, y)
     with pytest.raises(ValueError, match="batch_size"):
         st.optimizer_step(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_the_fused_loss_equals_log_softmax_mean_nll_and_its_autograd_gradient(dtype, reduction):
+    g = torch.Generator().manual_seed(1)
+    out = (3 * torch.randn(M, 3, 7, generator=g, dtype=dtype)).requires_grad_()
+    y = torch.tensor([2, 0, 6], dtype=torch.int32)
+    ref = torch.nn.functional.nll_loss(torch.log_softmax(out, -1).mean(0), y.long(), reduction=reduction)
+    (ref_g,) = torch.autograd.grad(ref, out)
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-15)
+    for native_on in (True, False):
+        with ms.kernels.fast_paths(native=native_on):
+            loss, grad = _mc_nll(out.detach(), y, reduction)
+        torch.testing.assert_close(loss, ref.detach(), **tol)
+        torch.testing.assert_close(grad, ref_g, **tol)
+        with ms.kernels.fast_paths(native=native_on), pytest.raises((IndexError, RuntimeError)):
+            _mc_nll(out.detach(), torch.tensor([2, 0, 7]), reduction)      # a target out of range
+    bad = out.detach().clone()
+    bad[3, 1, 4] = float("nan")
+    loss, grad = _mc_nll(bad, y, reduction)
+    assert loss.isnan() and grad[3, 1].isnan().all() and grad[:, 0].isfinite().all()

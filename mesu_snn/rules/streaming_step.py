@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 import torch.optim.optimizer as _optim
 
+from ..kernels import native
 from ..kernels.gaussian_weight import gaussian_weight_backward
 from ..kernels.lif_fused import lif_backward, lif_config, lif_forward, supports
 from ..kernels.local_linear import local_linear_backward, local_linear_forward
@@ -299,17 +300,7 @@ class StreamingStep:
         else:
             out = h
         # ---- the loss: mean over samples of log softmax, NLL summed (or averaged) over the batch
-        lsm = torch.log_softmax(out, -1)
-        yl = y.long()
-        loss = F.nll_loss(lsm.mean(0), yl, reduction="sum")
-        bsz = out.shape[1]
-        scale = 1.0
-        if self.reduction == "mean":
-            loss = loss / bsz
-            scale = 1.0 / bsz
-        g = torch.zeros_like(lsm)
-        g[:, torch.arange(bsz), yl] = -scale / m
-        g = torch.ops.aten._log_softmax_backward_data(g, lsm, -1, lsm.dtype)     # ∂C/∂logits (M, B, C)
+        loss, g = _mc_nll(out, y, self.reduction)                                 # g: ∂C/∂logits (M, B, C)
         # ---- backward
         if self.spiking:
             t = h.shape[1]
@@ -360,6 +351,32 @@ class StreamingStep:
         if ga is not None and gb is not None and bufs.get(id(a)) is ga and bufs.get(id(b)) is gb:
             return ga, gb
         return None
+
+
+def _mc_nll(out: torch.Tensor, y: torch.Tensor, reduction: str):
+    """The loss ``nll_loss(log_softmax(out).mean(0), y, "sum")`` (``/ B`` for ``reduction="mean"``) of the
+    (M, B, C) logits and its gradient with respect to them: one compiled pass
+    (:mod:`mesu_snn.kernels.native` ``mc_nll``, the same formulas row by row) where the loops are
+    available, else the torch ops (a target out of range raises there, as in the autograd path)."""
+    m, bsz, c = out.shape
+    scale = 1.0 if reduction == "sum" else 1.0 / bsz
+    yl = y.long()
+    sfx = native.suffix(out) if native_enabled() else None
+    lib = native.library() if sfx is not None else None
+    if lib is not None:
+        o = out.contiguous()
+        yc = yl.contiguous()
+        g = torch.empty_like(o)
+        loss = o.new_empty(())
+        if getattr(lib, f"mc_nll_{sfx}")(o.data_ptr(), yc.data_ptr(), g.data_ptr(), loss.data_ptr(), m, bsz, c, scale):
+            return (loss / bsz if reduction == "mean" else loss), g
+    lsm = torch.log_softmax(out, -1)
+    loss = F.nll_loss(lsm.mean(0), yl, reduction="sum")
+    if reduction == "mean":
+        loss = loss / bsz
+    g = torch.zeros_like(lsm)
+    g[:, torch.arange(bsz), yl] = -scale / m
+    return loss, torch.ops.aten._log_softmax_backward_data(g, lsm, -1, lsm.dtype)
 
 
 def _weights(layer: BayesLinear, eps):
