@@ -406,3 +406,20 @@ def test_the_fused_loss_equals_log_softmax_mean_nll_and_its_autograd_gradient(dt
     bad[3, 1, 4] = float("nan")
     loss, grad = _mc_nll(bad, y, reduction)
     assert loss.isnan() and grad[3, 1].isnan().all() and grad[:, 0].isfinite().all()
+
+
+def test_a_replaced_parameter_is_seen():
+    x, y = _data("snn", 1, torch.float32)
+    net = _net("snn")
+    opt = _opt(net, "mesu")
+    step = StreamingStep(net, opt, samples=M)
+    step(x, y)
+    layer = net.layers[1]
+    layer.weight_sigma = torch.nn.Parameter(layer.weight_sigma.detach().clone())
+    assert "exactly" in step.supported(x)            # the optimizer holds the old σ
+    with pytest.raises(ValueError, match="exactly"):
+        step(x, y)
+    opt2 = _opt(net, "mesu")                          # a step over the new parameters uses them
+    step2 = StreamingStep(net, opt2, samples=M)
+    step2(x, y)
+    assert layer.weight_sigma.grad is not None and layer.weight_sigma.grad.abs().sum() > 0

@@ -193,6 +193,9 @@ class StreamingStep:
         self._modules = list(net.modules())
         self._layers = list(net.layers)
         self._neurons = list(net.neurons) if self.spiking else []
+        # per layer: the layer and its (μ, σ) of the weights and of the bias (None without), read once here
+        # instead of through Module.__getattr__ at every call (a replaced parameter changes _key)
+        self._plan = [(l, l.weight_mu, l.weight_sigma, l.bias_mu, l.bias_sigma) for l in self._layers]
         self._lif_key = None
 
     def _key(self, x):
@@ -200,8 +203,8 @@ class StreamingStep:
         return (x.device, x.dtype, x.shape, x.requires_grad, _global_hooks(),
                 tuple([(l.mode, l._frozen is None) for l in self._layers]),
                 tuple([(p.requires_grad, not p._backward_hooks) for p in self._params]),
-                tuple([(len(m._parameters), not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks),
-                        *map(id, m._modules.values())) for m in self._modules]),
+                tuple([(not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks),
+                        *map(id, m._parameters.values()), *map(id, m._modules.values())) for m in self._modules]),
                 tuple([len(g["params"]) for g in self.optimizer.param_groups]))
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -258,30 +261,30 @@ class StreamingStep:
             raise ValueError(f"expected integer class targets of shape (B={x.shape[-2]},), got "
                              f"{tuple(y.shape)} {y.dtype}")
         net, m = self.net, self.samples
-        layers = net.layers
-        first = layers[0]
+        plan = self._plan
+        n_layers = len(plan)
+        first, f_wmu, f_wsig, f_bmu, f_bsig = plan[0]
         # ---- forward: the same kernels and the same draws, in the same order, as net(x, samples=M)
         if first.estimator == "local":
-            h, st0 = local_linear_forward(x, first.weight_mu, first.weight_sigma, first.bias_mu, first.bias_sigma,
-                                          samples=m, generator=generator)
+            h, st0 = local_linear_forward(x, f_wmu, f_wsig, f_bmu, f_bsig, samples=m, generator=generator)
         else:
             eps0 = first.draw_noise(m, generator)
-            w0, b0 = _weights(first, eps0)
+            w0, b0 = _weights(f_wmu, f_wsig, f_bmu, f_bsig, eps0)
             h = first._apply_shared(x, w0, b0)
             st0 = (eps0, w0)
         if self.spiking:
             configs = self._configs
             h = h.contiguous()
         cache = []                                     # per hidden layer: (its input, eps, w)
-        for i in range(1, len(layers)):
-            layer = layers[i]
+        for i in range(1, n_layers):
+            layer, wmu, wsig, bmu, bsig = plan[i]
             if self.spiking:
                 s, u = lif_forward(h, configs[i - 1], None, time_dim=1)
                 inp, state = s, u
             else:
                 inp = state = ACTIVATIONS[net.activation](h)
             eps = layer.draw_noise(m, generator)
-            w, b = _weights(layer, eps)
+            w, b = _weights(wmu, wsig, bmu, bsig, eps)
             lead = inp.shape[1:-1]
             xf = inp.reshape(m, -1, layer.in_features)
             wt = w.transpose(1, 2)
@@ -312,31 +315,28 @@ class StreamingStep:
         else:
             g_h = g
         grads = []
-        for i in range(len(layers) - 1, 0, -1):
-            layer = layers[i]
+        for i in range(n_layers - 1, 0, -1):
+            layer, wmu, wsig, bmu, bsig = plan[i]
             inp, state, eps, w = cache[i - 1]
             gf = g_h.reshape(m, -1, layer.out_features)
             g_in, g_w, g_b = sampled_linear_backward(gf, inp.reshape(m, -1, layer.in_features), w,
-                                                     need_b=layer.bias_mu is not None)
-            grads.append((layer, gaussian_weight_backward(g_w, eps[0], out=self._out(layer.weight_mu, layer.weight_sigma)),
-                          None if g_b is None else
-                          gaussian_weight_backward(g_b, eps[1], out=self._out(layer.bias_mu, layer.bias_sigma))))
+                                                     need_b=bmu is not None)
+            grads.append((plan[i], gaussian_weight_backward(g_w, eps[0], out=self._out(wmu, wsig)),
+                          None if g_b is None else gaussian_weight_backward(g_b, eps[1], out=self._out(bmu, bsig))))
             g_in = g_in.reshape(inp.shape)
             if self.spiking:
                 g_h = lif_backward(state, None, g_in, None, configs[i - 1], 1)[0]
             else:
                 g_h = _ACT_BACKWARD[net.activation](g_in, state)
         if first.estimator == "local":
-            g_wmu, g_wsig, g_bmu, g_bsig = local_linear_backward(st0, g_h, out=self._out(first.weight_mu,
-                                                                                          first.weight_sigma))
-            grads.append((first, (g_wmu, g_wsig), None if g_bmu is None else (g_bmu, g_bsig)))
+            g_wmu, g_wsig, g_bmu, g_bsig = local_linear_backward(st0, g_h, out=self._out(f_wmu, f_wsig))
+            grads.append((plan[0], (g_wmu, g_wsig), None if g_bmu is None else (g_bmu, g_bsig)))
         else:
             eps0, w0 = st0
-            grads.append((first, *_shared_backward(first, x, g_h, eps0, w0, self._out)))
+            grads.append((plan[0], *_shared_backward(plan[0], x, g_h, eps0, w0, self._out)))
         bufs = self._bufs
-        for layer, gw, gb in grads:
-            for p, gp in zip((layer.weight_mu, layer.weight_sigma, layer.bias_mu, layer.bias_sigma),
-                             (*gw, *(gb or (None, None)))):
+        for entry, gw, gb in grads:
+            for p, gp in zip(entry[1:], (*gw, *(gb or (None, None)))):
                 if gp is not None:
                     if p.grad is not gp:
                         p.grad = gp
@@ -379,23 +379,23 @@ def _mc_nll(out: torch.Tensor, y: torch.Tensor, reduction: str):
     return loss, torch.ops.aten._log_softmax_backward_data(g, lsm, -1, lsm.dtype)
 
 
-def _weights(layer: BayesLinear, eps):
+def _weights(wmu, wsig, bmu, bsig, eps):
     """w = μ + σ·ε (and the bias), the values of :meth:`BayesianLayer.sample_weights`."""
     ew, eb = eps
-    w = torch.addcmul(layer.weight_mu, layer.weight_sigma, ew)
-    b = None if eb is None else torch.addcmul(layer.bias_mu, layer.bias_sigma, eb)
+    w = torch.addcmul(wmu, wsig, ew)
+    b = None if eb is None else torch.addcmul(bmu, bsig, eb)
     return w, b
 
 
-def _shared_backward(layer: BayesLinear, x, g, eps, w, out_for):
+def _shared_backward(entry, x, g, eps, w, out_for):
     """Gradients of the input layer with drawn weights (:meth:`BayesLinear._apply_shared`):
-    y (M, P, out) = x (P, in) @ w[m]ᵀ + b[m]."""
+    y (M, P, out) = x (P, in) @ w[m]ᵀ + b[m]; entry: (layer, μ, σ, μ_b, σ_b)."""
+    _, wmu, wsig, bmu, bsig = entry
     m, out, inp = w.shape
     gf = g.reshape(m, -1, out)                                           # (M, P, out)
     g_w = (gf.transpose(1, 2).reshape(m * out, -1) @ x.reshape(-1, inp)).view(m, out, inp)
-    gw = gaussian_weight_backward(g_w, eps[0], out=out_for(layer.weight_mu, layer.weight_sigma))
-    gb = None if layer.bias_mu is None else gaussian_weight_backward(gf.sum(1), eps[1],
-                                                                     out=out_for(layer.bias_mu, layer.bias_sigma))
+    gw = gaussian_weight_backward(g_w, eps[0], out=out_for(wmu, wsig))
+    gb = None if bmu is None else gaussian_weight_backward(gf.sum(1), eps[1], out=out_for(bmu, bsig))
     return gw, gb
 
 
