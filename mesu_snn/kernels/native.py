@@ -651,4 +651,4 @@ def pointers(tensors) -> tuple:
 
 def suffix(t: torch.Tensor) -> str | None:
     """'f32'/'f64' for a CPU tensor the loops handle, else None."""
-    return _DTYPES.get(t.dtype) if t.device.type == "cpu" else None
+    return _DTYPES.get(t.dtype) if t.is_cpu else None
