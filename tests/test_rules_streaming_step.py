@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import mesu_snn as ms
 from mesu_snn.errors import NonFiniteStepError
 from mesu_snn.kernels import fast_paths
 from mesu_snn.rules import StreamingStep, unsupported_reason
-from mesu_snn.rules.streaming_step import rule_reason, whole_step_for
+from mesu_snn.rules.streaming_step import _mc_nll, rule_reason, whole_step_for
 
 SIZES = [40, 12, 5]
 T, M = 6, 4
@@ -318,3 +319,107 @@ def test_a_replaced_neuron_or_layer_is_seen():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     net.neurons[0] = ms.LIF(learn_beta=True).double()
     assert "learnable" in step.supported(x)
+
+
+@pytest.mark.parametrize("rule", ["mesu", "bgd"])
+def test_the_direct_optimizer_step_equals_optimizer_step_and_hooks_are_honoured(rule):
+    x, y = _data("snn", 1, torch.float32)
+    results = []
+    for direct in (True, False):
+        net = _net("snn")
+        opt = _opt(net, rule)
+        st = StreamingStep(net, opt, samples=M)
+        gen = torch.Generator().manual_seed(5)
+        losses = []
+        for _ in range(3):
+            if direct:
+                losses.append(st.step(x, y, gen))
+            else:
+                loss, _ = st.forward_backward(x, y, gen)
+                opt.step(batch_size=1) if rule == "mesu" else opt.step()
+                losses.append(loss)
+        results.append((torch.stack(losses), [p.detach().clone() for p in net.parameters()],
+                        opt.param_groups[0]["step"]))
+    (la, pa, sa), (lb, pb, sb) = results
+    assert sa == sb == 3
+    torch.testing.assert_close(la, lb, rtol=0, atol=0)
+    for p, q in zip(pa, pb):
+        assert torch.equal(p, q)
+    # a registered hook (the optimizer's own or a global one), an LR scheduler's patched step and the
+    # profiler go through optimizer.step, which runs them
+    net = _net("snn")
+    opt = _opt(net, rule)
+    st = StreamingStep(net, opt, samples=M)
+    calls = []
+    h = opt.register_step_post_hook(lambda *a: calls.append("own"))
+    st.step(x, y)
+    h.remove()
+    h = register_optimizer_step_pre_hook(lambda *a: calls.append("global"))
+    try:
+        st.step(x, y)
+    finally:
+        h.remove()
+    st.step(x, y)
+    assert calls == ["own", "global"]
+    assert opt.param_groups[0]["step"] == 3
+    inner = opt.step                         # a step replaced on the instance (as LR schedulers do)
+
+    def patched(*a, **kw):
+        calls.append("patched")
+        return inner(*a, **kw)
+    opt.step = patched
+    st.step(x, y)
+    assert calls[-1] == "patched"
+    del opt.step
+    with torch.autograd.profiler.profile() as prof:
+        st.step(x, y)
+    assert any("Optimizer.step" in e.name for e in prof.function_events)
+    assert opt.param_groups[0]["step"] == 5
+
+
+def test_the_direct_step_refuses_a_bad_batch_size():
+    x, y = _data("snn", 1, torch.float32)
+    net = _net("snn")
+    st = StreamingStep(net, _opt(net, "mesu"), samples=M)
+    st.forward_backward(x, y)
+    with pytest.raises(ValueError, match="batch_size"):
+        st.optimizer_step(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_the_fused_loss_equals_log_softmax_mean_nll_and_its_autograd_gradient(dtype, reduction):
+    g = torch.Generator().manual_seed(1)
+    out = (3 * torch.randn(M, 3, 7, generator=g, dtype=dtype)).requires_grad_()
+    y = torch.tensor([2, 0, 6], dtype=torch.int32)
+    ref = torch.nn.functional.nll_loss(torch.log_softmax(out, -1).mean(0), y.long(), reduction=reduction)
+    (ref_g,) = torch.autograd.grad(ref, out)
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-15)
+    for native_on in (True, False):
+        with ms.kernels.fast_paths(native=native_on):
+            loss, grad = _mc_nll(out.detach(), y, reduction)
+        torch.testing.assert_close(loss, ref.detach(), **tol)
+        torch.testing.assert_close(grad, ref_g, **tol)
+        with ms.kernels.fast_paths(native=native_on), pytest.raises((IndexError, RuntimeError)):
+            _mc_nll(out.detach(), torch.tensor([2, 0, 7]), reduction)      # a target out of range
+    bad = out.detach().clone()
+    bad[3, 1, 4] = float("nan")
+    loss, grad = _mc_nll(bad, y, reduction)
+    assert loss.isnan() and grad[3, 1].isnan().all() and grad[:, 0].isfinite().all()
+
+
+def test_a_replaced_parameter_is_seen():
+    x, y = _data("snn", 1, torch.float32)
+    net = _net("snn")
+    opt = _opt(net, "mesu")
+    step = StreamingStep(net, opt, samples=M)
+    step(x, y)
+    layer = net.layers[1]
+    layer.weight_sigma = torch.nn.Parameter(layer.weight_sigma.detach().clone())
+    assert "exactly" in step.supported(x)            # the optimizer holds the old σ
+    with pytest.raises(ValueError, match="exactly"):
+        step(x, y)
+    opt2 = _opt(net, "mesu")                          # a step over the new parameters uses them
+    step2 = StreamingStep(net, opt2, samples=M)
+    step2(x, y)
+    assert layer.weight_sigma.grad is not None and layer.weight_sigma.grad.abs().sum() > 0

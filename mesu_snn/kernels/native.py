@@ -16,6 +16,8 @@ nanoseconds of arithmetic. The loops here do a whole op sequence in one call on 
   are flagged and factored by the torch code (eigen path). Results equal the torch path to rounding.
   ``scan_input``: its input checks (silent columns, a time-constant input) in one pass.
 * ``gw_backward``: the backward of :func:`mesu_snn.kernels.gaussian_weight` (Σ_m g, Σ_m g·ε).
+* ``mc_nll``: the loss of :class:`mesu_snn.rules.StreamingStep` (log-softmax, mean over the M samples,
+  NLL) and its gradient with respect to the logits, in one pass.
 * ``all_finite``, ``mesu_pairs``: the optimizers' NaN/Inf guard over every gradient and the MESU
   update of :func:`mesu_snn.kernels.fused_update.fused_mesu_step` over all pairs, in one call each.
 
@@ -335,6 +337,41 @@ static void gw_backward(const F* g, const F* eps, F* gmu, F* gsig, int64_t M, in
                 for (int64_t w = 0; w < W; ++w) { F pr = gm[w] * em[w]; gsig[w] = gsig[w] + pr; } } }
 }
 
+// ---- the Monte-Carlo NLL of a whole step (mesu_snn.rules.streaming_step): logits o (M, B, C), targets y (B,)
+// -> returns 1 and *loss = -sum_b mean_m log_softmax(o[m, b])[y_b] (the value of nll_loss(log_softmax(o).mean(0),
+// y, "sum")), g = its gradient times scale (scale/M · (softmax - onehot)), each row as torch's log_softmax and
+// its backward compute it: lsm = (o - max) - log(sum exp(o - max)), g = cm·[c = y] - exp(lsm)·cm, cm = -scale/M;
+// 0 (nothing reliable written) for a target outside [0, C).
+template <typename F>
+static int mc_nll(const F* o, const int64_t* y, F* g, F* loss, int64_t M, int64_t B, int64_t C, double scale) {
+  for (int64_t b = 0; b < B; ++b) if (y[b] < 0 || y[b] >= C) return 0;
+  const F cm = (F)(-scale / (double)M);
+  F acc = (F)0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t t = y[b];
+    F pick = (F)0;
+    for (int64_t m = 0; m < M; ++m) {
+      const F* r = o + (m * B + b) * C;
+      F* gr = g + (m * B + b) * C;
+      F mx = r[0];
+      for (int64_t c = 1; c < C; ++c) mx = (r[c] > mx || r[c] != r[c]) ? r[c] : mx;
+      F s = (F)0;
+      for (int64_t c = 0; c < C; ++c) s = s + (F)std::exp(r[c] - mx);
+      const F lse = (F)std::log(s);
+      for (int64_t c = 0; c < C; ++c) {
+        const F l = (r[c] - mx) - lse;
+        const F e = (F)std::exp(l);
+        const F ec = e * cm;
+        gr[c] = (c == t ? cm : (F)0) - ec;
+      }
+      pick = pick + ((r[t] - mx) - lse);
+    }
+    acc = acc - pick / (F)M;
+  }
+  *loss = acc;
+  return 1;
+}
+
 // ---- the batch-1 input scan of local_linear: x (T, B*in) viewed as (T, B, in) -> active[i] (input i
 // non-zero at some step and batch element), returns the number of active inputs; *tconst = every
 // step equals the first.
@@ -428,7 +465,7 @@ static int mesu_pairs(void** mus, void** sigs, void** gmus, void** gsigs, const 
 }
 
 extern "C" {
-int mesu_abi_version() { return 3; }
+int mesu_abi_version() { return 4; }
 
 // one set of entry points per dtype: NAME_f32 (float) and NAME_f64 (double)
 #define MESU_ENTRY_POINTS(SFX, F) \
@@ -451,6 +488,8 @@ int gw_backward_##SFX(const F* g, const F* eps, F* gmu, F* gsig, int64_t M, int6
   gw_backward<F>(g, eps, gmu, gsig, M, W); return 0; } \
 int64_t scan_input_##SFX(const F* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst) { \
   return scan_input<F>(x, T, B, IN, active, tconst); } \
+int mc_nll_##SFX(const F* o, const int64_t* y, F* g, F* loss, int64_t M, int64_t B, int64_t C, double scale) { \
+  return mc_nll<F>(o, y, g, loss, M, B, C, scale); } \
 int all_finite_##SFX(void** ptrs, const int64_t* sizes, int64_t n) { return all_finite<F>(ptrs, sizes, n); } \
 int mesu_pairs_##SFX(void** mus, void** sigs, void** gmus, void** gsigs, const int64_t* sizes, int64_t n, double nmk, \
                      double kmp, int has_mp, double nlm, double nk2, double k2p, double nls, double clamp, int write) { \
@@ -536,7 +575,7 @@ def _build() -> ctypes.CDLL:
             raise
         lib = _compile(cxx, FLAGS)        # an older compiler without the -march level
     cdll = ctypes.CDLL(str(lib))
-    if cdll.mesu_abi_version() != 3:
+    if cdll.mesu_abi_version() != 4:
         raise RuntimeError(f"{lib} has an unexpected ABI version")
     p, i64, dbl, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
     for suffix in ("f32", "f64"):
@@ -561,6 +600,9 @@ def _build() -> ctypes.CDLL:
         f = getattr(cdll, f"scan_input_{suffix}")
         f.argtypes = [p, i64, i64, i64, p, p]
         f.restype = i64
+        f = getattr(cdll, f"mc_nll_{suffix}")
+        f.argtypes = [p, p, p, p, i64, i64, i64, dbl]
+        f.restype = cint
         f = getattr(cdll, f"all_finite_{suffix}")
         f.argtypes = [p, p, i64]
         f.restype = cint
@@ -609,4 +651,4 @@ def pointers(tensors) -> tuple:
 
 def suffix(t: torch.Tensor) -> str | None:
     """'f32'/'f64' for a CPU tensor the loops handle, else None."""
-    return _DTYPES.get(t.dtype) if t.device.type == "cpu" else None
+    return _DTYPES.get(t.dtype) if t.is_cpu else None

@@ -28,16 +28,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.optim.optimizer as _optim
 
+from ..kernels import native
 from ..kernels.gaussian_weight import gaussian_weight_backward
 from ..kernels.lif_fused import lif_backward, lif_config, lif_forward, supports
 from ..kernels.local_linear import local_linear_backward, local_linear_forward
 from ..kernels.spike_linear import sampled_linear_backward
-from ..kernels.switch import whole_step_enabled
+from ..kernels.switch import fast_paths_enabled, native_enabled, whole_step_enabled
 from ..models import ACTIVATIONS, BayesMLP, SpikingMLP
 from ..synapses import BayesLinear
 from .bayes_optimizer import BayesianOptimizer
-from .mesu import MESU
+from .bgd import BGD
+from .mesu import MESU, _check_batch
 from .rule import Rule
 
 __all__ = ["StreamingStep", "unsupported_reason", "whole_step_for"]
@@ -190,6 +193,9 @@ class StreamingStep:
         self._modules = list(net.modules())
         self._layers = list(net.layers)
         self._neurons = list(net.neurons) if self.spiking else []
+        # per layer: the layer and its (μ, σ) of the weights and of the bias (None without), read once here
+        # instead of through Module.__getattr__ at every call (a replaced parameter changes _key)
+        self._plan = [(l, l.weight_mu, l.weight_sigma, l.bias_mu, l.bias_sigma) for l in self._layers]
         self._lif_key = None
 
     def _key(self, x):
@@ -197,8 +203,8 @@ class StreamingStep:
         return (x.device, x.dtype, x.shape, x.requires_grad, _global_hooks(),
                 tuple([(l.mode, l._frozen is None) for l in self._layers]),
                 tuple([(p.requires_grad, not p._backward_hooks) for p in self._params]),
-                tuple([(len(m._parameters), not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks),
-                        *map(id, m._modules.values())) for m in self._modules]),
+                tuple([(not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks),
+                        *map(id, m._parameters.values()), *map(id, m._modules.values())) for m in self._modules]),
                 tuple([len(g["params"]) for g in self.optimizer.param_groups]))
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -207,11 +213,40 @@ class StreamingStep:
     def step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Forward, backward and the optimizer's step; returns the loss (0-dim tensor)."""
         loss, _ = self.forward_backward(x, y, generator)
-        if isinstance(self.optimizer, MESU):
-            self.optimizer.step(batch_size=int(y.shape[0]))
-        else:
-            self.optimizer.step()
+        self.optimizer_step(int(y.shape[0]))
         return loss
+
+    def optimizer_step(self, batch_size: int) -> None:
+        """``optimizer.step(batch_size=B)`` (MESU) or ``optimizer.step()`` (BGD), with the same result,
+        refusal or skip and counters, without torch.optim's wrapper where nothing can observe it: the
+        optimizer is exactly a MESU or BGD whose ``step`` is not replaced on the instance (e.g. by an LR
+        scheduler), no optimizer step hook is registered (its own or global) and the autograd profiler
+        is off. A MESU step then runs its compiled step directly (``_native_step``: the cached guard and
+        update); whatever that declines (a non-finite gradient or result, no compiled loops, another
+        layout) goes to the full ``step``, which checks again, names the tensor and raises or skips."""
+        opt = self.optimizer
+        cls = type(opt)
+        if (cls is MESU or cls is BGD) and "step" not in opt.__dict__ and not opt._optimizer_step_pre_hooks \
+                and not opt._optimizer_step_post_hooks and not _optim._global_optimizer_pre_hooks \
+                and not _optim._global_optimizer_post_hooks and not torch.autograd._profiler_enabled():
+            if cls is MESU:
+                _check_batch(batch_size)
+                if fast_paths_enabled() and native_enabled():
+                    opt._step_batch = batch_size
+                    try:
+                        done = opt._native_step()
+                    finally:
+                        opt._step_batch = None
+                    if done:
+                        return
+            unwrapped = getattr(cls.step, "__wrapped__", None)
+            if unwrapped is not None:
+                unwrapped(opt, batch_size=batch_size) if cls is MESU else unwrapped(opt)
+                return
+        if isinstance(opt, MESU):
+            opt.step(batch_size=batch_size)
+        else:
+            opt.step()
 
     @torch.no_grad()
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None, *,
@@ -226,30 +261,30 @@ class StreamingStep:
             raise ValueError(f"expected integer class targets of shape (B={x.shape[-2]},), got "
                              f"{tuple(y.shape)} {y.dtype}")
         net, m = self.net, self.samples
-        layers = net.layers
-        first = layers[0]
+        plan = self._plan
+        n_layers = len(plan)
+        first, f_wmu, f_wsig, f_bmu, f_bsig = plan[0]
         # ---- forward: the same kernels and the same draws, in the same order, as net(x, samples=M)
         if first.estimator == "local":
-            h, st0 = local_linear_forward(x, first.weight_mu, first.weight_sigma, first.bias_mu, first.bias_sigma,
-                                          samples=m, generator=generator)
+            h, st0 = local_linear_forward(x, f_wmu, f_wsig, f_bmu, f_bsig, samples=m, generator=generator)
         else:
             eps0 = first.draw_noise(m, generator)
-            w0, b0 = _weights(first, eps0)
+            w0, b0 = _weights(f_wmu, f_wsig, f_bmu, f_bsig, eps0)
             h = first._apply_shared(x, w0, b0)
             st0 = (eps0, w0)
         if self.spiking:
             configs = self._configs
             h = h.contiguous()
         cache = []                                     # per hidden layer: (its input, eps, w)
-        for i in range(1, len(layers)):
-            layer = layers[i]
+        for i in range(1, n_layers):
+            layer, wmu, wsig, bmu, bsig = plan[i]
             if self.spiking:
                 s, u = lif_forward(h, configs[i - 1], None, time_dim=1)
                 inp, state = s, u
             else:
                 inp = state = ACTIVATIONS[net.activation](h)
             eps = layer.draw_noise(m, generator)
-            w, b = _weights(layer, eps)
+            w, b = _weights(wmu, wsig, bmu, bsig, eps)
             lead = inp.shape[1:-1]
             xf = inp.reshape(m, -1, layer.in_features)
             wt = w.transpose(1, 2)
@@ -268,17 +303,7 @@ class StreamingStep:
         else:
             out = h
         # ---- the loss: mean over samples of log softmax, NLL summed (or averaged) over the batch
-        lsm = torch.log_softmax(out, -1)
-        yl = y.long()
-        loss = F.nll_loss(lsm.mean(0), yl, reduction="sum")
-        bsz = out.shape[1]
-        scale = 1.0
-        if self.reduction == "mean":
-            loss = loss / bsz
-            scale = 1.0 / bsz
-        g = torch.zeros_like(lsm)
-        g[:, torch.arange(bsz), yl] = -scale / m
-        g = torch.ops.aten._log_softmax_backward_data(g, lsm, -1, lsm.dtype)     # ∂C/∂logits (M, B, C)
+        loss, g = _mc_nll(out, y, self.reduction)                                 # g: ∂C/∂logits (M, B, C)
         # ---- backward
         if self.spiking:
             t = h.shape[1]
@@ -290,31 +315,28 @@ class StreamingStep:
         else:
             g_h = g
         grads = []
-        for i in range(len(layers) - 1, 0, -1):
-            layer = layers[i]
+        for i in range(n_layers - 1, 0, -1):
+            layer, wmu, wsig, bmu, bsig = plan[i]
             inp, state, eps, w = cache[i - 1]
             gf = g_h.reshape(m, -1, layer.out_features)
             g_in, g_w, g_b = sampled_linear_backward(gf, inp.reshape(m, -1, layer.in_features), w,
-                                                     need_b=layer.bias_mu is not None)
-            grads.append((layer, gaussian_weight_backward(g_w, eps[0], out=self._out(layer.weight_mu, layer.weight_sigma)),
-                          None if g_b is None else
-                          gaussian_weight_backward(g_b, eps[1], out=self._out(layer.bias_mu, layer.bias_sigma))))
+                                                     need_b=bmu is not None)
+            grads.append((plan[i], gaussian_weight_backward(g_w, eps[0], out=self._out(wmu, wsig)),
+                          None if g_b is None else gaussian_weight_backward(g_b, eps[1], out=self._out(bmu, bsig))))
             g_in = g_in.reshape(inp.shape)
             if self.spiking:
                 g_h = lif_backward(state, None, g_in, None, configs[i - 1], 1)[0]
             else:
                 g_h = _ACT_BACKWARD[net.activation](g_in, state)
         if first.estimator == "local":
-            g_wmu, g_wsig, g_bmu, g_bsig = local_linear_backward(st0, g_h, out=self._out(first.weight_mu,
-                                                                                          first.weight_sigma))
-            grads.append((first, (g_wmu, g_wsig), None if g_bmu is None else (g_bmu, g_bsig)))
+            g_wmu, g_wsig, g_bmu, g_bsig = local_linear_backward(st0, g_h, out=self._out(f_wmu, f_wsig))
+            grads.append((plan[0], (g_wmu, g_wsig), None if g_bmu is None else (g_bmu, g_bsig)))
         else:
             eps0, w0 = st0
-            grads.append((first, *_shared_backward(first, x, g_h, eps0, w0, self._out)))
+            grads.append((plan[0], *_shared_backward(plan[0], x, g_h, eps0, w0, self._out)))
         bufs = self._bufs
-        for layer, gw, gb in grads:
-            for p, gp in zip((layer.weight_mu, layer.weight_sigma, layer.bias_mu, layer.bias_sigma),
-                             (*gw, *(gb or (None, None)))):
+        for entry, gw, gb in grads:
+            for p, gp in zip(entry[1:], (*gw, *(gb or (None, None)))):
                 if gp is not None:
                     if p.grad is not gp:
                         p.grad = gp
@@ -331,23 +353,49 @@ class StreamingStep:
         return None
 
 
-def _weights(layer: BayesLinear, eps):
+def _mc_nll(out: torch.Tensor, y: torch.Tensor, reduction: str):
+    """The loss ``nll_loss(log_softmax(out).mean(0), y, "sum")`` (``/ B`` for ``reduction="mean"``) of the
+    (M, B, C) logits and its gradient with respect to them: one compiled pass
+    (:mod:`mesu_snn.kernels.native` ``mc_nll``, the same formulas row by row) where the loops are
+    available, else the torch ops (a target out of range raises there, as in the autograd path)."""
+    m, bsz, c = out.shape
+    scale = 1.0 if reduction == "sum" else 1.0 / bsz
+    yl = y.long()
+    sfx = native.suffix(out) if native_enabled() else None
+    lib = native.library() if sfx is not None else None
+    if lib is not None:
+        o = out.contiguous()
+        yc = yl.contiguous()
+        g = torch.empty_like(o)
+        loss = o.new_empty(())
+        if getattr(lib, f"mc_nll_{sfx}")(o.data_ptr(), yc.data_ptr(), g.data_ptr(), loss.data_ptr(), m, bsz, c, scale):
+            return (loss / bsz if reduction == "mean" else loss), g
+    lsm = torch.log_softmax(out, -1)
+    loss = F.nll_loss(lsm.mean(0), yl, reduction="sum")
+    if reduction == "mean":
+        loss = loss / bsz
+    g = torch.zeros_like(lsm)
+    g[:, torch.arange(bsz), yl] = -scale / m
+    return loss, torch.ops.aten._log_softmax_backward_data(g, lsm, -1, lsm.dtype)
+
+
+def _weights(wmu, wsig, bmu, bsig, eps):
     """w = μ + σ·ε (and the bias), the values of :meth:`BayesianLayer.sample_weights`."""
     ew, eb = eps
-    w = torch.addcmul(layer.weight_mu, layer.weight_sigma, ew)
-    b = None if eb is None else torch.addcmul(layer.bias_mu, layer.bias_sigma, eb)
+    w = torch.addcmul(wmu, wsig, ew)
+    b = None if eb is None else torch.addcmul(bmu, bsig, eb)
     return w, b
 
 
-def _shared_backward(layer: BayesLinear, x, g, eps, w, out_for):
+def _shared_backward(entry, x, g, eps, w, out_for):
     """Gradients of the input layer with drawn weights (:meth:`BayesLinear._apply_shared`):
-    y (M, P, out) = x (P, in) @ w[m]ᵀ + b[m]."""
+    y (M, P, out) = x (P, in) @ w[m]ᵀ + b[m]; entry: (layer, μ, σ, μ_b, σ_b)."""
+    _, wmu, wsig, bmu, bsig = entry
     m, out, inp = w.shape
     gf = g.reshape(m, -1, out)                                           # (M, P, out)
     g_w = (gf.transpose(1, 2).reshape(m * out, -1) @ x.reshape(-1, inp)).view(m, out, inp)
-    gw = gaussian_weight_backward(g_w, eps[0], out=out_for(layer.weight_mu, layer.weight_sigma))
-    gb = None if layer.bias_mu is None else gaussian_weight_backward(gf.sum(1), eps[1],
-                                                                     out=out_for(layer.bias_mu, layer.bias_sigma))
+    gw = gaussian_weight_backward(g_w, eps[0], out=out_for(wmu, wsig))
+    gb = None if bmu is None else gaussian_weight_backward(gf.sum(1), eps[1], out=out_for(bmu, bsig))
     return gw, gb
 
 
