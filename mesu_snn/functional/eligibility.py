@@ -70,20 +70,95 @@ Scalar = Union[float, torch.Tensor]
 
 __all__ = ["presynaptic_trace", "presynaptic_trace_chunk", "surrogate_derivative", "eligibility", "filtered_eligibility", "filtered_eligibility_", "eligibility_chunk_", "readout_error",
            "learning_signal", "deep_symmetric_signal", "random_feedback", "eligibility_gradient",
-           "trace_gradient", "mc_gradients", "check_online_lif", "ONLINE_RESETS"]
+           "trace_gradient", "mc_gradients", "check_online_lif", "ONLINE_RESETS", "scalar_beta",
+           "needs_synaptic_trace", "synaptic_trace", "synaptic_trace_decay", "pre_reset_membrane",
+           "count_error", "trace_ranges", "filtered_synaptic_eligibility_"]
 
-#: resets whose (dropped) contribution leaves the trace per presynaptic neuron
-ONLINE_RESETS = ("subtract", "none")
+#: resets the eligibility traces support (the zero reset with a per-synapse trace, see below)
+ONLINE_RESETS = ("subtract", "none", "zero")
+
+
+def scalar_beta(p: LIFParameters) -> float | None:
+    """β as one float if it is a number or a tensor whose entries are all equal, else None (per neuron)."""
+    b = p.beta
+    if not isinstance(b, torch.Tensor):
+        return min(max(float(b), 0.0), 1.0)
+    flat = b.detach().reshape(-1)
+    if flat.numel() == 0 or bool((flat == flat[0]).all()):
+        return min(max(float(flat[0]), 0.0), 1.0) if flat.numel() else None
+    return None
+
+
+def needs_synaptic_trace(p: LIFParameters) -> bool:
+    """True if the presynaptic trace of a layer with these neurons is per synapse x̃_ji rather than
+    per presynaptic neuron x̄_i: the zero reset (the trace is zeroed at the postsynaptic neuron's
+    spikes) or a per-neuron β (the trace is filtered with the postsynaptic β_j)."""
+    return p.reset == "zero" or scalar_beta(p) is None
+
+
+def synaptic_trace_decay(p: LIFParameters, spikes_prev: torch.Tensor | None) -> Scalar:
+    """The per-step decay of the per-synapse trace, one factor per postsynaptic neuron j:
+    β_j, times (1 − s_j(t−1)) for the zero reset (the detached reset keeps its multiplicative
+    path: ∂v_j(t)/∂v_j(t−1) = β_j (1 − s_j(t−1)); ``spikes_prev`` (…, J) the previous step's spikes,
+    None at the first step)."""
+    b = p.beta.clamp(0.0, 1.0) if isinstance(p.beta, torch.Tensor) else min(max(float(p.beta), 0.0), 1.0)
+    if p.reset == "zero" and spikes_prev is not None:
+        return b * (1.0 - spikes_prev)
+    return b
+
+
+def synaptic_trace(trace: torch.Tensor, x: torch.Tensor, decay: Scalar, input_scale: Scalar = 1.0) -> torch.Tensor:
+    """x̃_ji(t) = d_j(t)·x̃_ji(t−1) + γ·x_i(t): trace (..., J, I), x (..., I), decay (..., J) or a
+    number (:func:`synaptic_trace_decay`) -> (..., J, I)."""
+    d = decay.unsqueeze(-1) if isinstance(decay, torch.Tensor) and decay.dim() > 0 else decay
+    return d * trace + input_scale * x.unsqueeze(-2)
+
+
+def pre_reset_membrane(v: torch.Tensor, current: torch.Tensor, v0: torch.Tensor | None, p: LIFParameters,
+                       time_dim: int = 1) -> torch.Tensor:
+    """The membrane before the reset, v_leak + β (v(t−1) − v_leak) + γ I(t), from the post-reset
+    membranes v that :func:`~mesu_snn.functional.lif.lif_step` returns with ``reset_delay=False``
+    (time on ``time_dim``), the currents and the membrane before the first step (None: v_leak).
+    The zero reset overwrites the membrane, so ψ must be read from this."""
+    vt = v.movedim(time_dim, 0)
+    first = torch.zeros_like(vt[0]) + p.v_leak if v0 is None else v0
+    prev = torch.cat([first.unsqueeze(0), vt[:-1]], 0)
+    b = p.beta.clamp(0.0, 1.0) if isinstance(p.beta, torch.Tensor) else min(max(float(p.beta), 0.0), 1.0)
+    pre = p.v_leak + b * (prev - p.v_leak) + p.input_scale * current.movedim(time_dim, 0)
+    return pre.movedim(0, time_dim)
+
+
+def count_error(error: torch.Tensor, psi_sum_out: torch.Tensor) -> torch.Tensor:
+    """The error a spiking (``"count"``) readout sends down: δ̃_k = δ_k Σ_t ψ_k(t) (the rate
+    approximation of Σ_t δ_k ψ_k(t) ē_ji(t) ≈ δ_k ψ̄_k Σ_t ē_ji(t); exact when ψ_k is constant
+    over the window). error, psi_sum_out (M, B, K)."""
+    return error * psi_sum_out
+
+
+def trace_ranges(p: LIFParameters, input_max: float, steps: int, kappa: float, gain: Scalar = 1.0) -> tuple[float, float]:
+    """Static ranges (x̄ max, ē max) of a layer's traces for the fixed-point variant, from the
+    worst case: x̄ ≤ γ·x_max·Σ_t β^t, ē ≤ gain·ψ_max·x̄_max·Σ_t κ^t (sums over the window's
+    ``steps``; β = max β_j; ψ_max = S'(0))."""
+    b = float(p.beta.max()) if isinstance(p.beta, torch.Tensor) else float(p.beta)
+    b = min(max(b, 0.0), 1.0)
+
+    def geo(r):
+        return float(steps) if r >= 1.0 else (1.0 - r ** steps) / (1.0 - r)
+    psi_max = float(p.surrogate.grad(torch.zeros((), dtype=torch.float64)))
+    x_max = abs(float(p.input_scale)) * max(float(input_max), 1e-12) * geo(b)
+    return x_max, abs(float(gain)) * psi_max * x_max * geo(float(kappa))
 
 
 def check_online_lif(p: LIFParameters, where: str = "LIF") -> None:
-    """Raise ValueError if the eligibility traces of this module do not apply to ``p``."""
+    """Raise ValueError if the eligibility traces of this module do not apply to ``p`` (β of
+    more than one dimension, a per-neuron gain γ)."""
     if p.reset not in ONLINE_RESETS:
-        raise ValueError(f"{where}: online eligibility traces support reset in {ONLINE_RESETS}, got {p.reset!r} "
-                         "(the zero reset makes the trace per synapse)")
-    if isinstance(p.beta, torch.Tensor) and p.beta.dim() > 0 and p.beta.numel() > 1:
-        raise ValueError(f"{where}: online eligibility traces need one scalar beta (a per-neuron beta makes the "
-                         "presynaptic trace per synapse)")
+        raise ValueError(f"{where}: online eligibility traces support reset in {ONLINE_RESETS}, got {p.reset!r}")
+    if isinstance(p.beta, torch.Tensor) and p.beta.dim() > 1:
+        raise ValueError(f"{where}: online eligibility traces need a scalar or a 1-D per-neuron beta, "
+                         f"got shape {tuple(p.beta.shape)}")
+    if isinstance(p.input_scale, torch.Tensor) and p.input_scale.numel() > 1:
+        raise ValueError(f"{where}: online eligibility traces need one scalar input_scale")
 
 
 def presynaptic_trace(trace: torch.Tensor, x: torch.Tensor, beta: Scalar, input_scale: Scalar = 1.0) -> torch.Tensor:
@@ -108,15 +183,22 @@ def presynaptic_trace_chunk(trace: torch.Tensor | None, x: torch.Tensor, beta: f
     return out.movedim(0, time_dim)
 
 
-def surrogate_derivative(v: torch.Tensor, p: LIFParameters, spikes: torch.Tensor | None = None) -> torch.Tensor:
+def surrogate_derivative(v: torch.Tensor, p: LIFParameters, spikes: torch.Tensor | None = None,
+                         pre_reset: torch.Tensor | None = None) -> torch.Tensor:
     """ψ(t) = S'(v(t) − θ) for the membrane ``v`` that :func:`~mesu_snn.functional.lif.lif_step`
     returned with the ``spikes``. With ``reset_delay=True`` that membrane is the one the spike was
-    read from; with ``reset_delay=False`` it is post-reset, and the pre-reset v + θ·s is used
-    (``spikes`` required)."""
+    read from; with ``reset_delay=False`` it is post-reset: for the subtractive reset the
+    pre-reset v + θ·s is used (``spikes`` required), for the zero reset the pre-reset membrane
+    must be given (``pre_reset``, :func:`pre_reset_membrane`)."""
     if not p.reset_delay and p.reset == "subtract":
         if spikes is None:
             raise ValueError("surrogate_derivative: reset_delay=False needs the step's spikes")
         v = v + spikes * p.threshold
+    elif not p.reset_delay and p.reset == "zero":
+        if pre_reset is None:
+            raise ValueError("surrogate_derivative: the zero reset with reset_delay=False needs the pre-reset "
+                             "membrane (pre_reset_membrane)")
+        v = pre_reset
     return p.surrogate.grad(v - p.threshold)
 
 
@@ -137,6 +219,13 @@ def filtered_eligibility_(ebar: torch.Tensor, psi: torch.Tensor, trace: torch.Te
     """:func:`filtered_eligibility` in place on ``ebar`` (the per-step hot path: no allocation of
     the per-synapse tensor); returns ``ebar``."""
     return ebar.mul_(kappa).addcmul_(psi.unsqueeze(-1), trace.unsqueeze(-2), value=gain)
+
+
+def filtered_synaptic_eligibility_(ebar: torch.Tensor, psi: torch.Tensor, trace: torch.Tensor, kappa: Scalar,
+                                   gain: Scalar = 1.0) -> torch.Tensor:
+    """ē(t) = κ·ē(t−1) + gain·ψ_j x̃_ji with a per-synapse trace x̃ (..., J, I) (zero reset,
+    per-neuron β), in place on ``ebar`` (M, B, J, I); psi (M, B, J). Returns ``ebar``."""
+    return ebar.mul_(kappa).addcmul_(psi.unsqueeze(-1), trace, value=gain)
 
 
 def eligibility_chunk_(ebar: torch.Tensor, ebar_sum: torch.Tensor, psi: torch.Tensor, trace: torch.Tensor,
@@ -177,10 +266,17 @@ def learning_signal(error: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor
 
 
 def deep_symmetric_signal(signal_above: torch.Tensor, psi_mean_above: torch.Tensor, weight_above: torch.Tensor,
-                          beta_above: float, input_scale_above: Scalar = 1.0, steps: int | None = None) -> torch.Tensor:
+                          beta_above: Scalar, input_scale_above: Scalar = 1.0, steps: int | None = None) -> torch.Tensor:
     """The symmetric learning signal of a hidden layer below another hidden layer (an
-    approximation, see the module docstring): (L ⊙ ψ̄) W · γ/(1 − β) with ``steps`` T capping
-    1/(1 − β) (β = 1). signal_above, psi_mean_above (M, B, J'); weight_above (M, J', J)."""
+    approximation, see the module docstring): (L ⊙ ψ̄ ⊙ γ/(1 − β)) W with ``steps`` T capping
+    1/(1 − β) (β = 1). signal_above, psi_mean_above (M, B, J'); weight_above (M, J', J);
+    beta_above a number or a per-neuron (J',) tensor."""
+    if isinstance(beta_above, torch.Tensor) and beta_above.dim() > 0:
+        b = beta_above.to(signal_above.dtype).clamp(0.0, 1.0)
+        cap = float(steps) if steps is not None else float("inf")
+        gain = torch.where(b >= 1.0, torch.full_like(b, cap), 1.0 / (1.0 - b).clamp_min(1e-300)).clamp_max(cap)
+        return torch.bmm(signal_above * psi_mean_above * gain, weight_above) * input_scale_above
+    beta_above = float(beta_above)
     gain = float(steps) if beta_above >= 1.0 else 1.0 / (1.0 - beta_above)
     if steps is not None:
         gain = min(gain, float(steps))
