@@ -8,7 +8,7 @@ through time for spiking neural networks", NeurIPS; DECOLLE, Kaiser, Mostafa & N
 
 Setting and shapes. ``M`` Monte-Carlo weight samples, ``B`` batch, ``J`` postsynaptic and ``I``
 presynaptic neurons. The library's LIF (:mod:`mesu_snn.functional.lif`) with the subtractive
-reset (or none), decay β, gain γ (``input_scale``), threshold θ and surrogate S::
+reset (or none; the zero reset and per-neuron β further below), decay β, gain γ (``input_scale``), threshold θ and surrogate S::
 
     v_j(t) = β v_j(t−1) + γ I_j(t) − θ r_j(t),   I_j(t) = Σ_i w_ji x_i(t) + b_j,   s_j(t) = S(v_j(t) − θ)
 
@@ -49,9 +49,48 @@ temporal credit assignment is carried by the traces. Learning signals (:func:`le
 * ``local``: each hidden layer has a fixed random readout R^ℓ (DECOLLE), its own local logits
   z^ℓ = R^ℓ · (1/T) Σ_t ū^ℓ(t) and error δ^ℓ, and L^ℓ = δ^ℓ·R^ℓ.
 
+Zero reset (``reset="zero"``, the exportable convention). With ``reset_delay=True`` the step is
+v_j(t) = β (1 − r_j(t)) v_j(t−1) + (1 − r_j(t)) β v_reset + γ I_j(t) with r_j(t) = s_j(t−1); with
+``False`` the membrane is overwritten after the spike is read. Detaching the reset (r constant)
+still leaves its *multiplicative* path: ∂v_j(t)/∂v_j(t−1) = β (1 − s_j(t−1)). So the trace that
+equals BPTT with the reset detached (the library's ``detach_reset=True``) is **per synapse and
+zeroed at the postsynaptic spike** (the e-prop variant for a reset-to-zero neuron):
+
+  x̃_ji(t) = β_j (1 − s_j(t−1)) x̃_ji(t−1) + γ x_i(t),   e_ji(t) = ψ_j(t) x̃_ji(t)
+                                   (:func:`synaptic_trace`, :func:`synaptic_trace_decay`)
+
+for both timings (with ``reset_delay=False`` x̃ is the trace before the step's reset and ψ is
+read from the pre-reset membrane, :func:`pre_reset_membrane`). The per-presynaptic-neuron trace
+x̄ (not zeroed) differs measurably from BPTT (tests/test_functional_eligibility.py).
+
+Per-neuron β (a fixed (J,) tensor in a hidden layer): the trace is filtered with the
+*postsynaptic* β_j, so it is per synapse too, x̃_ji(t) = β_j x̃_ji(t−1) + γ x_i(t), (B, J, I) for the
+input layer (shared by the samples) and (M, B, J, I) above it or with the zero reset
+(:func:`needs_synaptic_trace`). The output layer's β must be one number: it is the ē filter κ of
+every hidden layer. The deep symmetric signal uses γ/(1 − β_j) per neuron.
+
+Spike-count readout (``readout="count"``): z_k = Σ_t s_k(t) of a spiking output layer. Then
+∂z_k/∂W_kj = Σ_t ψ_k(t) ū_kj(t) exactly (ū the output layer's own presynaptic trace, zeroed at
+its spikes for the zero reset): the output layer has eligibility traces like a hidden layer,
+with ē = e (no filter) summed over the window. A hidden layer below it has, exactly,
+∂C/∂w_ji = Σ_k δ_k W_kj Σ_t ψ_k(t) ē_ji(t), which couples the window-end error to the output's
+ψ_k(t) at every step (K accumulators per synapse). The rule uses the rate approximation
+ψ_k(t) → ψ̄_k: the output sends down δ̃_k = δ_k Σ_t ψ_k(t) (:func:`count_error`) and
+L_j = Σ_k W_kj δ̃_k (symmetric) or Σ_k B_kj δ̃_k (random), with Ē the mean of ē filtered with the
+output β (its reset ignored). It is exact when ψ_k is constant over the window (the
+straight-through surrogate, tested) and for the subtractive output reset; with the fast-sigmoid
+surrogate the cosine with BPTT was 0.98 (subtract) and 0.78-0.86 (zero reset) in the test.
+
+Fixed-point traces (``trace_bits`` in :class:`mesu_snn.rules.online.OnlineEligibility`): after
+every step x̄ (x̃) and ē are put on b-bit signed grids with stochastic rounding
+(:func:`mesu_snn.functional.fixed_point.fixed_point_round`), one step per layer and variable from
+the static worst case (:func:`trace_ranges`: x̄ ≤ γ x_max Σ β^t, ē ≤ gain ψ_max x̄_max Σ κ^t);
+ψ, L and the Σē accumulator stay float.
+
 Memory (per layer with J×I synapses, M samples, batch B): the weight draws and their ε
-(M per synapse, as BPTT), ē and Ē (2·M·B per synapse), x̄ (B or M·B per presynaptic neuron), v
-(M·B per neuron); nothing grows with T. BPTT keeps O(T·M·B·(I + J)) activations instead.
+(M per synapse, as BPTT), ē and Ē (2·M·B per synapse), x̄ (B or M·B per presynaptic neuron) — or,
+for the zero reset / per-neuron β, x̃ (B or M·B more per synapse: 3·M·B in all) — v (M·B per
+neuron); nothing grows with T. BPTT keeps O(T·M·B·(I + J)) activations instead.
 
 Monte-Carlo σ gradient. A sample holds w = μ + σ·ε for the whole window and the dynamics see
 w only, so ∂C/∂μ = Σ_m g_m and ∂C/∂σ = Σ_m ε_m g_m with g_m the eligibility gradient of

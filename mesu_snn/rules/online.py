@@ -6,8 +6,9 @@ presynaptic trace x̄ and its filtered eligibility ē (and their running sum Ē)
 window of T steps (one presentation of a batch) the output error δ is turned into one learning
 signal L_j per neuron (``feedback``: ``"symmetric"``, ``"random"`` or ``"local"``) and the
 gradient g_ji = L_j·Ē_ji is formed per Monte-Carlo sample. Nothing grows with T. The maths, the
-approximation (the reset's gradient is dropped) and the references are in
-:mod:`mesu_snn.functional.eligibility`.
+approximations (the reset's gradient is dropped; the zero reset's per-synapse trace, zeroed at the
+postsynaptic spike; per-neuron β; the count readout's rate approximation for the hidden layers;
+the fixed-point traces) and the references are in :mod:`mesu_snn.functional.eligibility`.
 
 * :class:`OnlineEligibility`: the forward-in-time pass (weights given, gradients returned).
 * :class:`OnlineMESURule` (``"mesu_online"``): w = μ + σ·ε per sample for the window;
