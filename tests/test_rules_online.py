@@ -6,7 +6,7 @@ import torch
 
 import mesu_snn as ms
 from mesu_snn.rules import make_rule
-from mesu_snn.rules.online import OnlineEligibility, OnlineMESURule
+from mesu_snn.rules.online import FEEDBACKS, OnlineEligibility, OnlineMESURule
 
 
 @pytest.fixture(autouse=True)
@@ -430,3 +430,30 @@ def test_fixed_point_traces_learn_a_small_task():
         acc = float((net(xt, samples=1)[0].argmax(-1) == yt).float().mean())
     assert acc > 0.8, acc
     assert rule.hyperparameters["trace_bits"] == 8
+
+
+def test_count_readout_with_random_and_local_feedback():
+    """The output layer's gradient is its true error whatever the feedback; random feedback sends
+    δ_k Σ_t ψ_k(t) through B, local feedback uses the per-layer readouts (unchanged)."""
+    sizes = (20, 15, 12, 5)
+    x, y = _data(sizes)
+    grads = {}
+    for fb in FEEDBACKS:
+        net = _net(sizes, readout="count")
+        eng = OnlineEligibility(net, feedback=fb, feedback_seed=1)
+        _, g = eng.run(x, y, eng.mean_weights())
+        assert all(torch.isfinite(t).all() for t in g)
+        grads[fb] = g
+    assert torch.equal(grads["random"][2], grads["symmetric"][2]) and torch.equal(grads["local"][2], grads["symmetric"][2])
+    assert not torch.allclose(grads["random"][1], grads["symmetric"][1])
+    assert not torch.allclose(grads["local"][0], grads["random"][0])
+
+
+def test_trace_bits_in_a_config():
+    from mesu_snn.config import ConfigError, parse_config
+    raw = {"seed": 0, "data": {"dataset": "digits"}, "stream": {"kind": "permuted", "n_tasks": 2},
+           "model": {"kind": "mlp", "hidden": [8]}, "rule": {"name": "sgd_online", "trace_bits": 8}}
+    assert parse_config(raw).rule.params["trace_bits"] == 8
+    raw["rule"]["trace_bits"] = -2
+    with pytest.raises(ConfigError, match="rule.trace_bits"):
+        parse_config(raw)
