@@ -67,8 +67,9 @@ class OnlineEligibility:
     per-synapse trace (zero reset, per-neuron β) and the fixed-point traces always take the
     per-step recurrence (chunk then only sets how many input steps are buffered).
     trace_bits: 0 (float traces) or b in [2, 32]: after every step the presynaptic trace x̄ (x̃)
-    and the filtered eligibility ē of every layer are put on b-bit signed grids with stochastic
-    rounding, one step per layer and variable from the worst-case range
+    and the filtered eligibility ē of every layer with eligibility traces (the hidden layers; the
+    output layer too with the count readout; the membrane readout's ū stays float) are put on
+    b-bit signed grids with stochastic rounding (stream seeded from ``feedback_seed``), one step per layer and variable from the worst-case range
     (:func:`~mesu_snn.functional.eligibility.trace_ranges`), fixed at the first window (the
     input layer's range from that window's max |x|); Σē is a wide (float) accumulator.
     """
