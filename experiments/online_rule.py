@@ -49,7 +49,7 @@ RULES = {
                                    "feedback": "symmetric", "fixed_point_bits": 12},
     # fixed-point traces (x̄, ē on b-bit grids, stochastic rounding, a static worst-case scale per layer)
     **{f"mesu_online_symmetric_tb{b}": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
-                                        "feedback": "symmetric", "trace_bits": b} for b in (8, 12, 16)},
+                                        "feedback": "symmetric", "trace_bits": b} for b in (8, 12, 16, 32)},
     # everything fixed point: μ, σ and the traces on 8-bit (12-bit) grids
     **{f"mesu_online_symmetric_fp{b}_tb{b}": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
                                               "feedback": "symmetric", "fixed_point_bits": b, "trace_bits": b}
