@@ -5,6 +5,9 @@ eligibility gradient, on the same task-free streams, batch 1, same seeds.
     python experiments/online_rule.py --protocols pmnist --train-per-task 300 --out /tmp/x.json
     python experiments/online_rule.py --protocols pmnist --rules mesu_online_symmetric_fp8 \
         mesu_online_symmetric_fp12 --out experiments/results/online_rule_fixed_point.json
+    python experiments/online_rule.py --protocols pmnist --rules mesu_online_symmetric \
+        mesu_online_symmetric_tb8 mesu_online_symmetric_tb12 mesu_online_symmetric_tb16 \
+        mesu_online_symmetric_fp8_tb8 --out experiments/results/online_rule_trace_bits.json
 
 Protocols (built through the library's config -> trainer path, so every rule sees the same
 network initialisation, the same samples in the same order and the same evaluation):
@@ -44,6 +47,13 @@ RULES = {
                                   "feedback": "symmetric", "fixed_point_bits": 8},
     "mesu_online_symmetric_fp12": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
                                    "feedback": "symmetric", "fixed_point_bits": 12},
+    # fixed-point traces (x̄, ē on b-bit grids, stochastic rounding, a static worst-case scale per layer)
+    **{f"mesu_online_symmetric_tb{b}": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
+                                        "feedback": "symmetric", "trace_bits": b} for b in (8, 12, 16, 32)},
+    # everything fixed point: μ, σ and the traces on 8-bit (12-bit) grids
+    **{f"mesu_online_symmetric_fp{b}_tb{b}": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
+                                              "feedback": "symmetric", "fixed_point_bits": b, "trace_bits": b}
+       for b in (8, 12)},
 }
 DEFAULT_RULES = ["mesu_bptt", "mesu_online_symmetric", "mesu_online_random", "sgd_online_symmetric"]
 

@@ -69,3 +69,22 @@ def test_fixed_point_state_exports_integers_and_steps(tmp_path):
         k = e["weight_mu"].astype(np.float64) / e["attrs"]["weight_mu_step"]
         assert np.allclose(k, np.round(k), atol=1e-3) and np.abs(k).max() <= 127
         assert "bias_sigma_step" in e["attrs"]
+
+
+def test_count_readout_per_neuron_beta_and_fixed_point_traces_are_exported(tmp_path):
+    net = ms.SpikingMLP([12, 9, 4], beta=0.85, threshold=0.6, readout="count", reset="zero")
+    net.neurons[0] = ms.LIF(beta=torch.linspace(0.5, 0.9, 9), threshold=0.6, reset="zero")
+    rule = ms.make_rule("mesu_online", net, memory=500.0, trace_bits=8)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 1, 12, generator=g) < 0.4).float()
+    rule.train_step(x, torch.tensor([1]), samples=2, generator=g)
+    st = read_online_state(export_online_state(rule, tmp_path / "state.h5"))
+    a = st["attrs"]
+    assert a["readout"] == "count" and a["trace_bits"] == 8 and a["error_sent_down"] == "delta_times_psi_sum"
+    assert "xtilde" in a["state_per_synapse"]
+    hid, out = st["layers"]
+    assert np.allclose(hid["presynaptic_decay"], np.linspace(0.5, 0.9, 9)) and "presynaptic_decay" not in hid["attrs"]
+    assert hid["attrs"]["trace"] == "synaptic" and out["attrs"]["trace"] == "synaptic"      # zero reset
+    assert out["attrs"]["reset"] == "zero" and out["attrs"]["eligibility_decay"] == 0.0
+    for e, (xs, es) in zip((hid, out), rule.engine.trace_steps):
+        assert e["attrs"]["trace_step"] == pytest.approx(xs) and e["attrs"]["eligibility_step"] == pytest.approx(es)

@@ -134,12 +134,80 @@ def test_random_feedback_is_seeded_and_leaves_the_global_rng():
     assert abs(float(a.std()) - 1 / math.sqrt(50)) < 0.03
 
 
-def test_zero_reset_and_per_neuron_beta_are_refused():
-    with pytest.raises(ValueError, match="zero"):
-        E.check_online_lif(LIFParameters(reset="zero"))
-    with pytest.raises(ValueError, match="scalar beta"):
-        E.check_online_lif(LIFParameters(beta=torch.tensor([0.9, 0.8])))
-    E.check_online_lif(LIFParameters())
+def test_check_online_lif_accepts_zero_reset_and_per_neuron_beta_refuses_2d_beta():
+    E.check_online_lif(LIFParameters(reset="zero"))
+    E.check_online_lif(LIFParameters(beta=torch.tensor([0.9, 0.8])))
+    with pytest.raises(ValueError, match="1-D"):
+        E.check_online_lif(LIFParameters(beta=torch.full((2, 2), 0.9)))
+    assert E.scalar_beta(LIFParameters(beta=torch.tensor([0.7, 0.7]))) == pytest.approx(0.7)
+    assert E.scalar_beta(LIFParameters(beta=torch.tensor([0.7, 0.8]))) is None
+    assert E.needs_synaptic_trace(LIFParameters(reset="zero"))
+    assert E.needs_synaptic_trace(LIFParameters(beta=torch.tensor([0.7, 0.8])))
+    assert not E.needs_synaptic_trace(LIFParameters())
+
+
+def _online_synaptic(x, w, wo, y, p, kappa, zero_at_spike=True):
+    """Per-synapse trace x̃_ji (decay β_j (1 − s_j(t−1))), one step at a time."""
+    m, j, i = w.shape
+    T, B = x.shape[:2]
+    tr = torch.zeros(m, B, j, i, dtype=x.dtype)
+    v = torch.zeros(m, B, j, dtype=x.dtype)
+    ebar = torch.zeros(m, B, j, i, dtype=x.dtype)
+    ebar_sum = torch.zeros_like(ebar)
+    s_prev = None
+    po = LIFParameters(beta=kappa, reset="none")
+    u = torch.zeros(m, B, wo.shape[1], dtype=x.dtype)
+    z_sum = torch.zeros_like(u)
+    for t in range(T):
+        cur = torch.einsum("bi,mji->mbj", x[t], w)
+        decay = E.synaptic_trace_decay(p if zero_at_spike else p.with_(reset="subtract"), s_prev)
+        tr = E.synaptic_trace(tr, x[t], decay, p.input_scale)
+        v_prev = v
+        s, v = lif_step(cur, v, p)
+        pre = E.pre_reset_membrane(v.unsqueeze(0), cur.unsqueeze(0), v_prev, p, time_dim=0)[0]
+        psi = E.surrogate_derivative(v, p, s, pre)
+        E.filtered_synaptic_eligibility_(ebar, psi, tr, kappa)
+        ebar_sum += ebar
+        s_prev = s
+        _, u = lif_step(torch.bmm(s, wo.transpose(1, 2)), u, po)
+        z_sum = z_sum + u
+    z = z_sum / T
+    delta = E.readout_error(z, y)
+    return z, E.eligibility_gradient(E.learning_signal(delta, wo), ebar_sum / T)
+
+
+@pytest.mark.parametrize("reset_delay", [True, False])
+@pytest.mark.parametrize("v_reset", [0.0, -0.2])
+def test_zero_reset_needs_the_trace_zeroed_at_the_postsynaptic_spike(reset_delay, v_reset):
+    """reset="zero" with the reset detached: BPTT still differentiates (1 − s)·v, so the trace
+    must be per synapse and zeroed at the postsynaptic spike; the un-zeroed (per presynaptic
+    neuron) trace is measurably different."""
+    x, w, wo, y = _problem(seed=1)
+    beta = torch.linspace(0.6, 0.95, w.shape[1], dtype=torch.float64)
+    for b in (0.85, beta):                                 # a scalar and a per-neuron β
+        p = LIFParameters(beta=b, threshold=0.7, reset="zero", reset_delay=reset_delay, v_reset=v_reset,
+                          surrogate=FastSigmoid(5.0))
+        z_ref, gw_ref, _ = _bptt(x, w, wo, y, p, kappa=0.9)
+        z, gw = _online_synaptic(x, w, wo, y, p, kappa=0.9)
+        assert torch.allclose(z, z_ref, atol=1e-12)
+        assert gw_ref.abs().max() > 1e-3
+        assert torch.allclose(gw, gw_ref, rtol=1e-5, atol=1e-8)
+        _, gw_flat = _online_synaptic(x, w, wo, y, p, kappa=0.9, zero_at_spike=False)
+        assert float((gw_flat - gw_ref).norm() / gw_ref.norm()) > 1e-2
+
+
+def test_pre_reset_membrane_and_count_error():
+    p = LIFParameters(beta=0.5, reset="zero", reset_delay=False, input_scale=2.0)
+    cur = torch.tensor([[0.3], [0.4], [0.1]])
+    v, vs = torch.zeros(1), []
+    for t in range(3):
+        _, v = lif_step(cur[t], v, p)
+        vs.append(v)
+    pre = E.pre_reset_membrane(torch.stack(vs), cur, None, p, time_dim=0)
+    assert torch.allclose(pre.flatten(), torch.tensor([0.6, 1.1, 0.2]))   # 2·0.3; 0.3 + 0.8 (fires, -> 0); 0 + 0.2
+    assert torch.equal(E.count_error(torch.tensor([2.0, -1.0]), torch.tensor([0.5, 3.0])), torch.tensor([1.0, -3.0]))
+    xr, er = E.trace_ranges(LIFParameters(beta=0.5, surrogate=FastSigmoid(5.0)), 2.0, 10 ** 6, 0.0)
+    assert xr == pytest.approx(4.0) and er == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize("time_dim", [0, 1])

@@ -9,22 +9,34 @@ Schema, version 1 (all arrays float32 unless said; ``J`` = a layer's outputs, ``
                                    ("symmetric" | "random" | "local"), feedback_seed, chunk,
                                    n_layers, model_spec (JSON), hyperparameters (JSON),
                                    state_per_synapse (JSON: the trace variables a chip keeps),
-                                   fixed_point_bits (0: float32; b: μ, σ are b-bit integers × step)
+                                   fixed_point_bits (0: float32; b: μ, σ are b-bit integers × step),
+                                   readout ("membrane" | "count"), trace_bits (0: float traces; b: x̄,
+                                   ē are b-bit integers × a step per layer, stochastic rounding),
+                                   error_sent_down ("delta": δ_k; "delta_times_psi_sum": δ_k Σ_t ψ_k(t),
+                                   the count readout's)
     /layer{i}/weight_mu     (J, I)   mean weight μ
     /layer{i}/weight_sigma  (J, I)   standard deviation σ
     /layer{i}/bias_mu, bias_sigma (J,)   (only if the layer has a bias)
     /layer{i}               attrs: role ("hidden" | "readout");
-                                   presynaptic_decay = β of this layer's (postsynaptic) neurons:
+                                   presynaptic_decay = β of this layer's (postsynaptic) neurons (absent
+                                       when per neuron: then the dataset below):
                                        x̄_i(t) = β x̄_i(t−1) + input_scale·x_i(t);
+                                   trace ("presynaptic": x̄_i as above; "synaptic": one trace per synapse,
+                                       x̃_ji(t) = β_j (1 − s_j(t−1))^[reset = "zero"] x̃_ji(t−1) + input_scale·x_i(t),
+                                       used in place of x̄_i below);
                                    input_scale, threshold, reset, reset_delay, surrogate, surrogate_param:
                                        ψ_j(t) = S'(v_j(t) − threshold);
                                    eligibility_decay = κ (the readout's decay), eligibility_gain:
                                        ē_ji(t) = κ ē_ji(t−1) + gain·ψ_j(t) x̄_i(t)  (hidden layers);
-                                   learning_signal: "output_error" (readout: δ_k, ψ ≡ 1),
+                                   (readout layer, readout = "count": eligibility_decay 0, the gradient
+                                       Σ_t ψ_k(t) x̄_j(t) with ψ of its spiking neurons);
+                                   learning_signal: "output_error" (readout: δ_k; membrane readout ψ ≡ 1),
                                        "weights_above" (symmetric: L = δ·W of layer i+1),
                                        "feedback_matrix" (random: L = δ·B) or "local_readout"
                                        (local: L = δ^local·R, δ^local the error of z = R·mean ū)
     /layer{i}/feedback      (K, J)   B or R (random / local hidden layers only)
+    /layer{i}/presynaptic_decay (J,) the per-neuron β_j (only when β is per neuron)
+    /layer{i}               attrs (trace_bits only): trace_step, eligibility_step: the grid steps of x̄ (x̃) and ē
     /layer{i}               attrs (fixed point only): weight_mu_step, weight_sigma_step, bias_mu_step,
                                    bias_sigma_step: the grid steps Δ (value / Δ is an integer of b bits)
 
@@ -60,11 +72,16 @@ def export_online_state(rule, path, force: bool = False, nir_path=None) -> Path:
     engine = getattr(rule, "engine", None)
     if not getattr(rule, "online", False) or engine is None:
         raise ValueError(f"export_online_state needs an online rule (mesu_online, sgd_online), got {rule!r}")
+    from ..functional.eligibility import needs_synaptic_trace, scalar_beta
     model = engine.model
     n = len(model.layers)
+    count = model.readout == "count"
     readout = model.neurons[-1].params
     per_synapse = {"ebar": "filtered eligibility ē_ji (one per MC sample and batch element)",
                    "ebar_sum": "Σ_t ē_ji over the window", "epsilon": "the sample's ε_ji (w = μ + σε)"}
+    if any(needs_synaptic_trace(lif.params) for lif in model.neurons[:n if count else n - 1]):
+        per_synapse["xtilde"] = "per-synapse presynaptic trace x̃_ji (layers with trace = 'synaptic')"
+    tsteps = engine.trace_steps or []
     with atomic_path(path, force) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs.update(format=FORMAT, version=VERSION, rule=rule.name, feedback=engine.feedback,
@@ -72,7 +89,9 @@ def export_online_state(rule, path, force: bool = False, nir_path=None) -> Path:
                            model_spec=json.dumps(model_spec(model)),
                            hyperparameters=json.dumps(rule.hyperparameters),
                            state_per_synapse=json.dumps(per_synapse),
-                           fixed_point_bits=int(getattr(rule, "fixed_point_bits", 0)))
+                           fixed_point_bits=int(getattr(rule, "fixed_point_bits", 0)), readout=model.readout,
+                           trace_bits=int(engine.trace_bits),
+                           error_sent_down="delta_times_psi_sum" if count else "delta")
             steps = {id(mu): (smu, ssig) for mu, _, smu, ssig in getattr(rule, "_grids", [])}
             for i, layer in enumerate(model.layers):
                 g = f.create_group(f"layer{i}")
@@ -86,12 +105,21 @@ def export_online_state(rule, path, force: bool = False, nir_path=None) -> Path:
                 sur = p.surrogate
                 param = next(iter(getattr(sur, "__dataclass_fields__", {})), None)
                 hidden = i < n - 1
-                g.attrs.update(role="hidden" if hidden else "readout", presynaptic_decay=float(p.beta),
+                spiking = hidden or count
+                beta = scalar_beta(p)
+                if beta is None:
+                    g["presynaptic_decay"] = _np(p.beta)
+                else:
+                    g.attrs["presynaptic_decay"] = beta
+                if i < len(tsteps):
+                    g.attrs["trace_step"], g.attrs["eligibility_step"] = tsteps[i]
+                g.attrs.update(role="hidden" if hidden else "readout",
+                               trace="synaptic" if spiking and needs_synaptic_trace(p) else "presynaptic",
                                input_scale=float(p.input_scale), threshold=float(p.threshold),
-                               reset=p.reset if hidden else "none", reset_delay=bool(p.reset_delay),
+                               reset=p.reset if spiking else "none", reset_delay=bool(p.reset_delay),
                                surrogate=type(sur).__name__,
                                surrogate_param=float(getattr(sur, param)) if param else 0.0,
-                               eligibility_decay=float(readout.beta) if hidden else 0.0,
+                               eligibility_decay=scalar_beta(readout) if hidden else 0.0,
                                eligibility_gain=float(readout.input_scale) if hidden else 1.0)
                 for name, mu in (("weight", layer.weight_mu), ("bias", layer.bias_mu)):
                     if mu is not None and id(mu) in steps:      # fixed point: value = integer × step

@@ -6,8 +6,9 @@ presynaptic trace x̄ and its filtered eligibility ē (and their running sum Ē)
 window of T steps (one presentation of a batch) the output error δ is turned into one learning
 signal L_j per neuron (``feedback``: ``"symmetric"``, ``"random"`` or ``"local"``) and the
 gradient g_ji = L_j·Ē_ji is formed per Monte-Carlo sample. Nothing grows with T. The maths, the
-approximation (the reset's gradient is dropped) and the references are in
-:mod:`mesu_snn.functional.eligibility`.
+approximations (the reset's gradient is dropped; the zero reset's per-synapse trace, zeroed at the
+postsynaptic spike; per-neuron β; the count readout's rate approximation for the hidden layers;
+the fixed-point traces) and the references are in :mod:`mesu_snn.functional.eligibility`.
 
 * :class:`OnlineEligibility`: the forward-in-time pass (weights given, gradients returned).
 * :class:`OnlineMESURule` (``"mesu_online"``): w = μ + σ·ε per sample for the window;
@@ -26,9 +27,12 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from ..functional.eligibility import (check_online_lif, deep_symmetric_signal, eligibility_chunk_,
-                                      eligibility_gradient, learning_signal, mc_gradients, presynaptic_trace_chunk,
-                                      random_feedback, readout_error, surrogate_derivative, trace_gradient)
+from ..functional.eligibility import (check_online_lif, count_error, deep_symmetric_signal, eligibility_chunk_,
+                                      eligibility_gradient, filtered_eligibility_, filtered_synaptic_eligibility_,
+                                      learning_signal, mc_gradients, needs_synaptic_trace, pre_reset_membrane,
+                                      presynaptic_trace, presynaptic_trace_chunk, random_feedback, readout_error,
+                                      scalar_beta, surrogate_derivative, synaptic_trace, synaptic_trace_decay,
+                                      trace_gradient, trace_ranges)
 from ..functional.fixed_point import fixed_point_round, fixed_point_step
 from ..losses import nll_loss
 from ..models import SpikingMLP
@@ -49,9 +53,9 @@ def _with_ones(x: torch.Tensor, bias: bool) -> torch.Tensor:
 
 
 class OnlineEligibility:
-    """The eligibility-trace pass over a :class:`~mesu_snn.SpikingMLP` (``readout="membrane"``,
-    input layer ``estimator="weights"``, LIF with reset ``"subtract"`` or ``"none"`` and a scalar,
-    fixed beta).
+    """The eligibility-trace pass over a :class:`~mesu_snn.SpikingMLP` (``readout="membrane"`` or
+    ``"count"``, input layer ``estimator="weights"``, LIF with reset ``"subtract"``, ``"none"`` or
+    ``"zero"``, fixed β: one scalar, or per neuron (a 1-D tensor) in the hidden layers).
 
     feedback: ``"symmetric"`` (Wᵀ of the layer above, per sample), ``"random"`` (fixed random
     B^ℓ (K, J_ℓ) from the output error to every hidden layer) or ``"local"`` (fixed random
@@ -59,28 +63,48 @@ class OnlineEligibility:
     feedback_seed: seed of the fixed matrices (held in :attr:`feedback_matrices`, also for
     export). chunk: steps whose (ψ, x̄) are buffered and folded into ē, Σē by two matrix products
     (:func:`~mesu_snn.functional.eligibility.eligibility_chunk_`, the same recurrence; memory
-    O(chunk), not O(T)); ``chunk=1``: one rank-1 update per step, as a chip would.
+    O(chunk), not O(T)); ``chunk=1``: one rank-1 update per step, as a chip would. Layers with a
+    per-synapse trace (zero reset, per-neuron β) and the fixed-point traces always take the
+    per-step recurrence (chunk then only sets how many input steps are buffered).
+    trace_bits: 0 (float traces) or b in [2, 32]: after every step the presynaptic trace x̄ (x̃)
+    and the filtered eligibility ē of every layer with eligibility traces (the hidden layers; the
+    output layer too with the count readout; the membrane readout's ū stays float) are put on
+    b-bit signed grids with stochastic rounding (stream seeded from ``feedback_seed``), one step per layer and variable from the worst-case range
+    (:func:`~mesu_snn.functional.eligibility.trace_ranges`), fixed at the first window (the
+    input layer's range from that window's max |x|); Σē is a wide (float) accumulator.
     """
 
-    def __init__(self, model: nn.Module, feedback: str = "symmetric", feedback_seed: int = 0, chunk: int = 16):
+    def __init__(self, model: nn.Module, feedback: str = "symmetric", feedback_seed: int = 0, chunk: int = 16,
+                 trace_bits: int = 0):
         if not isinstance(model, SpikingMLP):
             raise ValueError(f"online eligibility traces support SpikingMLP, got {type(model).__name__}")
-        if model.readout != "membrane":
-            raise ValueError("online eligibility traces need readout='membrane' (a spiking 'count' readout couples "
-                             "the hidden layer's gradient to the output's future surrogate derivatives)")
+        if model.readout not in ("membrane", "count"):
+            raise ValueError(f"online eligibility traces need readout 'membrane' or 'count', got {model.readout!r}")
         if model.layers[0].estimator != "weights":
-            raise ValueError("online eligibility traces need the input layer's estimator='weights'")
+            raise ValueError("online eligibility traces need the input layer's estimator='weights' (the 'local' "
+                             "estimator draws fresh pre-activation noise at every step, so ∂C/∂σ needs the error "
+                             "at every step, which the window-end learning signal does not give)")
         if feedback not in FEEDBACKS:
             raise ValueError(f"feedback must be one of {FEEDBACKS}, got {feedback!r}")
         for i, lif in enumerate(model.neurons):
-            if lif._scalar_beta is None or any(p.requires_grad for p in lif.parameters()):
-                raise ValueError(f"neurons[{i}]: online eligibility traces need a fixed scalar beta (no learn_beta, "
-                                 "no learn_threshold, no per-neuron beta)")
-            if i < len(model.neurons) - 1:
-                check_online_lif(lif.params, f"neurons[{i}]")
+            if any(p.requires_grad for p in lif.parameters()):
+                raise ValueError(f"neurons[{i}]: online eligibility traces need a fixed beta and threshold (no "
+                                 "learn_beta, no learn_threshold)")
+            check_online_lif(lif.params, f"neurons[{i}]")
+        if scalar_beta(model.neurons[-1].params) is None:
+            raise ValueError(f"neurons[{len(model.neurons) - 1}] (output layer): online eligibility traces need one "
+                             "scalar beta there (it is the filter κ of every hidden layer's ē); per-neuron beta is "
+                             "supported in the hidden layers")
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk must be a positive int (steps folded into the traces at once), got {chunk!r}")
+        if isinstance(trace_bits, bool) or not isinstance(trace_bits, int) or trace_bits == 1 \
+                or not 0 <= trace_bits <= 32:
+            raise ValueError(f"trace_bits must be 0 (float traces) or an int in [2, 32], got {trace_bits!r}")
         self.model, self.feedback, self.feedback_seed, self.chunk = model, feedback, int(feedback_seed), chunk
+        self.trace_bits = trace_bits
+        #: fixed-point traces: per spiking layer (x̄ step, ē step), set at the first window
+        self.trace_steps: list[tuple[float, float]] | None = None
+        self._trace_rng: torch.Generator | None = None
         k = model.sizes[-1]
         mu = model.layers[0].weight_mu
         self.feedback_matrices: list[torch.Tensor | None] = [
@@ -138,25 +162,33 @@ class OnlineEligibility:
 
         The steps are taken ``chunk`` at a time; within a chunk the layers run one after the other
         (feed-forward: layer ℓ's K steps need only layer ℓ−1's), each carrying its state
-        (membrane, traces) from the previous chunk, so nothing of size T is kept."""
+        (membrane, traces) from the previous chunk, so nothing of size T is kept. With
+        ``readout="count"`` the output layer spikes and has eligibility traces like a hidden layer
+        (ē unfiltered: ∂z_k/∂W_kj = Σ_t ψ_k(t) ū_kj(t)), and the hidden layers receive the error
+        δ_k Σ_t ψ_k(t) (:func:`~mesu_snn.functional.eligibility.count_error`)."""
         model = self.model
         hidden = len(model.layers) - 1
+        count = model.readout == "count"
         m = weights[0].shape[0]
         ps = [lif.params for lif in model.neurons]
-        po = ps[-1].with_(reset="none")          # the membrane readout: non-spiking leaky integrator
-        kappa, g_out = float(po.beta), po.input_scale
+        kappa = scalar_beta(ps[-1])
+        po = ps[-1].with_(reset="none", beta=kappa)   # the membrane readout: non-spiking leaky integrator
+        g_out = po.input_scale
         local = self.feedback == "local"
+        spiking = hidden + (1 if count else 0)       # layers with eligibility traces
+        if self.trace_bits and self.trace_steps is None and isinstance(x, torch.Tensor):
+            self._calibrate(ps, float(x.abs().max()), int(x.shape[0]), kappa, g_out, spiking)
         st: dict[str, torch.Tensor | None] = {}   # the state carried across chunks
         steps = 0
         for x_c in self._chunks(x):              # (K, B, in)
+            if self.trace_bits and self.trace_steps is None:
+                self._calibrate(ps, float(x_c.abs().max()), None, kappa, g_out, spiking)
             k = x_c.shape[0]
             steps += k
             inp = _with_ones(x_c.to(weights[0].dtype), self._bias(0))     # (K, B, in+1), shared by the samples
-            for i in range(hidden):
+            for i in range(spiking):
                 p = ps[i]
-                xbar = presynaptic_trace_chunk(st.get(f"xbar{i}"), inp, float(p.beta), p.input_scale,
-                                               time_dim=0 if i == 0 else 1)
-                st[f"xbar{i}"] = xbar[-1] if i == 0 else xbar[:, -1]
+                kap, gain = (kappa, g_out) if i < hidden else (0.0, 1.0)   # count readout: ē = e
                 if i == 0:
                     cur = torch.matmul(inp.reshape(-1, inp.shape[-1]), weights[0].transpose(1, 2))  # (M, K·B, J)
                 else:
@@ -165,17 +197,28 @@ class OnlineEligibility:
                 v0 = st.get(f"v{i}")
                 s, v = LIF._run(cur, p, v0, True, 1)
                 st[f"v{i}"] = v[:, -1]
-                psi = surrogate_derivative(v, p, s)
+                pre = pre_reset_membrane(v, cur, v0, p) if p.reset == "zero" and not p.reset_delay else None
+                psi = surrogate_derivative(v, p, s, pre)
                 if f"ebar{i}" not in st:
                     shape = (m, cur.shape[2], cur.shape[3], inp.shape[-1])
                     st[f"ebar{i}"] = self._zeros(f"ebar{i}", shape, cur)
                     st[f"ebar_sum{i}"] = self._zeros(f"ebar_sum{i}", shape, cur)
                     st[f"psi_sum{i}"] = torch.zeros_like(psi[:, 0])
-                eligibility_chunk_(st[f"ebar{i}"], st[f"ebar_sum{i}"], psi, xbar, kappa, g_out)
+                if needs_synaptic_trace(p) or self.trace_bits:
+                    self._step_traces(st, i, inp, psi, s, p, kap, gain, shared=i == 0)
+                else:
+                    xbar = presynaptic_trace_chunk(st.get(f"xbar{i}"), inp, scalar_beta(p), p.input_scale,
+                                                   time_dim=0 if i == 0 else 1)
+                    st[f"xbar{i}"] = xbar[-1] if i == 0 else xbar[:, -1]
+                    eligibility_chunk_(st[f"ebar{i}"], st[f"ebar_sum{i}"], psi, xbar, kap, gain)
                 st[f"psi_sum{i}"].add_(psi.sum(1))
-                if local:
+                if local and i < hidden:
                     self._trace_sum(st, f"ulocal{i}", s, kappa, g_out)
-                inp = _with_ones(s, self._bias(i + 1))                   # (M, K, B, J+1)
+                if i < hidden:
+                    inp = _with_ones(s, self._bias(i + 1))                   # (M, K, B, J+1)
+            if count:                            # spike counts of the output layer
+                st["z_sum"] = s.sum(1) if st.get("z_sum") is None else st["z_sum"] + s.sum(1)
+                continue
             # output layer: leaky-integrator readout, averaged over the steps
             if hidden == 0:
                 inp = inp.unsqueeze(0).expand(m, *inp.shape)                # (M, K, B, in+1)
@@ -187,22 +230,27 @@ class OnlineEligibility:
             st["z_sum"] = u.sum(1) if st.get("z_sum") is None else st["z_sum"] + u.sum(1)
         if steps == 0:
             raise ValueError("online pass: the input has no time steps")
-        logits = st["z_sum"] / steps
+        logits = st["z_sum"] if count else st["z_sum"] / steps
         delta = readout_error(logits, y)
         grads = [None] * (hidden + 1)
-        grads[-1] = trace_gradient(delta, st["ubar_sum"] / steps)
+        if count:
+            grads[-1] = eligibility_gradient(delta, st[f"ebar_sum{hidden}"])     # Σ_t ψ_k ū_kj (a sum: counts)
+            delta_down = count_error(delta, st[f"psi_sum{hidden}"])
+        else:
+            grads[-1] = trace_gradient(delta, st["ubar_sum"] / steps)
+            delta_down = delta
         signal = None
         for i in reversed(range(hidden)):
             j = model.sizes[i + 1]
             if self.feedback == "symmetric":
                 if i == hidden - 1:
-                    signal = learning_signal(delta, weights[-1][..., :j])
+                    signal = learning_signal(delta_down, weights[-1][..., :j])
                 else:
                     pa = ps[i + 1]
                     signal = deep_symmetric_signal(signal, st[f"psi_sum{i + 1}"] / steps, weights[i + 1][..., :j],
-                                                   float(pa.beta), pa.input_scale, steps)
+                                                   pa.beta, pa.input_scale, steps)
             elif self.feedback == "random":
-                signal = learning_signal(delta, self.feedback_matrices[i])
+                signal = learning_signal(delta_down, self.feedback_matrices[i])
             else:
                 r = self.feedback_matrices[i]
                 local_delta = readout_error(st[f"ulocal{i}_sum"] / steps @ r.t(), y)
@@ -210,6 +258,69 @@ class OnlineEligibility:
             grads[i] = eligibility_gradient(signal, st[f"ebar_sum{i}"] / steps)
         self.state_shapes = {key: tuple(t.shape) for key, t in st.items() if t is not None}
         return logits, grads
+
+    def _calibrate(self, ps, input_max: float, steps: int | None, kappa: float, g_out, spiking: int) -> None:
+        """Fix the fixed-point grid steps of every spiking layer's x̄ and ē (worst-case ranges)."""
+        out = []
+        for i in range(spiking):
+            hidden = i < len(self.model.layers) - 1
+            p = ps[i]
+            b = scalar_beta(p)
+            b = float(p.beta.max()) if b is None else b
+            if steps is None and max(b, kappa if hidden else 0.0) >= 1.0:
+                raise ValueError("trace_bits with beta = 1 needs the window as a (T, B, in) tensor (the trace "
+                                 "range is then set from T)")
+            n = steps if steps is not None else 10 ** 9
+            x_max = max(input_max, 1.0 if self._bias(0) else 0.0) if i == 0 else 1.0
+            xr, er = trace_ranges(p, x_max, n, kappa if hidden else 0.0, g_out if hidden else 1.0)
+            out.append((fixed_point_step(xr, self.trace_bits), fixed_point_step(er, self.trace_bits)))
+        self.trace_steps = out
+
+    def _round(self, t: torch.Tensor, step: float) -> torch.Tensor:
+        if self._trace_rng is None or self._trace_rng.device != t.device:
+            self._trace_rng = torch.Generator(device=t.device).manual_seed(self.feedback_seed + 104729)
+        return fixed_point_round(t, step, self.trace_bits, self._trace_rng)
+
+    def _step_traces(self, st: dict, i: int, inp: torch.Tensor, psi: torch.Tensor, s: torch.Tensor, p, kappa: float,
+                     gain, shared: bool) -> None:
+        """The per-step trace recurrence of layer i over the chunk: x̄ (per presynaptic neuron) or x̃
+        (per synapse: zero reset, per-neuron β), ē and Σē; fixed-point rounding with ``trace_bits``.
+        inp (K, B, n) (shared) or (M, K, B, n); psi, s (M, K, B, J)."""
+        per_synapse = needs_synaptic_trace(p)
+        m, k, b, j = psi.shape
+        n = inp.shape[-1]
+        key = f"xbar{i}"
+        tr = st.get(key)
+        if tr is None:
+            if per_synapse:
+                shape = (b, j, n) if shared and p.reset != "zero" else (m, b, j, n)
+            else:
+                shape = (b, n) if shared else (m, b, n)
+            tr = psi.new_zeros(shape)
+        beta = None if per_synapse else scalar_beta(p)
+        ebar, ebar_sum = st[f"ebar{i}"], st[f"ebar_sum{i}"]
+        s_prev = st.get(f"s_prev{i}")
+        x_step, e_step = self.trace_steps[i] if self.trace_bits else (None, None)
+        gain = float(gain)
+        for t in range(k):
+            x_t = inp[t] if shared else inp[:, t]
+            if per_synapse:
+                tr = synaptic_trace(tr, x_t, synaptic_trace_decay(p, s_prev), p.input_scale)
+            else:
+                tr = presynaptic_trace(tr, x_t, beta, p.input_scale)
+            if x_step is not None:
+                tr = self._round(tr, x_step)
+            if per_synapse:
+                filtered_synaptic_eligibility_(ebar, psi[:, t], tr, kappa, gain)
+            else:
+                filtered_eligibility_(ebar, psi[:, t], tr, kappa, gain)
+            if e_step is not None:
+                ebar.copy_(self._round(ebar, e_step))
+            ebar_sum.add_(ebar)
+            s_prev = s[:, t]
+        st[key] = tr
+        if p.reset == "zero":
+            st[f"s_prev{i}"] = s_prev
 
     def _chunks(self, x):
         """Blocks of up to ``chunk`` steps (K, B, in) from a (T, B, in) tensor or an iterable of steps."""
@@ -250,13 +361,23 @@ class OnlineEligibility:
                     sig.grad = (gsig[:, idx] * scale).reshape(sig.shape).contiguous()
 
     def extra_state(self) -> dict:
-        return {"feedback": self.feedback, "feedback_seed": self.feedback_seed,
-                "feedback_matrices": [None if f is None else f.clone() for f in self.feedback_matrices]}
+        state = {"feedback": self.feedback, "feedback_seed": self.feedback_seed,
+                 "feedback_matrices": [None if f is None else f.clone() for f in self.feedback_matrices]}
+        if self.trace_bits:
+            state["trace_steps"] = None if self.trace_steps is None else [list(t) for t in self.trace_steps]
+            state["trace_rng"] = None if self._trace_rng is None else self._trace_rng.get_state()
+        return state
 
     def load_extra_state(self, state: dict) -> None:
         for dst, src in zip(self.feedback_matrices, state.get("feedback_matrices", [])):
             if dst is not None and src is not None:
                 dst.copy_(src)
+        if self.trace_bits and state.get("trace_steps") is not None:
+            self.trace_steps = [tuple(t) for t in state["trace_steps"]]
+        if self.trace_bits and state.get("trace_rng") is not None:
+            dev = self.model.layers[0].weight_mu.device
+            self._trace_rng = torch.Generator(device=dev)
+            self._trace_rng.set_state(state["trace_rng"])
 
 
 class OnlineMESURule(MESURule):
@@ -267,23 +388,25 @@ class OnlineMESURule(MESURule):
     fixed_point_bits: 0 (float32) or b ≥ 2: after every update μ and σ are stored on b-bit signed
     fixed-point grids with stochastic rounding (:func:`mesu_snn.functional.fixed_point.fixed_point_round`),
     one step per tensor fixed at construction: μ covers ±4·max|μ₀|, σ covers [Δ, max(σ₀, σ_prior)]
-    (σ ≥ one step). The traces and the learning signal stay float (not quantised here)."""
+    (σ ≥ one step). trace_bits: 0 (float) or b ≥ 2: the traces x̄ and ē on b-bit grids too (see
+    :class:`OnlineEligibility`); the learning signal, ψ and the Σē accumulator stay float."""
     name, bayesian, online = "mesu_online", True, True
     bounds = {**MESURule.bounds, "feedback": FEEDBACKS, "feedback_seed": "int>=0", "chunk": "int>=1",
-              "fixed_point_bits": "int>=0"}
+              "fixed_point_bits": "int>=0", "trace_bits": "int>=0"}
 
     def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5,
-                 feedback: str = "symmetric", feedback_seed: int = 0, chunk: int = 16, fixed_point_bits: int = 0):
+                 feedback: str = "symmetric", feedback_seed: int = 0, chunk: int = 16, fixed_point_bits: int = 0,
+                 trace_bits: int = 0):
         self.check_hyperparameters(locals())
         if isinstance(fixed_point_bits, bool) or not isinstance(fixed_point_bits, int) or fixed_point_bits == 1 \
                 or not 0 <= fixed_point_bits <= 32:
             raise ValueError(f"fixed_point_bits must be 0 (float) or an int in [2, 32], got {fixed_point_bits!r}")
-        self.engine = OnlineEligibility(model, feedback, feedback_seed, chunk)
+        self.engine = OnlineEligibility(model, feedback, feedback_seed, chunk, trace_bits)
         super().__init__(model, memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
                          lr_sigma=lr_sigma, clamp_grad=clamp_grad)
         self.hyperparameters.update(feedback=feedback, feedback_seed=int(feedback_seed), chunk=chunk,
-                                    fixed_point_bits=fixed_point_bits)
+                                    fixed_point_bits=fixed_point_bits, trace_bits=trace_bits)
         self.fixed_point_bits = fixed_point_bits
         self._grids = []
         if fixed_point_bits:
@@ -340,16 +463,17 @@ class OnlineSGDRule(Rule):
     """Plain SGD on eligibility-trace gradients of the mean network (w = μ, σ frozen), the loss
     averaged over the batch as for ``sgd``. Same ``feedback`` options as ``mesu_online``."""
     name, online = "sgd_online", True
-    bounds = {"lr": ">0", "momentum": "[0,1)", "feedback": FEEDBACKS, "feedback_seed": "int>=0", "chunk": "int>=1"}
+    bounds = {"lr": ">0", "momentum": "[0,1)", "feedback": FEEDBACKS, "feedback_seed": "int>=0", "chunk": "int>=1",
+              "trace_bits": "int>=0"}
 
     def __init__(self, model: nn.Module, lr: float = 0.01, momentum: float = 0.0, feedback: str = "symmetric",
-                 feedback_seed: int = 0, chunk: int = 16):
+                 feedback_seed: int = 0, chunk: int = 16, trace_bits: int = 0):
         self.check_hyperparameters(locals())
-        self.engine = OnlineEligibility(model, feedback, feedback_seed, chunk)
+        self.engine = OnlineEligibility(model, feedback, feedback_seed, chunk, trace_bits)
         params = mean_mode_parameters(model)
         super().__init__(model, make_base_optimizer(params, "sgd", lr, momentum), "mean",
                          dict(lr=lr, momentum=momentum, feedback=feedback, feedback_seed=int(feedback_seed),
-                              chunk=chunk))
+                              chunk=chunk, trace_bits=trace_bits))
 
     def train_step(self, x, y: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None):
         self.zero_grad()
