@@ -44,6 +44,11 @@ def rows_for(device: str, w: wl.Workload, stream: wl.Workload | None, compile_: 
         ("mesu_snn_delayed", "delayed", w, lambda: wl.mesu_snn_step(w, device)),
         ("mesu_snn_immediate", "immediate", w, lambda: wl.mesu_snn_step(w, device, reset_delay=False)),
     ]
+    if not cuda:      # the whole step without autograd (StreamingStep, what the trainer runs; CPU only),
+        rows += [     # at the library's default estimator ("weights") and with "local"
+            ("mesu_snn_whole_step", "delayed", w, lambda: wl.mesu_snn_step_fused(w, device, estimator="weights")),
+            ("mesu_snn_whole_step_local", "delayed", w, lambda: wl.mesu_snn_step_fused(w, device, estimator="local")),
+        ]
     if compile_:
         rows += [
             ("bayes_batched_compile", "immediate (sketch)", w, lambda: wl.bayes_batched(w, device, True)),
