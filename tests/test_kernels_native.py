@@ -213,3 +213,28 @@ def test_native_mesu_step_that_would_make_sigma_nonpositive_changes_nothing(mode
     for (m, s), (m0, s0) in zip(pairs, saved):
         assert torch.equal(m, m0) and torch.equal(s, s0)
     assert all(g["step"] == 0 for g in opt.param_groups)
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("which,value", [(2, float("inf")), (3, float("-inf")), (2, float("nan")), (3, float("nan"))])
+def test_native_mesu_step_checks_the_gradients_in_its_check_pass(dtype, which, value):
+    """mesu_step has no separate finiteness pass over the gradients: its no-write check pass refuses a
+    non-finite ∂μ or ∂σ itself, also where the clamp would turn it into a finite step."""
+    from mesu_snn.kernels import native
+    lib, sfx = native.library(), native.suffix(torch.empty(0, dtype=dtype))
+    torch.manual_seed(3)
+    mu, s = torch.randn(7, 5, dtype=dtype), 0.3 * torch.rand(7, 5, dtype=dtype) + 0.1
+    gm, gs = torch.randn_like(mu), torch.randn_like(s)
+    tensors = [mu, s, gm, gs]
+    tensors[which][3, 1] = value
+    saved = mu.clone(), s.clone()
+    ptrs, sizes, _ = native.pointers(tensors)
+    k = 1 / 10.0
+    args = (-k, 0.0, 0, -1.0, -k / 2, k / 2 * 0.3 ** 2, -0.5)
+    assert getattr(lib, f"mesu_step_{sfx}")(ptrs, sizes, 1, *args, 1.0) == 0         # clamped at 1
+    assert getattr(lib, f"mesu_step_{sfx}")(ptrs, sizes, 1, *args, -1.0) == 0        # no clamp
+    assert torch.equal(mu, saved[0]) and torch.equal(s, saved[1])
+    tensors[which][3, 1] = 0.5                                                       # finite again: it steps
+    assert getattr(lib, f"mesu_step_{sfx}")(ptrs, sizes, 1, *args, 1.0) == 1
+    assert not torch.equal(mu, saved[0])

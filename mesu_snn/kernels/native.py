@@ -403,14 +403,15 @@ static int all_finite(void** ptrs, const int64_t* sizes, int64_t n) {
 }
 
 // MESU on n (mu, sigma) pairs, the formulas of mesu_snn.kernels.fused_update (same order).
-// write = 0: nothing is written; returns 1 if every new mu is finite and every new sigma finite
+// write = 0: nothing is written; returns 1 if every gradient and every new mu is finite and every new sigma finite
 // and > 0, else 0 (the optimizers' "refuse a step that would poison the model" check, done
 // before anything changes). write = 1: the pairs are updated in place; returns 1.
 // c: nmk = -k, kmp = k*mu_prior (0 if mu_prior is 0), nlm = -lr_mu, nk2 = -k/2, k2p = k/2*sigma_prior^2,
 // nls = -lr_sigma/2, clamp (< 0: none).
 // One tensor of MESU, branch-free in its loop so that it vectorises (the per-element arithmetic is
 // the same in every variant: the results do not depend on the vector width). WRITE = false: returns
-// 1 if some new mu is non-finite or some new sigma non-finite or <= 0, nothing written.
+// 1 if some gradient is non-finite or some new mu non-finite or some new sigma non-finite or <= 0
+// (a clamp could make a non-finite gradient's step finite: it is checked itself), nothing written.
 template <typename F, bool CLIP, bool MP, bool WRITE>
 static int mesu_tensor(F* mu, F* sg, const F* gm, const F* gs, int64_t N, F nmk, F kmp, F nlm, F nk2, F k2p,
                        F nls, F c, F nc) {
@@ -432,13 +433,14 @@ static int mesu_tensor(F* mu, F* sg, const F* gm, const F* gs, int64_t N, F nmk,
     F dm = pmu * s; const F nmu = mu[e] + dm;
     F ds = psg * s; const F nsg = s + ds;
     if (WRITE) { mu[e] = nmu; sg[e] = nsg; }
-    else bad |= (int)(!(std::fabs(nmu) <= big)) | (int)(!(nsg > (F)0)) | (int)(!(nsg <= big));   // NaN fails every compare
+    else bad |= (int)(!(std::fabs(nmu) <= big)) | (int)(!(nsg > (F)0)) | (int)(!(nsg <= big)) |   // NaN fails every compare
+                (int)(!(std::fabs(gm[e]) <= big)) | (int)(!(std::fabs(gs[e]) <= big));          // a gradient too
   }
   return bad;
 }
 
 // MESU on n (mu, sigma) pairs, the formulas of mesu_snn.kernels.fused_update (same order).
-// write = 0: nothing is written; returns 1 if every new mu is finite and every new sigma finite
+// write = 0: nothing is written; returns 1 if every gradient and every new mu is finite and every new sigma finite
 // and > 0, else 0 (the optimizers' "refuse a step that would poison the model" check, done
 // before anything changes). write = 1: the pairs are updated in place; returns 1.
 // c: nmk = -k, kmp = k*mu_prior (0 if mu_prior is 0), nlm = -lr_mu, nk2 = -k/2, k2p = k/2*sigma_prior^2,
@@ -498,7 +500,7 @@ int mesu_pairs_##SFX(void** mus, void** sigs, void** gmus, void** gsigs, const i
 /* finite or the step would make a mu non-finite or a sigma non-finite or <= 0 */ \
 int mesu_step_##SFX(void** ptrs, const int64_t* sizes, int64_t n, double nmk, double kmp, int has_mp, double nlm, \
                     double nk2, double k2p, double nls, double clamp) { \
-  if (!all_finite<F>(ptrs + 2 * n, sizes, n) || !all_finite<F>(ptrs + 3 * n, sizes, n)) return 0; \
+  /* the check pass covers the gradients too (one pass over the four arrays instead of three) */ \
   if (!mesu_pairs<F>(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp, 0)) \
     return 0; \
   mesu_pairs<F>(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, n, nmk, kmp, has_mp, nlm, nk2, k2p, nls, clamp, 1); \
