@@ -20,6 +20,8 @@ nanoseconds of arithmetic. The loops here do a whole op sequence in one call on 
   NLL) and its gradient with respect to the logits, in one pass.
 * ``all_finite``, ``mesu_pairs``: the optimizers' NaN/Inf guard over every gradient and the MESU
   update of :func:`mesu_snn.kernels.fused_update.fused_mesu_step` over all pairs, in one call each.
+  ``mesu_step``: one group's guard and update in one call, the gradients' guard inside the update's
+  no-write check pass (a check pass, then the write pass).
 
 Nothing is built at install time. The first call compiles one small C++ file (no torch headers, a
 few seconds; for the x86-64 level torch reports, e.g. ``-march=x86-64-v4`` on AVX-512 machines) into a cache directory (``$MESU_SNN_CACHE``, else ``$XDG_CACHE_HOME/mesu_snn``, else
