@@ -126,8 +126,12 @@ def main() -> int:
                   "per task the same 10-task window is N = 600,000 (the paper's N = 300,000 is 5 tasks). "
                   "![curves](curves_full.png)", ""]
         lines += final_tables(full)
-        done = [r for r in full if r.get("acc")]
+        done = [r for r in full if r.get("acc") and r.get("done")]
         k = min(len(r["acc"]) for r in done) if done else 0
+        for r in full:
+            if r.get("acc") and not r.get("done"):
+                lines += ["", f"{NAMES[r['rule']]} stopped after {len(r['acc'])} tasks (its `.log` says why; "
+                          "an unfinished run is left out of the table below)."]
         if done and k < max(len(r["acc"]) for r in done):
             cut = [dict(r, acc=r["acc"][:k], sigma=r["sigma"][:k], tasks_done=k, done=True) for r in done]
             lines += ["", f"Every rule after {k} tasks (the rows of the longer runs after their task {k - 1}; "
