@@ -250,23 +250,22 @@ def mesu_snn_step(w: Workload, device, reset_delay=True, compile_=False, mode=No
     return steps if native or not fused else _native(steps, False)
 
 
+def _whole_steps(net, opt, x, y, samples):
+    """(step, forward_backward) of one :class:`mesu_snn.rules.StreamingStep` update on (x, y)."""
+    from mesu_snn.rules import StreamingStep
+    fused = StreamingStep(net, opt, samples=samples)
+    return (lambda: fused.step(x, y)), (lambda: fused.forward_backward(x, y))
+
+
 def mesu_snn_step_fused(w: Workload, device, estimator="local", native=True):
     """mesu_snn_step's network and MESU, one update by :class:`mesu_snn.rules.StreamingStep` (the
     hand-written whole step the trainer uses: no autograd graph, the optimizer's own step)."""
     import mesu_snn as ms
-    from mesu_snn.rules import StreamingStep
     net = ms.SpikingMLP([w.n_in, w.hidden, w.n_out], beta=BETA, threshold=THR, readout="count",
                         bias=False, surrogate=("fast_sigmoid", SLOPE), estimator=estimator).to(device)
     opt = ms.MESU(net, memory=N_MEM, sigma_prior=SP, clamp_grad=None)
-    x, y = make_data(w, device)
-    fused = StreamingStep(net, opt, samples=w.M)
-
-    def step():
-        fused.step(x, y)
-
-    def forward_backward():
-        fused.forward_backward(x, y)
-    return (step, forward_backward) if native else _native((step, forward_backward), False)
+    steps = _whole_steps(net, opt, *make_data(w, device), w.M)
+    return steps if native else _native(steps, False)
 
 
 def mesu_snn_graphed(w: Workload, device, compile_=False):
@@ -328,20 +327,11 @@ def mesu_ann_step_fused(w: Workload, device, estimator="local"):
     """The ANN of :func:`mesu_ann_step` as :class:`mesu_snn.BayesMLP` (same layers and init), one
     update by :class:`mesu_snn.rules.StreamingStep`."""
     import mesu_snn as ms
-    from mesu_snn.rules import StreamingStep
     net = ms.BayesMLP([w.n_in, w.hidden, w.n_out], activation="relu", bias=False, init=None, mu_init=1.0,
                       sigma_init=0.5).to(device)
     net.layers[0].estimator = estimator
     opt = ms.MESU(net, memory=N_MEM, sigma_prior=SP, clamp_grad=None)
-    x, y = ann_data(w, device)
-    fused = StreamingStep(net, opt, samples=w.M)
-
-    def step():
-        fused.step(x, y)
-
-    def forward_backward():
-        fused.forward_backward(x, y)
-    return step, forward_backward
+    return _whole_steps(net, opt, *ann_data(w, device), w.M)
 
 
 def det_ann_step(w: Workload, device):

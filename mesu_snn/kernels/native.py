@@ -404,13 +404,7 @@ static int all_finite(void** ptrs, const int64_t* sizes, int64_t n) {
   return 1;
 }
 
-// MESU on n (mu, sigma) pairs, the formulas of mesu_snn.kernels.fused_update (same order).
-// write = 0: nothing is written; returns 1 if every gradient and every new mu is finite and every new sigma finite
-// and > 0, else 0 (the optimizers' "refuse a step that would poison the model" check, done
-// before anything changes). write = 1: the pairs are updated in place; returns 1.
-// c: nmk = -k, kmp = k*mu_prior (0 if mu_prior is 0), nlm = -lr_mu, nk2 = -k/2, k2p = k/2*sigma_prior^2,
-// nls = -lr_sigma/2, clamp (< 0: none).
-// One tensor of MESU, branch-free in its loop so that it vectorises (the per-element arithmetic is
+// One tensor of MESU (the constants are those of mesu_pairs below), branch-free in its loop so that it vectorises (the per-element arithmetic is
 // the same in every variant: the results do not depend on the vector width). WRITE = false: returns
 // 1 if some gradient is non-finite or some new mu non-finite or some new sigma non-finite or <= 0
 // (a clamp could make a non-finite gradient's step finite: it is checked itself), nothing written.
