@@ -20,6 +20,8 @@ stream (seeds ``FINAL_SEEDS``), ``--tasks`` tasks of ``--train-per-task`` images
     python experiments/snn_comparison.py --phase final --tasks 5 --jobs 2
     python experiments/snn_comparison.py --phase final --rules mesu bgd --tasks 20 \\
         --test-per-task 2000 --folder long --jobs 2     # plasticity over a longer stream
+    python experiments/snn_comparison.py --phase final --rules mesu bgd --tasks 40 --resume \\
+        --folder long --jobs 2     # extend finished runs from their checkpoints (.ckpt.pt)
     python experiments/snn_comparison_report.py
 
 Results: ``experiments/results/snn_comparison/{val,final}/*.json`` (written after every task),
@@ -69,13 +71,17 @@ def tag(rule: str, hp: list[str]) -> str:
     return rule + "_" + "_".join(h.replace("=", "") for h in hp)
 
 
-def launch(rule: str, hp: list[str], seed: int, out: Path, extra: list[str]) -> int:
-    if out.exists() and json.loads(out.read_text()).get("done"):
-        return 0
+def launch(rule: str, hp: list[str], seed: int, out: Path, extra: list[str], tasks: int | None = None) -> int:
+    """Run one (rule, setting, seed) unless its results are complete. With ``--resume`` in ``extra``
+    a run with fewer than ``tasks`` tasks continues from its checkpoint and appends to its log."""
+    if out.exists():
+        d = json.loads(out.read_text())
+        if d.get("done") and (tasks is None or d.get("tasks_done", 0) >= tasks):
+            return 0
     cmd = [sys.executable, str(HERE / "paper_pmnist.py"), "--rule", rule, "--seed", str(seed), *COMMON,
            *extra, "--hp", *hp, "--out", str(out)]
     log = out.with_suffix(".log")
-    with open(log, "w") as fh:
+    with open(log, "a" if "--resume" in extra else "w") as fh:
         return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
 
 
@@ -151,13 +157,15 @@ def phase_final(args) -> None:
 
     seeds = args.seeds or FINAL_SEEDS
     jobs = [(r, hp_for(r), s) for s in seeds for r in rules]
-    extra = ["--tasks", str(args.tasks), "--hidden", *map(str, args.hidden)]
+    extra = ["--tasks", str(args.tasks), "--hidden", *map(str, args.hidden), "--checkpoint"]
+    if args.resume:
+        extra.append("--resume")
     if args.test_per_task:
         extra += ["--test-per-task", str(args.test_per_task)]
     if args.train_per_task:
         extra += ["--train-per-task", str(args.train_per_task)]
     with ThreadPoolExecutor(args.jobs) as ex:
-        list(ex.map(lambda j: launch(j[0], j[1], j[2], fdir / f"{j[0]}_seed{j[2]}.json", extra), jobs))
+        list(ex.map(lambda j: launch(j[0], j[1], j[2], fdir / f"{j[0]}_seed{j[2]}.json", extra, args.tasks), jobs))
 
 
 def main(argv=None):
@@ -177,6 +185,8 @@ def main(argv=None):
                          "(MESU's window was tuned in tasks of 5,000 images: 50,000 = 10 tasks; at the "
                          "paper's 60,000 images per task the same 10-task window is 600,000)")
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="final runs: seeds (default FINAL_SEEDS)")
+    ap.add_argument("--resume", action="store_true",
+                    help="final runs: continue runs with fewer than --tasks tasks from their checkpoints")
     args = ap.parse_args(argv)
     t0 = time.time()
     {"val": phase_val, "final": phase_final}[args.phase](args)

@@ -79,3 +79,23 @@ def test_spiking_quick_ranking_mesu_and_bgd_beat_sgd(tmp_path):
     assert first["bgd"] > first["sgd"] + MARGIN_SGD, first                        # learning the last task,
     # that separates the rules: SGD learns the newest task as well (0.55-0.65 here, seed and CPU
     # dependent: its last-task accuracy moved by 0.1 between two CPU models with the same code)
+
+
+def test_checkpoint_resume_continues_exactly_and_refuses_another_protocol(tmp_path):
+    """Extending a run from its checkpoint (2 tasks, then --resume to 3) gives the numbers of one
+    uninterrupted 3-task run: model, rule state and both generators are restored."""
+    import paper_pmnist as pp
+    base = ["--rule", "mesu", "--model", "snn", "--estimator", "local", "--train-per-task", "300",
+            "--test-per-task", "200", "--log-every", "0", "--data-root", _data_root()]
+    pp.main([*base, "--tasks", "3", "--out", str(tmp_path / "whole.json")])
+    part = tmp_path / "part.json"
+    pp.main([*base, "--tasks", "2", "--checkpoint", "--out", str(part)])
+    assert part.with_suffix(".ckpt.pt").exists() and json.loads(part.read_text())["tasks_done"] == 2
+    pp.main([*base, "--tasks", "3", "--checkpoint", "--resume", "--out", str(part)])
+    a, b = json.loads((tmp_path / "whole.json").read_text()), json.loads(part.read_text())
+    assert b["done"] and b["tasks_done"] == 3 and b["resumed_at_task"] == [2]
+    assert a["whole_step"] and b["whole_step"]
+    assert a["acc"] == b["acc"] and a["sigma"] == b["sigma"]
+    other = [*base[:base.index("--train-per-task") + 1], "200", *base[base.index("--train-per-task") + 2:]]
+    with pytest.raises(SystemExit, match="train_per_task=300"):
+        pp.main([*other, "--tasks", "4", "--checkpoint", "--resume", "--out", str(part)])
