@@ -52,7 +52,9 @@ def _quick(args):
 
 #: measured (seed 0, 4 tasks x 1000 images, LIF 784-50-10, T = 10, batch 1, M = 10, 2-core CPU, 77 s):
 #: mean accuracy over the 4 tasks after the stream MESU 0.6325, BGD 0.6325, SGD 0.419; last task
-#: MESU 0.671, BGD 0.678, SGD 0.550. On a stream this short MESU (N = 1e4 samples = 10 tasks of this
+#: MESU 0.671, BGD 0.678, SGD 0.550 (autograd step). With the hand-written whole step (paper_pmnist's
+#: default since 2026-12-02; the same update to rounding, which spikes amplify): MESU 0.644, BGD 0.630,
+#: SGD 0.379; first task after the stream 0.619, 0.614, 0.230. On a stream this short MESU (N = 1e4 samples = 10 tasks of this
 #: size) and BGD tie: the test asserts that both beat SGD by half the measured gap, on the mean and
 #: on the first task after the stream (retention; 2026-12-02, Intel Xeon VM: SGD 0.23), and that
 #: they tie. The full comparison of all six rules is experiments/snn_comparison.py.
