@@ -47,6 +47,7 @@ class Target:
     beta: str = "any"                           #: "any", "one" (IF only), "pow2" (1 − 2⁻ⁿ), "loihi" (1 − d/4096)
     resets: tuple = ("zero",)                   #: resets the neurons implement (at the spike's step)
     uniform: bool = False                       #: one β/threshold per layer
+    dense_bias: bool = False                    #: dense layers must have a bias (the importer reads Affine only)
     nir_options: dict = field(default_factory=dict)   #: keyword arguments of to_nir for this target
     sources: dict = field(default_factory=dict)
 
@@ -102,7 +103,7 @@ TARGETS: dict[str, Target] = {
         core_memory=((16384, 65536, 1024), (16384, 65536, 1024), (16384, 65536, 1024), (32768, 32768, 1024),
                      (32768, 32768, 1024), (65536, 16384, 1024), (65536, 16384, 1024), (16384, 16384, 1024),
                      (16384, 16384, 1024)),
-        layer_kinds=("conv", "dense"), pooling="sum", beta="one", resets=("zero", "subtract"), uniform=True,
+        layer_kinds=("conv", "dense"), pooling="sum", beta="one", resets=("subtract",), uniform=True, dense_bias=True,
         nir_options={"legacy": True, "pool": "sum", "neuron": "IF", "uniform": True, "if_r": "step"},
         sources={
             "weight_bits": "sinabs backend/dynapcnn/discretize.py DYNAPCNN_WEIGHT_PRECISION_BITS = 8 (bias too), "
@@ -113,8 +114,14 @@ TARGETS: dict[str, Target] = {
             "max_layers": "sinabs dynapcnn.py get_constraints lists 9 cores; each synaptic layer takes one core",
             "beta": "sinabs discretize.py takes sl.IAF layers only: integrate-and-fire, no leak",
             "pooling": "dynapcnn.py: pooling is a per-destination sum pooling between cores",
-            "resets": "dynapcnn.py: return_to_zero for MembraneReset, else subtract (MembraneSubtract)",
-            "dense": "a dense layer is counted as a conv core with a kernel over the whole input: our assumption",
+            "resets": "the chip does either (dynapcnn.py: return_to_zero for MembraneReset, else subtract), but "
+                      "the NIR route does not: sinabs/nir.py builds every IF as sl.IAFSqueeze, whose default "
+                      "reset_fn is MembraneSubtract (sinabs/layers/iaf.py), so only reset='subtract' is "
+                      "reproduced; min_v_mem = −θ becomes the chip's threshold_low (dynapcnn.py)",
+            "dense": "sinabs backend/dynapcnn/dynapcnn_layer.py converts an nn.Linear to a Conv2d whose kernel "
+                     "covers the whole input (convert_linear_to_conv); counted here as such a core",
+            "dense_bias": "sinabs/nir.py _import_sinabs_module handles nir.Affine (nn.Linear) but not nir.Linear, "
+                          "which a bias-free dense layer writes: train dense layers with a bias",
             "nir": "sinabs 3.1 pins nir ≤ 1.0.4 and has no AvgPool2d/Linear NIR handler (issue 15); its from_nir "
                    "builds IAFSqueeze with a subtractive reset, multi-spikes (v ≥ θ) and min_v_mem = −θ, ignoring "
                    "IF r (sinabs/nir.py): train with reset='subtract', reset_delay=False to be reproduced",
@@ -170,6 +177,9 @@ def target_violations(model: nn.Module, target: Target | str, bits: int | None =
         if kind not in t.layer_kinds:
             out.append(f"{names.get(id(s), i)}: {kind} layers are not supported ({t.name} maps "
                        f"{'/'.join(t.layer_kinds)} only)")
+        elif kind == "dense" and t.dense_bias and s.bias_mu is None:
+            out.append(f"{names.get(id(s), i)}: a dense layer without bias is written as NIR Linear, which "
+                       f"{t.name}'s importer does not read (train with bias=True)")
     for i, s in enumerate(stages):
         if isinstance(s, AvgPool) and t.pooling == "none":
             out.append(f"stage {i}: pooling ({s.kernel_size}×{s.kernel_size}) is not supported on {t.name}")
