@@ -74,6 +74,11 @@ def test_every_violation_in_one_report():
                    "10 output neurons", "1200 hidden neurons"):
         assert any(needle in m for m in v), needle
     assert str(e.value).count("\n  - ") == len(v)
+    slow = target_violations(_chip_mlp([16, 8, 8], beta=1 - 2.0 ** -16), "xylo-audio")   # bit shift 16 > 15
+    assert len(slow) == 2 and all("n > 15" in m for m in slow)
+    assert target_violations(_chip_mlp([16, 8, 8], beta=1 - 2.0 ** -15), "xylo-audio") == []
+    assert target_violations(_chip_mlp([17, 8, 8], beta=0.5), "xylo-audio") == ["17 input channels > 16 (SynSense "
+                                                                                  "Xylo Audio 2 (SYNS61201))"]
     speck = target_violations(ms.SpikingMLP([784, 512, 10], beta=0.9), "speck")
     assert any("integrate-and-fire" in m for m in speck) and any("fit no core" in m for m in speck)
     conv = ms.SpikingConvNet((2, 6, 6), (2, 4, 4), 3, reset="zero", readout="count")   # 6 → 3 → pool of 3

@@ -87,9 +87,14 @@ TARGETS: dict[str, Target] = {
             "max_outputs": "same function: max_output_neurons=8",
             "weight_bits": "same file's docstring: weights int8, thresholds int16; XyloSim.from_specification: "
                            "int8 weight matrices",
-            "max_inputs": "16 input channels: from issue 15's rockpool 3.1 DRC report; not found in the sources read",
+            "max_inputs": "rockpool docs/devices/quick-xylo/deploy_to_xylo.ipynb, table of Xylo Audio 2 limits: "
+                          "'Max. input channels 16' (also 'Max. hidden neurons 1000', 'Max. output neurons 8', "
+                          "'Weight bit-depth 8'); docs/devices/xylo-overview.ipynb: XyloAudio 2 'Num. SNN input "
+                          "channels 16' (rockpool commit 42cee1c, Dec 2025). Not checked from the same table: 15 "
+                          "input spikes and 31 hidden spikes per step, fan-out 64, 2 input synapses per neuron",
             "beta": "rockpool nn/modules/torch/lif_torch.py bitshift_to_decay: decay = 1 − 1/2**dash (the leak is "
-                    "a bit shift)",
+                    "a bit shift); deploy_to_xylo.ipynb: 'Bit-shift decay parameter bit-depth 4', 'Max. bit-shift "
+                    "decay value 15', so n ≤ 15",
             "layer_kinds": "the mapper places LinearWeights only (input, recurrent, output matrices): no convolution",
             "resets": "not checked (either reset accepted): the reset Xylo applies was not found in the code read; "
                       "only the timing (at the spike's step) is checked",
@@ -197,9 +202,12 @@ def target_violations(model: nn.Module, target: Target | str, bits: int | None =
             bad = [b for b in np.unique(beta) if b >= 1 or b <= 0 or
                    abs(b - (1 - 2.0 ** -round(-math.log2(1 - b)))) > 1e-6]
             if bad:
-                n = max(1, round(-math.log2(1 - bad[0]))) if 0 < bad[0] < 1 else 1
+                n = min(15, max(1, round(-math.log2(1 - bad[0])))) if 0 < bad[0] < 1 else 1
                 out.append(f"{where}: β = {bad[0]:g} is not of the form 1 − 2⁻ⁿ (the leak is a bit shift); the "
                            f"nearest is {1 - 2.0 ** -n:g} (n = {n})")
+            elif np.any(beta > 1 - 2.0 ** -15 + 1e-12):
+                out.append(f"{where}: β = {beta.max():g} = 1 − 2⁻ⁿ with n > 15 ({t.name}'s bit-shift decay is at "
+                           f"most 15: the slowest leak is β = {1 - 2.0 ** -15:g})")
         elif t.beta == "loihi" and np.any(np.round(4096 * (1 - beta)) > 4095):
             out.append(f"{where}: β = {beta.min():g} < 1/4096 (Loihi's vDecay is 12-bit)")
         fixes = ([f"reset={t.resets[0]!r}"] if lif.reset not in t.resets else []) + \
