@@ -127,7 +127,9 @@ TARGETS: dict[str, Target] = {
                      "covers the whole input (convert_linear_to_conv); counted here as such a core",
             "dense_bias": "sinabs/nir.py _import_sinabs_module handles nir.Affine (nn.Linear) but not nir.Linear, "
                           "which a bias-free dense layer writes: train dense layers with a bias",
-            "nir": "sinabs 3.1 pins nir ≤ 1.0.4 and has no AvgPool2d/Linear NIR handler (issue 15); its from_nir "
+            "nir": "sinabs 3.1.3 pins nir ≤ 1.0.4 (its package metadata); sinabs/nir.py _import_sinabs_module "
+                   "handles Affine, Conv1d/2d, LI, IF, LIF, SumPool2d, Flatten, Input, Output (no AvgPool2d, no "
+                   "Linear); its from_nir "
                    "builds IAFSqueeze with a subtractive reset, multi-spikes (v ≥ θ) and min_v_mem = −θ, ignoring "
                    "IF r (sinabs/nir.py): train with reset='subtract', reset_delay=False to be reproduced",
         }),
