@@ -324,6 +324,8 @@ def test_strided_conv_chain_is_written_with_input_and_flatten_entries(tmp_path):
         kinds = [f[f"layer/{i}/type"][0].decode() for i in range(len(f["layer"]))]
         assert kinds == ["input", "conv", "flatten", "dense"]
         assert list(f["layer/0/shape"][()]) == [2, 8, 8] and list(f["layer/1/shape"][()]) == [4, 4, 4]
+        # shape only: lava-dl >= 0.3 reads it as the input shape; a `neuron` group would make it a spiking block
+        assert sorted(f["layer/0"].keys()) == ["shape", "type"] and f["layer/0/shape"].dtype == np.int64
         assert f["layer/1/weight"].shape == (4, 2, 3, 3) and list(f["layer/1/stride"][()]) == [2, 2]
         assert int(f["layer/1/groups"][()]) == 1 and f["mesu_snn/layer/1"].attrs["netx_layer"] == 3
     assert [L.kind for L in read_netx(path)] == ["conv", "dense"]

@@ -35,20 +35,34 @@ def test_every_profile_number_has_a_source():
 
 
 def test_networks_that_fit_each_target(tmp_path):
-    """…and the target's NIR conventions write a file that runs as the network (NIR semantics)."""
+    """…and the target's NIR conventions write a file that runs as the network (NIR semantics;
+    Speck: the nodes sinabs reads, its subtractive IF run in test_export_nir.py)."""
+    import nir
     xylo = _chip_mlp([16, 64, 8], beta=0.875)                    # β = 1 − 2⁻³
     assert target_violations(xylo, "xylo-audio") == []
     assert target_violations(_chip_mlp([784, 256, 10], beta=0.9), "loihi2") == []
-    conv = ms.SpikingConvNet((2, 34, 34), (2, 16, 32), 10, beta=1.0, reset="zero", readout="count")
-    for lif in list(conv.neurons) + [conv.out_neuron]:
-        lif.reset_delay = False
+    path = ms.to_nir(xylo, tmp_path / "xylo.nir", **TARGETS["xylo-audio"].nir_options)
+    back = ms.from_nir(path, semantics="nir").mean_mode()
+    ms.set_mode(xylo, "mean")
+    x = torch.rand(8, 2, 16) * 2
+    with torch.no_grad():
+        assert torch.equal(ms.export.spiking_forward(xylo, x), ms.export.spiking_forward(back, x))
+    conv = ms.SpikingConvNet((2, 34, 34), (2, 16, 32), 10, beta=1.0, reset="subtract", readout="count",
+                             reset_delay=False)
     assert target_violations(conv, "speck") == []
-    for net, key, x in ((xylo, "xylo-audio", torch.rand(8, 2, 16) * 2), (conv, "speck", torch.rand(4, 2, 2, 34, 34))):
-        path = ms.to_nir(net, tmp_path / f"{key}.nir", **TARGETS[key].nir_options)
-        back = ms.from_nir(path, semantics="nir").mean_mode()
-        ms.set_mode(net, "mean")
-        with torch.no_grad():
-            assert torch.equal(ms.export.spiking_forward(net, x), ms.export.spiking_forward(back, x))
+    with pytest.warns(UserWarning, match="reset"):              # NIR's IF resets to v_reset; sinabs subtracts
+        path = ms.to_nir(conv, tmp_path / "speck.nir", **TARGETS["speck"].nir_options)
+    kinds = sorted(type(n).__name__ for n in nir.read(path).nodes.values())
+    assert kinds == ["Affine", "Conv2d", "Conv2d", "Flatten", "IF", "IF", "IF", "Input", "Output", "SumPool2d",
+                     "SumPool2d"]
+    # what sinabs' NIR route cannot run: a reset to 0 (it subtracts), a bias-free dense layer (NIR Linear)
+    zero = ms.SpikingConvNet((2, 8, 8), (2, 4), 3, beta=1.0, reset="zero", readout="count", reset_delay=False)
+    assert any("reset='subtract'" in m for m in target_violations(zero, "speck"))
+    no_bias = ms.SpikingMLP([16, 8, 4], beta=1.0, reset="subtract", readout="count", bias=False)
+    for lif in no_bias.neurons:
+        lif.reset_delay = False
+    v = target_violations(no_bias, "speck")
+    assert len(v) == 2 and all("bias=True" in m for m in v)
 
 
 def test_every_violation_in_one_report():
@@ -60,6 +74,11 @@ def test_every_violation_in_one_report():
                    "10 output neurons", "1200 hidden neurons"):
         assert any(needle in m for m in v), needle
     assert str(e.value).count("\n  - ") == len(v)
+    slow = target_violations(_chip_mlp([16, 8, 8], beta=1 - 2.0 ** -16), "xylo-audio")   # bit shift 16 > 15
+    assert len(slow) == 2 and all("n > 15" in m for m in slow)
+    assert target_violations(_chip_mlp([16, 8, 8], beta=1 - 2.0 ** -15), "xylo-audio") == []
+    assert target_violations(_chip_mlp([17, 8, 8], beta=0.5), "xylo-audio") == ["17 input channels > 16 (SynSense "
+                                                                                  "Xylo Audio 2 (SYNS61201))"]
     speck = target_violations(ms.SpikingMLP([784, 512, 10], beta=0.9), "speck")
     assert any("integrate-and-fire" in m for m in speck) and any("fit no core" in m for m in speck)
     conv = ms.SpikingConvNet((2, 6, 6), (2, 4, 4), 3, reset="zero", readout="count")   # 6 → 3 → pool of 3

@@ -56,9 +56,14 @@ given, see :mod:`~mesu_snn.export.loihi_fixed`)::
                              attrs: clipped (how many saturated)
 
 netx reads only ``layer/`` (and Lava ignores ``simulation/``); the reader followed is lava-dl's
-``netx/hdf5.py`` with ``input_shape``/``reset_interval`` (the later one in the index read); its
-earlier version wants a ``neuron`` group in every ``input`` entry, so there only dense networks
-(no ``input`` entry) load. ``mesu_snn/`` is ours, for
+``netx/hdf5.py``. A conv net's first entry is a shape-only ``input`` (no ``neuron`` group): from
+lava-dl 0.3.0 (Sep 2022) to 0.6.0, ``Network._create`` takes ``self.input_shape`` from such an
+entry (``elif 'shape' in layer_config[i]``) and builds no block for it, so it adds no neuron and
+no delay (an ``input`` entry *with* a ``neuron`` group would become a spiking ``Input`` block).
+lava-dl 0.2.0 (Mar 2022) has neither that branch nor ``input_shape=``: it builds an ``Input``
+block from every ``input`` entry (reading its ``neuron``) and takes a conv's input shape from
+the block before it, so there a conv net cannot load (dense ones might: not run with that
+version); no option writes the extra input neuron layer that reader would need. ``mesu_snn/`` is ours, for
 chips with stochastic synapses and to trace the file back to the model. Inputs: binary spikes
 as they are; integer (graded) inputs need ``hdf5.Network(net_config=path,
 input_message_bits=N)``. Time: each Dense delays by one step, so an L-layer network's output at

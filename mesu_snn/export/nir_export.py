@@ -58,7 +58,8 @@ Third-party importers (tested in ``tests/test_export_nir.py``):
   delay; it fires where ``v ≥ θ`` (ours ``v > θ``: equal unless a membrane lands exactly on the
   threshold). IF needs ``r = 1/dt`` (``if_r="spec"``).
 * ``sinabs.nir.from_nir`` (sinabs 3.1.3 on nir 1.0.4, nirtorch 1.0; tested in a throwaway
-  install): reads ``legacy=True, pool="sum", neuron="IF"`` files; its IF is ``IAFSqueeze`` with
+  install): reads ``legacy=True, pool="sum", neuron="IF"`` files (not ``Linear`` nodes: a dense
+  layer needs a bias, written as ``Affine``); its IF is ``IAFSqueeze`` with
   a subtractive reset at the spike's step, several spikes per step when v ≥ 2θ, v ≥ θ to fire
   and v clipped at −θ, ``r`` ignored: networks built with ``reset="subtract",
   reset_delay=False`` whose membranes stay in [−θ, 2θ) are reproduced spike for spike.

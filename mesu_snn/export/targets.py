@@ -47,6 +47,7 @@ class Target:
     beta: str = "any"                           #: "any", "one" (IF only), "pow2" (1 − 2⁻ⁿ), "loihi" (1 − d/4096)
     resets: tuple = ("zero",)                   #: resets the neurons implement (at the spike's step)
     uniform: bool = False                       #: one β/threshold per layer
+    dense_bias: bool = False                    #: dense layers must have a bias (the importer reads Affine only)
     nir_options: dict = field(default_factory=dict)   #: keyword arguments of to_nir for this target
     sources: dict = field(default_factory=dict)
 
@@ -86,9 +87,14 @@ TARGETS: dict[str, Target] = {
             "max_outputs": "same function: max_output_neurons=8",
             "weight_bits": "same file's docstring: weights int8, thresholds int16; XyloSim.from_specification: "
                            "int8 weight matrices",
-            "max_inputs": "16 input channels: from issue 15's rockpool 3.1 DRC report; not found in the sources read",
+            "max_inputs": "rockpool docs/devices/quick-xylo/deploy_to_xylo.ipynb, table of Xylo Audio 2 limits: "
+                          "'Max. input channels 16' (also 'Max. hidden neurons 1000', 'Max. output neurons 8', "
+                          "'Weight bit-depth 8'); docs/devices/xylo-overview.ipynb: XyloAudio 2 'Num. SNN input "
+                          "channels 16' (rockpool commit 42cee1c, Dec 2025). Not checked from the same table: 15 "
+                          "input spikes and 31 hidden spikes per step, fan-out 64, 2 input synapses per neuron",
             "beta": "rockpool nn/modules/torch/lif_torch.py bitshift_to_decay: decay = 1 − 1/2**dash (the leak is "
-                    "a bit shift)",
+                    "a bit shift); deploy_to_xylo.ipynb: 'Bit-shift decay parameter bit-depth 4', 'Max. bit-shift "
+                    "decay value 15', so n ≤ 15",
             "layer_kinds": "the mapper places LinearWeights only (input, recurrent, output matrices): no convolution",
             "resets": "not checked (either reset accepted): the reset Xylo applies was not found in the code read; "
                       "only the timing (at the spike's step) is checked",
@@ -102,7 +108,7 @@ TARGETS: dict[str, Target] = {
         core_memory=((16384, 65536, 1024), (16384, 65536, 1024), (16384, 65536, 1024), (32768, 32768, 1024),
                      (32768, 32768, 1024), (65536, 16384, 1024), (65536, 16384, 1024), (16384, 16384, 1024),
                      (16384, 16384, 1024)),
-        layer_kinds=("conv", "dense"), pooling="sum", beta="one", resets=("zero", "subtract"), uniform=True,
+        layer_kinds=("conv", "dense"), pooling="sum", beta="one", resets=("subtract",), uniform=True, dense_bias=True,
         nir_options={"legacy": True, "pool": "sum", "neuron": "IF", "uniform": True, "if_r": "step"},
         sources={
             "weight_bits": "sinabs backend/dynapcnn/discretize.py DYNAPCNN_WEIGHT_PRECISION_BITS = 8 (bias too), "
@@ -113,9 +119,17 @@ TARGETS: dict[str, Target] = {
             "max_layers": "sinabs dynapcnn.py get_constraints lists 9 cores; each synaptic layer takes one core",
             "beta": "sinabs discretize.py takes sl.IAF layers only: integrate-and-fire, no leak",
             "pooling": "dynapcnn.py: pooling is a per-destination sum pooling between cores",
-            "resets": "dynapcnn.py: return_to_zero for MembraneReset, else subtract (MembraneSubtract)",
-            "dense": "a dense layer is counted as a conv core with a kernel over the whole input: our assumption",
-            "nir": "sinabs 3.1 pins nir ≤ 1.0.4 and has no AvgPool2d/Linear NIR handler (issue 15); its from_nir "
+            "resets": "the chip does either (dynapcnn.py: return_to_zero for MembraneReset, else subtract), but "
+                      "the NIR route does not: sinabs/nir.py builds every IF as sl.IAFSqueeze, whose default "
+                      "reset_fn is MembraneSubtract (sinabs/layers/iaf.py), so only reset='subtract' is "
+                      "reproduced; min_v_mem = −θ becomes the chip's threshold_low (dynapcnn.py)",
+            "dense": "sinabs backend/dynapcnn/dynapcnn_layer.py converts an nn.Linear to a Conv2d whose kernel "
+                     "covers the whole input (convert_linear_to_conv); counted here as such a core",
+            "dense_bias": "sinabs/nir.py _import_sinabs_module handles nir.Affine (nn.Linear) but not nir.Linear, "
+                          "which a bias-free dense layer writes: train dense layers with a bias",
+            "nir": "sinabs 3.1.3 pins nir ≤ 1.0.4 (its package metadata); sinabs/nir.py _import_sinabs_module "
+                   "handles Affine, Conv1d/2d, LI, IF, LIF, SumPool2d, Flatten, Input, Output (no AvgPool2d, no "
+                   "Linear); its from_nir "
                    "builds IAFSqueeze with a subtractive reset, multi-spikes (v ≥ θ) and min_v_mem = −θ, ignoring "
                    "IF r (sinabs/nir.py): train with reset='subtract', reset_delay=False to be reproduced",
         }),
@@ -170,6 +184,9 @@ def target_violations(model: nn.Module, target: Target | str, bits: int | None =
         if kind not in t.layer_kinds:
             out.append(f"{names.get(id(s), i)}: {kind} layers are not supported ({t.name} maps "
                        f"{'/'.join(t.layer_kinds)} only)")
+        elif kind == "dense" and t.dense_bias and s.bias_mu is None:
+            out.append(f"{names.get(id(s), i)}: a dense layer without bias is written as NIR Linear, which "
+                       f"{t.name}'s importer does not read (train with bias=True)")
     for i, s in enumerate(stages):
         if isinstance(s, AvgPool) and t.pooling == "none":
             out.append(f"stage {i}: pooling ({s.kernel_size}×{s.kernel_size}) is not supported on {t.name}")
@@ -187,9 +204,12 @@ def target_violations(model: nn.Module, target: Target | str, bits: int | None =
             bad = [b for b in np.unique(beta) if b >= 1 or b <= 0 or
                    abs(b - (1 - 2.0 ** -round(-math.log2(1 - b)))) > 1e-6]
             if bad:
-                n = max(1, round(-math.log2(1 - bad[0]))) if 0 < bad[0] < 1 else 1
+                n = min(15, max(1, round(-math.log2(1 - bad[0])))) if 0 < bad[0] < 1 else 1
                 out.append(f"{where}: β = {bad[0]:g} is not of the form 1 − 2⁻ⁿ (the leak is a bit shift); the "
                            f"nearest is {1 - 2.0 ** -n:g} (n = {n})")
+            elif np.any(beta > 1 - 2.0 ** -15 + 1e-12):
+                out.append(f"{where}: β = {beta.max():g} = 1 − 2⁻ⁿ with n > 15 ({t.name}'s bit-shift decay is at "
+                           f"most 15: the slowest leak is β = {1 - 2.0 ** -15:g})")
         elif t.beta == "loihi" and np.any(np.round(4096 * (1 - beta)) > 4095):
             out.append(f"{where}: β = {beta.min():g} < 1/4096 (Loihi's vDecay is 12-bit)")
         fixes = ([f"reset={t.resets[0]!r}"] if lif.reset not in t.resets else []) + \
