@@ -155,7 +155,10 @@ def main() -> int:
                   "As the next section's runs, 20 tasks of all 60,000 images (`--phase final --rules mesu bgd --tasks 20 "
                   "--train-per-task 0 --override mesu:memory=600000 --folder full20`), with the hand-written whole "
                   "step (`paper_pmnist.py` uses `StreamingStep` for MESU/BGD: the same update as the autograd step "
-                  "to rounding; spiking thresholds make two such runs part ways, so they agree only statistically). "
+                  "to rounding; spiking thresholds make two such runs part ways, so they agree only statistically: over 4 "
+                  "seeds of a short stream, 4 tasks of 1,000 images, N = 10,000, the mean accuracy over the tasks was "
+                  "63.86 % with the whole step and 63.22 % with the autograd step, paired differences +0.1, -0.4, "
+                  "+1.1, +1.7 points). "
                   "![curves](curves_full20.png)", ""]
         lines += final_tables(full20)
     if full:
