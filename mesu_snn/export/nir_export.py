@@ -63,6 +63,25 @@ Third-party importers (tested in ``tests/test_export_nir.py``):
   a subtractive reset at the spike's step, several spikes per step when v ≥ 2θ, v ≥ θ to fire
   and v clipped at −θ, ``r`` ignored: networks built with ``reset="subtract",
   reset_delay=False`` whose membranes stay in [−θ, 2θ) are reproduced spike for spike.
+* SynSense Xylo Audio 2 (rockpool 3.1.0, xylosim 0.1.3, nir 1.0.4; tested in a throwaway
+  install, ``test_xylosim_runs_the_readme_xylo_network``): rockpool's NIR import
+  (``rockpool.nn.modules.torch.nir.from_nir``) fails on every ``LIF`` node (it reads
+  ``node.tau_mem``, a ``CubaLIF`` field: AttributeError), and ``rockpool.devices.xylo`` (so its
+  ``syns61201.XyloSim`` and mapper) cannot be imported without samna, whose PyPI package only
+  pip-installs the real one from gitlab.com. The test therefore reads our ``legacy=True`` file
+  with nir 1.0.4, quantises it with rockpool's ``transform.quantize_methods.global_quantize``
+  (8-bit weights; it scales ``bias_out`` by the hidden layer's scale, the test uses the output
+  layer's) and runs ``xylosim.v2.XyloLayer``, the C++ simulator behind ``XyloSim``, as
+  ``XyloSim.from_specification`` builds it. Xylo's neuron per step (xylosim v2
+  XyloIAFNeuron.cpp): input spikes add W to a synaptic current i, then i ← i − (i ≫ dash_syn),
+  v ← v − (v ≫ dash_mem) + i + bias (each decay at least ±1, 16-bit saturating state), and while
+  v ≥ θ: a spike and v ← v − θ (hidden neurons up to 31 spikes a step, outputs 1). So: β = 1 −
+  2⁻ⁿ as ``dash_mem = log2(tau/dt)``; there is no instantaneous synapse (``dash_syn = 0``
+  empties i before it reaches v; ``dash_syn = 1``, half of each input now and the rest over the
+  next steps, is the closest); the reset subtracts θ; a hidden spike reaches the output neurons
+  one step later (pad the input by one step). A network trained with ``reset="subtract",
+  reset_delay=False`` keeps its accuracy there (README digits: 0.623 ours, 0.619 XyloSim); the
+  same recipe with ``reset="zero"`` drops from 0.682 to 0.424.
 * ``norse.torch.from_nir`` (Norse 1.1.0) builds ``LIFBoxCell(tau_mem_inv = 1/tau, v_th,
   v_leak)`` and ignores ``r`` and ``v_reset``: only ``r = 1`` (``LIF.norse_box`` neurons, with
   ``v_reset = 0``) is reproduced exactly. Norse's own exporter writes ``tau = dt/tau_mem_inv``

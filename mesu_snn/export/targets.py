@@ -96,12 +96,21 @@ TARGETS: dict[str, Target] = {
                     "a bit shift); deploy_to_xylo.ipynb: 'Bit-shift decay parameter bit-depth 4', 'Max. bit-shift "
                     "decay value 15', so n ≤ 15",
             "layer_kinds": "the mapper places LinearWeights only (input, recurrent, output matrices): no convolution",
-            "resets": "not checked (either reset accepted): the reset Xylo applies was not found in the code read; "
-                      "only the timing (at the spike's step) is checked",
-            "synapse": "Xylo neurons have a synaptic current (dash_syn); dash_syn = 0 decays it fully each step "
-                       "(decay 1 − 1/2**0 = 0), our instantaneous synapse; issue 15 reports rockpool's NIR import "
-                       "wants tau_syn > dt: not checked here",
-            "nir": "rockpool 3.1 pins nir ≤ 1.0.4 (issue 15): legacy files",
+            "resets": "either reset accepted by this check, but Xylo subtracts: xylosim 0.1.3 (the C++ back-end of "
+                      "rockpool's syns61201.XyloSim) src/v2/cpp/XyloIAFNeuron.cpp fires while v ≥ θ, v ← v − θ each "
+                      "time, up to 31 spikes a step (MAX_NUM_SPIKES; outputs MAX_NUM_OUT_SPIKES = 1). Train Xylo nets "
+                      "with reset='subtract': XyloSim runs the README digits net at 0.619 (ours 0.623) that way, "
+                      "0.424 (ours 0.682) with reset='zero' (tests/test_export_nir.py test_xylosim_runs_the_readme_"
+                      "xylo_network). Only the timing (at the spike's step) is checked",
+            "synapse": "Xylo neurons have a synaptic current: input adds W to i, then i ← i − (i ≫ dash_syn), "
+                       "v ← v − (v ≫ dash_mem) + i (XyloIAFNeuron::evolve), so dash_syn = 0 empties i before it "
+                       "reaches v and there is no instantaneous synapse; dash_syn = 1 (half now, the rest over the "
+                       "next steps) is the closest to ours and what the XyloSim test uses: not checked here",
+            "nir": "rockpool 3.1 pins nir ≤ 1.0.4 (issue 15): legacy files. Its NIR import "
+                   "(nn/modules/torch/nir.py) fails on every LIF node (reads node.tau_mem: AttributeError), and "
+                   "rockpool.devices.xylo cannot be imported without samna (PyPI's samna 0.48.6 only pip-installs "
+                   "the real package from gitlab.com); the XyloSim test quantises our file with rockpool's "
+                   "global_quantize and runs xylosim.v2.XyloLayer as XyloSim.from_specification builds it",
         }),
     "speck": Target(
         key="speck", name="SynSense Speck / DYNAP-CNN", format="nir", weight_bits=8, max_layers=9,
