@@ -38,15 +38,24 @@ def test_networks_that_fit_each_target(tmp_path):
     """…and the target's NIR conventions write a file that runs as the network (NIR semantics;
     Speck: the nodes sinabs reads, its subtractive IF run in test_export_nir.py)."""
     import nir
-    xylo = _chip_mlp([16, 64, 8], beta=0.875)                    # β = 1 − 2⁻³
-    assert target_violations(xylo, "xylo-audio") == []
-    assert target_violations(_chip_mlp([784, 256, 10], beta=0.9), "loihi2") == []
-    path = ms.to_nir(xylo, tmp_path / "xylo.nir", **TARGETS["xylo-audio"].nir_options)
+    loihi = _chip_mlp([784, 256, 10], beta=0.9)
+    assert target_violations(loihi, "loihi2") == []
+    path = ms.to_nir(loihi, tmp_path / "loihi.nir")
     back = ms.from_nir(path, semantics="nir").mean_mode()
-    ms.set_mode(xylo, "mean")
-    x = torch.rand(8, 2, 16) * 2
+    ms.set_mode(loihi, "mean")
+    x = torch.rand(8, 2, 784) * 2
     with torch.no_grad():
-        assert torch.equal(ms.export.spiking_forward(xylo, x), ms.export.spiking_forward(back, x))
+        assert torch.equal(ms.export.spiking_forward(loihi, x), ms.export.spiking_forward(back, x))
+    # Xylo subtracts θ at a spike (xylosim's neuron; its spikes are checked in test_export_nir.py's XyloSim
+    # test): a zero-reset net is refused, a subtract-reset one fits and is written as a legacy file
+    xylo = _chip_mlp([16, 64, 8], beta=0.875, reset="subtract")    # β = 1 − 2⁻³
+    assert target_violations(xylo, "xylo-audio") == []
+    zero_xylo = target_violations(_chip_mlp([16, 64, 8], beta=0.875), "xylo-audio")
+    assert len(zero_xylo) == 2 and all("reset='zero'" in m and "subtracting" in m for m in zero_xylo), zero_xylo
+    with pytest.warns(UserWarning, match="reset"):
+        path = ms.to_nir(xylo, tmp_path / "xylo.nir", **TARGETS["xylo-audio"].nir_options)
+    assert sorted(type(n).__name__ for n in nir.read(path).nodes.values()) == ["Affine", "Affine", "Input", "LIF",
+                                                                               "LIF", "Output"]
     conv = ms.SpikingConvNet((2, 34, 34), (2, 16, 32), 10, beta=1.0, reset="subtract", readout="count",
                              reset_delay=False)
     assert target_violations(conv, "speck") == []
@@ -74,10 +83,10 @@ def test_every_violation_in_one_report():
                    "10 output neurons", "1200 hidden neurons"):
         assert any(needle in m for m in v), needle
     assert str(e.value).count("\n  - ") == len(v)
-    slow = target_violations(_chip_mlp([16, 8, 8], beta=1 - 2.0 ** -16), "xylo-audio")   # bit shift 16 > 15
+    slow = target_violations(_chip_mlp([16, 8, 8], beta=1 - 2.0 ** -16, reset="subtract"), "xylo-audio")   # bit shift 16 > 15
     assert len(slow) == 2 and all("n > 15" in m for m in slow)
-    assert target_violations(_chip_mlp([16, 8, 8], beta=1 - 2.0 ** -15), "xylo-audio") == []
-    assert target_violations(_chip_mlp([17, 8, 8], beta=0.5), "xylo-audio") == ["17 input channels > 16 (SynSense "
+    assert target_violations(_chip_mlp([16, 8, 8], beta=1 - 2.0 ** -15, reset="subtract"), "xylo-audio") == []
+    assert target_violations(_chip_mlp([17, 8, 8], beta=0.5, reset="subtract"), "xylo-audio") == ["17 input channels > 16 (SynSense "
                                                                                   "Xylo Audio 2 (SYNS61201))"]
     speck = target_violations(ms.SpikingMLP([784, 512, 10], beta=0.9), "speck")
     assert any("integrate-and-fire" in m for m in speck) and any("fit no core" in m for m in speck)

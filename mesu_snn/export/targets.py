@@ -80,7 +80,7 @@ TARGETS: dict[str, Target] = {
     "xylo-audio": Target(
         key="xylo-audio", name="SynSense Xylo Audio 2 (SYNS61201)", format="nir", weight_bits=8, max_inputs=16,
         max_outputs=8, max_hidden=1000, layer_kinds=("dense",), pooling="none", beta="pow2",
-        resets=("zero", "subtract"), uniform=False, nir_options={"legacy": True},
+        resets=("subtract",), uniform=False, nir_options={"legacy": True},
         sources={
             "max_hidden": "rockpool devices/xylo/syns61201/xylo_mapper.py mapper(max_hidden_neurons=1000, "
                           "'matching Xylo hardware')",
@@ -96,12 +96,12 @@ TARGETS: dict[str, Target] = {
                     "a bit shift); deploy_to_xylo.ipynb: 'Bit-shift decay parameter bit-depth 4', 'Max. bit-shift "
                     "decay value 15', so n ≤ 15",
             "layer_kinds": "the mapper places LinearWeights only (input, recurrent, output matrices): no convolution",
-            "resets": "either reset accepted by this check, but Xylo subtracts: xylosim 0.1.3 (the C++ back-end of "
+            "resets": "Xylo subtracts: xylosim 0.1.3 (the C++ back-end of "
                       "rockpool's syns61201.XyloSim) src/v2/cpp/XyloIAFNeuron.cpp fires while v ≥ θ, v ← v − θ each "
                       "time, up to 31 spikes a step (MAX_NUM_SPIKES; outputs MAX_NUM_OUT_SPIKES = 1). Train Xylo nets "
                       "with reset='subtract': XyloSim runs the README digits net at 0.619 (ours 0.623) that way, "
                       "0.424 (ours 0.682) with reset='zero' (tests/test_export_nir.py test_xylosim_runs_the_readme_"
-                      "xylo_network). Only the timing (at the spike's step) is checked",
+                      "xylo_network), so reset='subtract' (at the spike's step, reset_delay=False) is required",
             "synapse": "Xylo neurons have a synaptic current: input adds W to i, then i ← i − (i ≫ dash_syn), "
                        "v ← v − (v ≫ dash_mem) + i (XyloIAFNeuron::evolve), so dash_syn = 0 empties i before it "
                        "reaches v and there is no instantaneous synapse; dash_syn = 1 (half now, the rest over the "
