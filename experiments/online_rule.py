@@ -50,6 +50,17 @@ RULES = {
     # fixed-point traces (x̄, ē on b-bit grids, stochastic rounding, a static worst-case scale per layer)
     **{f"mesu_online_symmetric_tb{b}": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
                                         "feedback": "symmetric", "trace_bits": b} for b in (8, 12, 16, 32)},
+    # the float traces' recurrence with another chunk (same maths, other round-off: a control draw)
+    **{f"mesu_online_symmetric_c{c}": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
+                                       "feedback": "symmetric", "chunk": c} for c in (1, 4)},
+    # diagnostic: the per-step trace recurrence of the fixed-point path with its rounding off (the
+    # trace_bits=32 engine, rounding replaced by the identity; float traces, the per-step path)
+    "mesu_online_symmetric_per_step_float": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
+                                             "feedback": "symmetric", "trace_bits": 32, "_no_rounding": True},
+    # 32-bit traces with another rounding stream (the stream is seeded from feedback_seed, which the
+    # symmetric feedback does not use otherwise): a fresh draw of the same configuration
+    "mesu_online_symmetric_tb32_fs1": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
+                                       "feedback": "symmetric", "trace_bits": 32, "feedback_seed": 1},
     # everything fixed point: μ, σ and the traces on 8-bit (12-bit) grids
     **{f"mesu_online_symmetric_fp{b}_tb{b}": {"name": "mesu_online", "memory": 10000.0, "sigma_prior": 1.0,
                                               "feedback": "symmetric", "fixed_point_bits": b, "trace_bits": b}
@@ -110,12 +121,17 @@ def main(argv=None) -> int:
         base = protocol(proto, a)
         tasks = None
         for rule in a.rules:
-            raw = dict(base, rule=dict(RULES[rule]))
+            rule_cfg = dict(RULES[rule])
+            no_rounding = rule_cfg.pop("_no_rounding", False)
+            raw = dict(base, rule=rule_cfg)
             cfg = parse_config(raw)
             tasks = build_tasks(cfg) if tasks is None else tasks
             t0 = time.time()
             try:
-                m = build_trainer(cfg, tasks=tasks).fit()
+                trainer = build_trainer(cfg, tasks=tasks)
+                if no_rounding:
+                    trainer.rule.engine._round = lambda t, step: t
+                m = trainer.fit()
             except (FloatingPointError, RuntimeError) as e:     # a diverged run is a result too
                 data["runs"][f"{proto}/{rule}"] = {"error": f"{type(e).__name__}: {e}", "rule_config": RULES[rule]}
                 print(f"{proto:7s} {rule:24s} failed: {e}", flush=True)

@@ -49,3 +49,22 @@ def test_streaming_runs_every_row(tmp_path):
                        ("ann-50/ann_mesu_local_fused", "ann-50/ann_mesu_local")):
         assert rows[name]["x_autograd"] == pytest.approx(rows[auto]["ms_per_step"] / rows[name]["ms_per_step"], rel=0.01)
         assert "x_det_snntorch" in rows[name]
+
+
+def test_online_memory_specs_and_per_synapse_variants():
+    """benchmarks/online_memory.py: rule[:chunk][:variant] specs; the per-synapse-trace variants
+    (zero reset, per-neuron β) hold more trace state than x̄ per input, and the same at every T."""
+    import online_memory as om
+    assert om.parse_spec("mesu") == ("mesu", "16", "subtract")
+    assert om.parse_spec("mesu:zero") == ("mesu", "16", "zero")
+    assert om.parse_spec("mesu_online:1:per_neuron_beta") == ("mesu_online", "1", "per_neuron_beta")
+    with pytest.raises(ValueError, match="variant"):
+        om.parse_spec("mesu_online:16:sideways")
+    state = {}
+    for variant in om.VARIANTS:
+        rows = [om.child("mesu_online", T, 2, 1, 16, variant) for T in (3, 20)]
+        assert rows[0]["state_mib"] == rows[1]["state_mib"] and rows[0]["variant"] == variant
+        state[variant] = rows[0]["state_mib"]
+    syn = 784 * 100 + 100                       # input-layer synapses (+ bias column) of 784-100-10
+    assert state["zero"] - state["subtract"] >= 2 * syn * 4 / 2**20 * 0.99        # x̃ (M, B, J, I), M = 2
+    assert state["per_neuron_beta"] - state["subtract"] >= syn * 4 / 2**20 * 0.99  # x̃ (B, J, I), shared

@@ -199,6 +199,17 @@ def test_unsupported_models_are_refused():
         make_rule("mesu_online", ms.SpikingMLP([4, 3, 2]), feedback="nope")
 
 
+def test_local_estimator_is_refused_with_the_reason():
+    """estimator="local" never draws the per-synapse ε, so ∂C/∂σ = ε·∂C/∂w cannot be formed: the
+    message says so (for both rules)."""
+    for name in ("mesu_online", "sgd_online"):
+        with pytest.raises(ValueError) as e:
+            make_rule(name, ms.SpikingMLP([4, 3, 2], estimator="local"))
+        msg = str(e.value)
+        assert "'local'" in msg and "ε·∂C/∂w" in msg and "per-synapse draw ε" in msg and "never draws" in msg
+        assert "estimator='weights'" in msg
+
+
 def test_config_and_trainer_run_the_online_rules(tmp_path):
     from mesu_snn.build import build_trainer
     from mesu_snn.config import ConfigError, parse_config
@@ -233,6 +244,25 @@ def test_chunked_traces_equal_per_step_traces(T):
         assert torch.allclose(out, out1, atol=1e-12)
         for a, b in zip(g, g1):
             assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 16])
+def test_per_step_trace_path_equals_the_chunked_path(chunk):
+    """The per-step recurrence that the fixed-point traces take (here with 32-bit grids, float to
+    ~1e-9 of the range) gives the chunked float path's gradients: the two paths apply the same
+    maths (nothing extra per step); only the rounding differs."""
+    sizes = (20, 15, 12, 5)
+    net = _net(sizes)
+    x, y = _data(sizes, T=23)
+    ref_eng = OnlineEligibility(net, chunk=16)
+    w, _ = ref_eng.sample_weights(3, torch.Generator().manual_seed(2))
+    out_ref, g_ref = ref_eng.run(x, y, w)
+    eng = OnlineEligibility(net, chunk=chunk, trace_bits=32)
+    out, g = eng.run(x, y, w)
+    assert torch.allclose(out, out_ref, atol=1e-12)         # the forward pass does not see the traces
+    for a, b in zip(g, g_ref):
+        assert b.abs().max() > 1e-4
+        assert float((a - b).norm() / b.norm()) < 1e-7
 
 
 def test_steps_from_an_iterable_and_a_single_layer_net():

@@ -94,7 +94,9 @@ neuron); nothing grows with T. BPTT keeps O(T·M·B·(I + J)) activations instea
 
 Monte-Carlo σ gradient. A sample holds w = μ + σ·ε for the whole window and the dynamics see
 w only, so ∂C/∂μ = Σ_m g_m and ∂C/∂σ = Σ_m ε_m g_m with g_m the eligibility gradient of
-sample m (its share 1/M of the loss included) (:func:`mc_gradients`).
+sample m (its share 1/M of the loss included) (:func:`mc_gradients`). This needs the draw ε per
+synapse: the local reparameterisation estimator (``estimator="local"``), which samples the
+pre-activations and never draws ε, has no such gradient here (the online rule refuses it).
 """
 from __future__ import annotations
 

@@ -56,6 +56,8 @@ class OnlineEligibility:
     """The eligibility-trace pass over a :class:`~mesu_snn.SpikingMLP` (``readout="membrane"`` or
     ``"count"``, input layer ``estimator="weights"``, LIF with reset ``"subtract"``, ``"none"`` or
     ``"zero"``, fixed β: one scalar, or per neuron (a 1-D tensor) in the hidden layers).
+    ``estimator="local"`` is refused: ∂C/∂σ = ε·∂C/∂w needs the per-synapse draw ε of
+    w = μ + σ·ε, which the local estimator (pre-activations sampled from their law) never makes.
 
     feedback: ``"symmetric"`` (Wᵀ of the layer above, per sample), ``"random"`` (fixed random
     B^ℓ (K, J_ℓ) from the output error to every hidden layer) or ``"local"`` (fixed random
@@ -81,9 +83,12 @@ class OnlineEligibility:
         if model.readout not in ("membrane", "count"):
             raise ValueError(f"online eligibility traces need readout 'membrane' or 'count', got {model.readout!r}")
         if model.layers[0].estimator != "weights":
-            raise ValueError("online eligibility traces need the input layer's estimator='weights' (the 'local' "
-                             "estimator draws fresh pre-activation noise at every step, so ∂C/∂σ needs the error "
-                             "at every step, which the window-end learning signal does not give)")
+            raise ValueError(f"online eligibility traces need the input layer's estimator='weights', got "
+                             f"{model.layers[0].estimator!r}: the online σ gradient is ∂C/∂σ = ε·∂C/∂w, which "
+                             "needs the per-synapse draw ε of w = μ + σ·ε, and the 'local' estimator never draws "
+                             "ε (it samples the pre-activations, jointly over the window's T steps, and its own "
+                             "σ gradient needs the error at every step, which the window-end learning signal "
+                             "does not give); build the model with estimator='weights'")
         if feedback not in FEEDBACKS:
             raise ValueError(f"feedback must be one of {FEEDBACKS}, got {feedback!r}")
         for i, lif in enumerate(model.neurons):
