@@ -401,6 +401,14 @@ def test_spikingjelly_importer_reproduces_lif_and_if_networks(tmp_path):
         assert torch.equal(_run_stateful(theirs, x), ours)
 
 
+
+def _digits8():
+    """The README chips section's data: sklearn's 8×8 digits of classes 0-7 as (N, 1, 8, 8) in [0, 1], labels."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    d = datasets.load_digits()
+    keep = d.target < 8
+    return torch.tensor(d.data[keep], dtype=torch.float32).view(-1, 1, 8, 8) / 16, torch.tensor(d.target[keep])
+
 _SINABS_SIDE = """
 import sys, numpy as np, torch, nir
 from sinabs.nir import from_nir
@@ -466,11 +474,7 @@ def test_sinabs_runs_the_readme_speck_network(tmp_path):
     where = os.environ.get("MESU_SNN_SINABS")
     if not where:
         pytest.skip("set MESU_SNN_SINABS to a folder with sinabs 3.1.3, nir 1.0.4, nirtorch 1.0, pbr installed")
-    datasets = pytest.importorskip("sklearn.datasets")
-    d = datasets.load_digits()
-    keep = d.target < 8
-    img = torch.tensor(d.data[keep], dtype=torch.float32).view(-1, 1, 8, 8) / 16
-    labels = torch.tensor(d.target[keep])
+    img, labels = _digits8()
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     to_spikes = lambda v: (torch.rand(8, *v.shape, generator=g) < v).float()   # noqa: E731
@@ -618,13 +622,9 @@ def test_xylosim_runs_the_readme_xylo_network(tmp_path):
     python = os.environ.get("MESU_SNN_XYLO_PYTHON")
     if not python:
         pytest.skip("set MESU_SNN_XYLO_PYTHON to a Python with rockpool 3.1, xylosim 0.1.3 and nir 1.0.4 installed")
-    datasets = pytest.importorskip("sklearn.datasets")
     from mesu_snn.export.targets import TARGETS, target_violations
-    d = datasets.load_digits()
-    keep = d.target < 8
-    img = torch.tensor(d.data[keep], dtype=torch.float32).view(-1, 1, 8, 8) / 16
+    img, labels = _digits8()
     feats = torch.nn.functional.avg_pool2d(img, 2).flatten(1)
-    labels = torch.tensor(d.target[keep])
     results = {}
     for reset in ("subtract", "zero"):
         torch.manual_seed(0)
