@@ -13,6 +13,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RES = HERE / "results" / "snn_comparison"
+#: the ANN reproduction's long MESU run (experiments/paper_pmnist.py), the reference of the gap table
+ANN_LONG = HERE / "results" / "paper_pmnist" / "long" / "mesu_seed0.json"
 ORDER = ["mesu", "bgd", "sgd", "adam", "ewc", "si"]
 NAMES = {"mesu": "MESU", "bgd": "BGD (FOO-VB)", "sgd": "SGD", "adam": "Adam", "ewc": "online EWC", "si": "SI"}
 #: the paper's ANN (200 tasks): last-task accuracy and mean of the last 5 tasks (%)
@@ -124,8 +126,7 @@ def common_horizon(runs: list[dict], stopped_note: bool = False) -> list[str]:
 
 def _ann_long() -> dict | None:
     """The ANN reproduction's long MESU run (experiments/results/paper_pmnist/long/), if present."""
-    p = HERE / "results" / "paper_pmnist" / "long" / "mesu_seed0.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    return json.loads(ANN_LONG.read_text()) if ANN_LONG.exists() else None
 
 
 def gap_table(groups: list[tuple[str, dict | None]], every: int = 5) -> list[str]:

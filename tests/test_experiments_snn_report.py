@@ -1,0 +1,53 @@
+"""experiments/snn_comparison_report.py on synthetic result files: the sections it writes, the
+common-horizon cut, the seed table and the task-by-task gap to the ANN reproduction."""
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))
+
+
+def _run(rule, tasks, seed=0, done=True, base=0.9, planned=None):
+    acc = [[base - 0.01 * (k - t) for t in range(k + 1)] for k in range(tasks)]
+    sigma = [{"layers.0.weight": {"sigma_median": 0.07, "precision_median": 200.0},
+              "layers.1.weight": {"sigma_median": 0.02 / (k + 1), "precision_median": 2500.0 * (k + 1)}}
+             for k in range(tasks)]
+    hp = {"mesu": {"memory": 600000}, "bgd": {"lr": 1}, "sgd": {"lr": 0.003}}[rule]
+    return {"rule": rule, "seed": seed, "acc": acc, "sigma": sigma, "done": done, "tasks_done": tasks,
+            "n_tasks_planned": planned or tasks, "hyperparameters": hp, "ms_per_update": [1.0, 1.2],
+            "wall_s": 3600.0, "machine": "test", "torch": "x", "mean_acc_seen": base}
+
+
+def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
+    import snn_comparison_report as rep
+    res = tmp_path / "snn_comparison"
+    ann = tmp_path / "paper_pmnist" / "long"
+    for folder, runs in {
+        "full20": [_run("mesu", 6), _run("bgd", 6), _run("mesu", 6, seed=1), _run("bgd", 6, seed=1, base=0.8)],
+        "full20_h200": [_run("mesu", 6, base=0.95), _run("bgd", 6), _run("sgd", 3),
+                        _run("sgd", 2, seed=0, done=False, planned=5) | {"rule": "sgd"}],
+        "full20_h200_n300k": [_run("mesu", 4, base=0.93, done=False, planned=20)],
+    }.items():
+        (res / folder).mkdir(parents=True)
+        for i, r in enumerate(runs):
+            (res / folder / f"{r['rule']}_seed{r['seed']}_{i}.json").write_text(json.dumps(r))
+    ann.mkdir(parents=True)
+    (ann / "mesu_seed0.json").write_text(json.dumps(_run("mesu", 8, base=0.95)))
+    monkeypatch.setattr(rep, "RES", res)
+    monkeypatch.setattr(rep, "ANN_LONG", ann / "mesu_seed0.json")
+    assert rep.main() == 0
+    text = (res / "README.md").read_text()
+    assert "## A wider network at the paper's epoch: 784-200-10" in text
+    assert "## MESU at the paper's window, N = 300,000 samples" in text
+    assert "## The gap to the paper's ANN, task by task" in text
+    # the gap table: the ANN's learning accuracy at task 0 (95.00) and the h200 run's (95.00), the last tasks shown
+    gap = text[text.index("## The gap"):]
+    assert "| ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long): learning acc. (%) | 95.00 |" in gap
+    assert "task 7" in gap and "task 5" in gap and "task 3" in gap
+    # the unfinished runs are named, the common horizon cuts the finished ones to 3 tasks
+    assert "has not finished: 2 of 5 tasks" in text
+    assert "Every rule after 3 tasks" in text
+    # seeds of full20: MESU 0, 1 over 6 tasks; last-5 of the synthetic rows = 0.9 - 0.01 * mean(4..0) = 88.00
+    assert "| MESU | 0, 1 | 6 | 88.00 ± 0.00 |" in text
+    assert (res / "curves_full20_h200.png").exists()
