@@ -313,6 +313,8 @@ class RuleConfig:
                 raise _err(f"{p}.{k}", f"unknown hyperparameter for rule {self.name!r} "
                            f"(known: {', '.join(sorted(known))})")
             bound = known[k][1]             # one home of the bounds: mesu_snn.bounds, via Rule.bounds
+            if k == "sigma_prior" and v == "init" and self.name in ("mesu", "mesu_online"):
+                continue                    # each layer's prior σ is its initial σ (rules/mesu.py)
             try:
                 check_number(k, v, bound)
             except ValueError:

@@ -53,6 +53,9 @@ def _groups_from(params, other_lr) -> list[dict]:
         groups = []
         for i, g in enumerate(params):
             g = dict(g)
+            if "kind" in g and "pairs" not in g:   # already in the internal form (MESU's per-pair priors)
+                groups.append(g)
+                continue
             if "pairs" not in g:
                 raise ValueError(f"parameter group {i} needs a 'pairs' entry: a list of (mu, sigma) tensors")
             pairs = list(g.pop("pairs"))

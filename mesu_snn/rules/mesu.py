@@ -21,7 +21,7 @@ from ..functional.mesu import mesu_update
 from ..bounds import check_number
 from ..kernels.fused_update import mesu_new_values
 from ..synapses import set_mode
-from .bayes_optimizer import BayesianOptimizer
+from .bayes_optimizer import BayesianOptimizer, _groups_from
 from .rule import Rule
 
 __all__ = ["MESU", "MESURule", "upgrade_legacy_state_dict", "MEMORY_UNIT"]
@@ -59,12 +59,47 @@ def upgrade_legacy_state_dict(state_dict: dict, batch_size: int) -> dict:
     return sd
 
 
+def _prior_at_init(params, other_lr) -> list[dict]:
+    """``sigma_prior="init"``: the (μ, σ) pairs regrouped by their σ now, each group's σ_prior that
+    σ: pairs whose σ is uniform and equal (as every init of :mod:`mesu_snn.synapses` makes a
+    layer's weight and bias) share a group with a float prior; a pair with non-uniform σ gets its
+    own group with a per-synapse copy. The prior is then the initial distribution, so a synapse
+    that gets no curvature relaxes back to its initial σ rather than toward one σ_prior for all
+    layers (with σ_prior = 1 and init="authors" the input layer's σ₀ = 2/√784 = 0.071, and its σ
+    grows toward 1 wherever the data give less curvature than 1/σ₀²; experiments/results/
+    snn_comparison). Once saved, the priors are the optimizer state's: ``load_state_dict``
+    restores them, whatever σ the resumed model has when the optimizer is built."""
+    out = []
+    for g in _groups_from(params, other_lr):
+        if g["kind"] != "bayes":
+            out.append(g)
+            continue
+        rest = {k: v for k, v in g.items() if k not in ("params", "names")}
+        by_value: dict[float, dict] = {}
+        ps = g["params"]
+        for name, mu, s in zip(g["names"], ps[0::2], ps[1::2]):
+            s0 = s.detach()
+            if s0.numel() and bool((s0 == s0.flatten()[0]).all()):
+                prior = float(s0.flatten()[0])
+                if prior in by_value:
+                    by_value[prior]["params"] += [mu, s]
+                    by_value[prior]["names"].append(name)
+                    continue
+                grp = by_value[prior] = {**rest, "params": [mu, s], "names": [name], "sigma_prior": prior}
+            else:
+                grp = {**rest, "params": [mu, s], "names": [name], "sigma_prior": s0.clone()}
+            out.append(grp)
+    return out
+
+
 class MESU(BayesianOptimizer):
     """MESU optimizer.
 
     params: a model with Bayesian layers (pairs found by structure), a list of (μ, σ) pairs,
         or a list of dicts ``{"pairs": [...], **hyperparameters}``.
     memory: N, the memory window in samples (> 0). sigma_prior (> 0), mu_prior: the prior.
+        ``sigma_prior="init"``: each layer's prior σ is its σ at construction (the pairs regrouped
+        by that σ; the priors are saved in ``state_dict``).
     batch_size: B, samples per step's summed loss when ``step`` is not told (default 1);
         ``step(batch_size=B)`` overrides it for that step.
     lr_mu, lr_sigma: the learning rates of the two equations (1.0 in the paper).
@@ -74,9 +109,14 @@ class MESU(BayesianOptimizer):
         either way no μ or σ changes, and skipped steps are counted in ``skipped_steps``.
     """
 
-    def __init__(self, params, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
+    def __init__(self, params, memory: float = 300_000, sigma_prior: float | str = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = DEFAULT_CLAMP_GRAD,
                  other_lr: float | None = None, on_nonfinite: str = "raise", batch_size: int = 1):
+        if isinstance(sigma_prior, str):
+            if sigma_prior != "init":
+                raise ValueError(f"sigma_prior must be a number > 0, a tensor or 'init', got {sigma_prior!r}")
+            params = _prior_at_init(params, other_lr)
+            sigma_prior = 1.0   # every Bayesian group carries its own
         defaults = dict(memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
                         lr_sigma=lr_sigma, clamp_grad=clamp_grad, batch_size=batch_size, memory_unit=MEMORY_UNIT)
         super().__init__(params, defaults, other_lr=other_lr, on_nonfinite=on_nonfinite)
@@ -175,9 +215,12 @@ class MESURule(Rule):
     bounds = {**MESU.bounds, "clamp_grad": ">=0"}
     optional = ("clamp_grad",)
 
-    def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
+    def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float | str = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5):
-        self.check_hyperparameters(locals())
+        args = dict(locals())
+        if sigma_prior == "init":   # each layer's prior σ is its initial σ (MESU checks the rest)
+            args.pop("sigma_prior")
+        self.check_hyperparameters(args)
         set_mode(model, "sample")
         opt = MESU(model, memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
                    lr_sigma=lr_sigma, clamp_grad=clamp_grad)

@@ -399,11 +399,14 @@ class OnlineMESURule(MESURule):
     bounds = {**MESURule.bounds, "feedback": FEEDBACKS, "feedback_seed": "int>=0", "chunk": "int>=1",
               "fixed_point_bits": "int>=0", "trace_bits": "int>=0"}
 
-    def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float = 0.1, mu_prior: float = 0.0,
+    def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float | str = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5,
                  feedback: str = "symmetric", feedback_seed: int = 0, chunk: int = 16, fixed_point_bits: int = 0,
                  trace_bits: int = 0):
-        self.check_hyperparameters(locals())
+        args = dict(locals())
+        if sigma_prior == "init":   # each layer's prior σ is its initial σ (MESU checks the rest)
+            args.pop("sigma_prior")
+        self.check_hyperparameters(args)
         if isinstance(fixed_point_bits, bool) or not isinstance(fixed_point_bits, int) or fixed_point_bits == 1 \
                 or not 0 <= fixed_point_bits <= 32:
             raise ValueError(f"fixed_point_bits must be 0 (float) or an int in [2, 32], got {fixed_point_bits!r}")
@@ -421,7 +424,9 @@ class OnlineMESURule(MESURule):
                     if mu is None:
                         continue
                     smu = fixed_point_step(4.0 * float(mu.detach().abs().max()), fixed_point_bits)
-                    ssig = fixed_point_step(max(float(sig.detach().max()), float(sigma_prior)), fixed_point_bits)
+                    top = float(sig.detach().max())   # sigma_prior="init": the prior is σ₀ itself
+                    ssig = fixed_point_step(top if sigma_prior == "init" else max(top, float(sigma_prior)),
+                                            fixed_point_bits)
                     self._grids.append((mu, sig, smu, ssig))
             self._to_grid()
 

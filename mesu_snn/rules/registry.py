@@ -7,7 +7,8 @@ signature) with the bounds the class declares, which :mod:`mesu_snn.config` vali
 =========  ==========  ==========  ==========  ============================================
 name       weights     batch loss  boundaries  hyperparameters (default)
 =========  ==========  ==========  ==========  ============================================
-``mesu``   μ + σε, M   sum         never       memory (300000), sigma_prior (0.1), mu_prior (0),
+``mesu``   μ + σε, M   sum         never       memory (300000), sigma_prior (0.1, or "init":
+                                               each layer's initial σ), mu_prior (0),
                                                lr_mu (1), lr_sigma (1), clamp_grad (0.5)
 ``bgd``    μ + σε, M   sum         never       lr (1.0, Zeno et al. 2018)
 ``sgd``    μ (mean)    mean        never       lr (0.01), momentum (0)
