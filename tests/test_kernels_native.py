@@ -140,6 +140,72 @@ def test_native_local_linear_equals_torch_path(dtype, bias, singular, spikes):
             torch.testing.assert_close(u, v, **tol)
 
 
+@needs_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(10, 1, 37, 13), (7, 3, 50, 6), (4, 2, 16, 24)])
+def test_sparse_input_loops_equal_dense_and_torch(monkeypatch, dtype, bias, shape):
+    """A sparse input (graded spikes) run by sparse_local_fwd/bwd (no pair products, no BLAS) gives the
+    pre-activations and all four gradients of the dense compiled path and of the torch path, to
+    rounding; sizes that are not multiples of the 8 x 8 transpose blocks or the input tiles."""
+    import importlib
+    ll = importlib.import_module("mesu_snn.kernels.local_linear")
+    t, b, n_in, j = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x = ((torch.rand(t, b, n_in, generator=g, dtype=torch.float64) < 0.2) *
+         torch.rand(t, b, n_in, generator=g, dtype=torch.float64) * 2).to(dtype)
+    x[:, :, 0] = 0                                     # an input silent throughout: zero gradients
+    layer = ms.BayesLinear(n_in, j, bias=bias, sigma_init=0.8).to(dtype)
+    params = [layer.weight_mu, layer.weight_sigma, layer.bias_mu, layer.bias_sigma]
+    monkeypatch.setattr(ll, "_SPARSE_FRACTION", 0.0)   # keep the silent column: the loops see it
+    runs = {}
+    for name, frac, on in (("sparse", 1.0, True), ("dense", -1.0, True), ("torch", 1.0, False)):
+        monkeypatch.setattr(ll, "_SPARSE_INPUT", frac)
+        runs[name] = _local(x, params, on)
+    plan = ll._prepare(x, layer.weight_mu, layer.weight_sigma)
+    assert plan.sparse and plan.t_run == t              # the loops did run (the input is below the bound)
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    assert runs["sparse"][0].abs().sum() > 0
+    for ref in ("dense", "torch"):
+        for u, v in zip(runs["sparse"], runs[ref]):
+            if u is None:
+                assert v is None
+            else:
+                torch.testing.assert_close(u, v, **tol)
+    assert runs["sparse"][1][:, 0].abs().max() == 0 and runs["sparse"][2][:, 0].abs().max() == 0
+
+
+@needs_lib
+def test_sparse_input_backward_without_native_and_into_buffers(monkeypatch):
+    """The sparse forward keeps no pair products: a backward run with the compiled loops switched off
+    rebuilds them (same gradients), and local_linear_backward writes into given buffers."""
+    import importlib
+    from mesu_snn.kernels.local_linear import local_linear, local_linear_backward, local_linear_forward
+    ll = importlib.import_module("mesu_snn.kernels.local_linear")
+    monkeypatch.setattr(ll, "_SPARSE_INPUT", 1.0)
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(8, 1, 40, generator=g, dtype=torch.float64) < 0.25).double()
+    layer = ms.BayesLinear(40, 9, bias=False, sigma_init=0.5).double()
+    ref = _local(x, [layer.weight_mu, layer.weight_sigma, None, None], True)
+    layer.zero_grad(set_to_none=True)
+    with fast_paths(True, native=True):
+        a = local_linear(x, layer.weight_mu, layer.weight_sigma, samples=5, generator=torch.Generator().manual_seed(7))
+    with fast_paths(True, native=False):
+        (torch.tanh(a) * torch.linspace(-1, 1, a.shape[-1], dtype=a.dtype)).sum().backward()
+    torch.testing.assert_close(layer.weight_mu.grad, ref[1], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer.weight_sigma.grad, ref[2], rtol=1e-10, atol=1e-12)
+    with fast_paths(True, native=True):
+        a, state = local_linear_forward(x, layer.weight_mu.detach(), layer.weight_sigma.detach(), samples=5,
+                                        generator=torch.Generator().manual_seed(7))
+        gout = torch.tanh(a).pow(0) - torch.tanh(a).square()          # d tanh(a)/da
+        gout = gout * torch.linspace(-1, 1, a.shape[-1], dtype=a.dtype)
+        bufs = (torch.full((9, 40), 7.0, dtype=torch.float64), torch.full((9, 40), 7.0, dtype=torch.float64))
+        got = local_linear_backward(state, gout, out=bufs)
+    assert got[0] is bufs[0] and got[1] is bufs[1]
+    torch.testing.assert_close(bufs[0], ref[1], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(bufs[1], ref[2], rtol=1e-10, atol=1e-12)
+
+
 def _mesu_after_step(groups_spec, native_on, bad=False):
     torch.manual_seed(8)
     pairs = [(torch.randn(6, 5, dtype=torch.float64), torch.rand(6, 5, dtype=torch.float64) * 0.2 + 0.05),

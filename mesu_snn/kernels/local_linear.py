@@ -29,6 +29,10 @@ __all__ = ["local_linear", "local_linear_forward", "local_linear_backward", "Loc
 
 #: on CPU, columns of the input that are zero throughout are dropped when fewer than this fraction are active
 _SPARSE_FRACTION = 0.75
+#: with the compiled loops, T > 1: an input with at most this fraction of non-zero entries (after the
+#: silent columns are dropped) runs the sparse loops (sparse_local_fwd/bwd) instead of the pair products
+#: and BLAS (measured crossover: benchmarks/README.md, "sparse input")
+_SPARSE_INPUT = 0.3
 
 
 class _LocalLinearT1(torch.autograd.Function):
@@ -90,8 +94,8 @@ class _LocalLinearT(torch.autograd.Function):
     broadcast multiplies over n (no batched matmul of 10 × 10 matrices)."""
 
     @staticmethod
-    def forward(ctx, x, wmu, wsig, bmu, bsig, z):
-        a, saved = _t_forward(x, wmu, wsig, bmu, bsig, z)
+    def forward(ctx, x, wmu, wsig, bmu, bsig, z, sparse=False):
+        a, saved = _t_forward(x, wmu, wsig, bmu, bsig, z, sparse)
         ctx.save_for_backward(*saved)
         ctx.has_bias = bmu is not None
         return a
@@ -99,14 +103,15 @@ class _LocalLinearT(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        return (None, *_t_backward(ctx.saved_tensors, ctx.has_bias, g, ctx.needs_input_grad[1:5]), None)
+        return (None, *_t_backward(ctx.saved_tensors, ctx.has_bias, g, ctx.needs_input_grad[1:5]), None, None)
 
 
-def _t_forward(x, wmu, wsig, bmu, bsig, z):
-    """:class:`_LocalLinearT`'s forward: (a, the tensors its backward needs)."""
+def _t_forward(x, wmu, wsig, bmu, bsig, z, sparse=False):
+    """:class:`_LocalLinearT`'s forward: (a, the tensors its backward needs). sparse: run the sparse
+    loops (compiled loops only; the saved pair products are then an empty marker, see _t_backward)."""
     lib, sfx = _native_lib(x, z)
     if lib is not None:
-        return _forward_native(lib, sfx, x, wmu, wsig, bmu, bsig, z)
+        return _forward_native(lib, sfx, x, wmu, wsig, bmu, bsig, z, sparse)
     t, b, n_in = x.shape
     m, j = z.shape[0], wmu.shape[0]
     n = b * j
@@ -146,10 +151,33 @@ def _t_backward(saved, has_bias, g, ni, out=None):
     m, j = g.shape[0], g.shape[-1]
     gsum = g.sum(0)                                     # (T, B, J)
     o_mu, o_sig = (None, None) if out is None else out
-    g_wmu = _mm(gsum.reshape(t * b, j).t(), x.reshape(t * b, n_in), o_mu) if ni[0] else None
-    g_wsig = g_bsig = None
     lib, sfx = _native_lib(x, g)
-    if (ni[1] or (has_bias and ni[3])) and lib is not None and g.dtype == x.dtype:
+    sparse = zu.numel() == 0                            # the forward ran the sparse loops
+    if sparse and (lib is None or g.dtype != x.dtype or not (ni[0] or ni[1])):
+        zu, sparse = _pair_products(x), False           # compiled loops switched off since the forward
+    g_wmu = g_wsig = g_bsig = None
+    if ni[0] and not sparse:
+        g_wmu = _mm(gsum.reshape(t * b, j).t(), x.reshape(t * b, n_in), o_mu)
+    if sparse:
+        gc = g.reshape(m, t, b * j).contiguous()
+        ks = x.new_empty((t * (t + 1) // 2, b * j))
+        kb = x.new_empty((b * j,)) if has_bias and ni[3] else None
+        getattr(lib, f"local_k_{sfx}")(gc.data_ptr(), uv.contiguous().data_ptr(), ks.data_ptr(),
+                                       None if kb is None else kb.data_ptr(), t, b * j, m)
+        g_wmu = o_mu if o_mu is not None and o_mu.is_contiguous() else x.new_empty((j, n_in))
+        g_wsig = o_sig if o_sig is not None and o_sig.is_contiguous() else x.new_empty((j, n_in))
+        ws = wsig.contiguous()
+        if getattr(lib, f"sparse_local_bwd_{sfx}")(x.data_ptr(), ws.data_ptr(), gsum.contiguous().data_ptr(),
+                                                   ks.data_ptr(), g_wmu.data_ptr(), g_wsig.data_ptr(), t, b, n_in, j):
+            raise MemoryError("sparse_local_bwd (native) could not allocate its work space")
+        if o_mu is not None and g_wmu is not o_mu:
+            g_wmu = o_mu.copy_(g_wmu)
+        if o_sig is not None and g_wsig is not o_sig:
+            g_wsig = o_sig.copy_(g_wsig)
+        g_wmu, g_wsig = (g_wmu if ni[0] else None), (g_wsig if ni[1] else None)
+        if kb is not None:
+            g_bsig = bsig * kb.reshape(b, j).sum(0)
+    elif (ni[1] or (has_bias and ni[3])) and lib is not None and g.dtype == x.dtype:
         gc = g.reshape(m, t, b * j).contiguous()
         ks = x.new_empty((t * (t + 1) // 2, b * j))
         kb = x.new_empty((b * j,)) if has_bias and ni[3] else None
@@ -185,20 +213,37 @@ def _native_lib(x: torch.Tensor, other: torch.Tensor):
     return (lib, sfx) if lib is not None else (None, None)
 
 
-def _forward_native(lib, sfx, x, wmu, wsig, bmu, bsig, z):
+def _pair_products(x):
+    """zu (P, B, in): x[t]·x[s] for the pairs t <= s (triu order) of x (T, B, in)."""
+    iu = _triangle(x.shape[0], x.device, x.dtype)[0]
+    return x.index_select(0, iu[0]) * x.index_select(0, iu[1])
+
+
+def _forward_native(lib, sfx, x, wmu, wsig, bmu, bsig, z, sparse=False):
     """:meth:`_LocalLinearT.forward` with its small steps in compiled loops (the same maths: float64
-    Cholesky where it is well conditioned, the torch eigen path for the columns it flags)."""
+    Cholesky where it is well conditioned, the torch eigen path for the columns it flags). sparse:
+    the mean and the pair covariances from the input's non-zeros (sparse_local_fwd), no pair
+    products kept (an empty zu marks it for the backward)."""
     t, b, n_in = x.shape
     m, j = z.shape[0], wmu.shape[0]
     n = b * j
     x = x.contiguous()
-    mean = (x.reshape(t * b, n_in) @ wmu.t()).reshape(t, b, j)
+    p = t * (t + 1) // 2
+    if sparse and wmu.dtype == x.dtype and wsig.dtype == x.dtype:
+        mean = x.new_empty((t, b, j))
+        cu = x.new_empty((p, n))
+        if getattr(lib, f"sparse_local_fwd_{sfx}")(x.data_ptr(), wmu.contiguous().data_ptr(),
+                                                   wsig.contiguous().data_ptr(), mean.data_ptr(), cu.data_ptr(),
+                                                   t, b, n_in, j):
+            raise MemoryError("sparse_local_fwd (native) could not allocate its work space")
+        zu = x.new_empty(0)
+    else:
+        mean = (x.reshape(t * b, n_in) @ wmu.t()).reshape(t, b, j)
+        zu = x.new_empty((p, b, n_in))                                   # pairs t <= s
+        getattr(lib, f"pair_products_{sfx}")(x.data_ptr(), zu.data_ptr(), t, b * n_in)
+        cu = (zu.reshape(-1, n_in) @ wsig.square().t()).reshape(-1, n)  # (P, B·J)
     if bmu is not None:
         mean = mean + bmu
-    p = t * (t + 1) // 2
-    zu = x.new_empty((p, b, n_in))                                       # pairs t <= s
-    getattr(lib, f"pair_products_{sfx}")(x.data_ptr(), zu.data_ptr(), t, b * n_in)
-    cu = (zu.reshape(-1, n_in) @ wsig.square().t()).reshape(-1, n)      # (P, B·J)
     if bsig is not None:
         cu = (cu.reshape(-1, b, j) + bsig.square()).reshape(-1, n)
     cu = cu.contiguous()
@@ -289,7 +334,7 @@ def local_linear(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma: torch.T
             a = a.expand(samples, plan.t, b, n_out)
     else:
         z = torch.randn((samples, plan.t, b * n_out), generator=generator, dtype=x.dtype, device=x.device)
-        a = _LocalLinearT.apply(xt, wmu, wsig, bias_mu, bias_sigma, z)
+        a = _LocalLinearT.apply(xt, wmu, wsig, bias_mu, bias_sigma, z, plan.sparse)
     return a.reshape(samples, *plan.lead, n_out)
 
 
@@ -303,6 +348,7 @@ class _Plan(NamedTuple):
     t: int
     t_run: int
     lead: tuple
+    sparse: bool = False      # T_run > 1, compiled loops, at most _SPARSE_INPUT non-zeros: sparse loops
 
 
 def _prepare(x, weight_mu, weight_sigma) -> _Plan:
@@ -324,15 +370,19 @@ def _prepare(x, weight_mu, weight_sigma) -> _Plan:
         xt = xt.contiguous()
         active = torch.empty(n_in, dtype=torch.uint8)
         tconst = ctypes.c_int(0)
-        n_active = getattr(lib, f"scan_input_{sfx}")(xt.data_ptr(), t, b, n_in, active.data_ptr(), ctypes.byref(tconst))
+        nnz = ctypes.c_int64(0)
+        n_active = getattr(lib, f"scan_input_{sfx}")(xt.data_ptr(), t, b, n_in, active.data_ptr(), ctypes.byref(tconst),
+                                                     ctypes.byref(nnz))
         time_constant = t > 1 and bool(tconst.value)
+        sparse = nnz.value <= _SPARSE_INPUT * t * b * max(1, min(n_active, n_in) if n_active < _SPARSE_FRACTION * n_in
+                                                             else n_in)
         active = active.bool() if n_active < _SPARSE_FRACTION * n_in else None
     elif not x.is_cuda:
         active = xt.ne(0).flatten(0, 1).any(0)
         active = active if int(active.sum()) < _SPARSE_FRACTION * n_in else None
-        time_constant = None
+        time_constant = sparse = None
     else:
-        active = time_constant = None
+        active = time_constant = sparse = None
     idx = None
     if active is not None:
         # inputs that are zero at every step and batch element do not reach the output: drop their
@@ -344,7 +394,7 @@ def _prepare(x, weight_mu, weight_sigma) -> _Plan:
         time_constant = t > 1 and torch.equal(xt, xt[:1].expand_as(xt))
     if time_constant:
         return _Plan(xt[:1], weight_mu, weight_sigma, idx, t, 1, lead)     # rank-1 covariance
-    return _Plan(xt, weight_mu, weight_sigma, idx, t, t, lead)
+    return _Plan(xt, weight_mu, weight_sigma, idx, t, t, lead, bool(sparse))
 
 
 class LocalLinearState(NamedTuple):
@@ -373,7 +423,7 @@ def local_linear_forward(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma:
             a = a.expand(samples, plan.t, b, n_out)
     else:
         z = torch.randn((samples, plan.t, b * n_out), generator=generator, dtype=x.dtype, device=x.device)
-        a, saved = _t_forward(xt, plan.weight_mu, plan.weight_sigma, bias_mu, bias_sigma, z)
+        a, saved = _t_forward(xt, plan.weight_mu, plan.weight_sigma, bias_mu, bias_sigma, z, plan.sparse)
     return a.reshape(samples, *plan.lead, n_out), LocalLinearState(plan, saved, bias_mu is not None,
                                                                     weight_mu.shape[1])
 

@@ -14,7 +14,10 @@ nanoseconds of arithmetic. The loops here do a whole op sequence in one call on 
   per-neuron T × T Cholesky factor L (float64), L⁻ᵀ, and u = L z, v = L⁻ᵀ z for the M samples, and in
   backward the T × T sums K = Σ_m g vᵀ folded onto the pairs. Covariances the Cholesky path refuses
   are flagged and factored by the torch code (eigen path). Results equal the torch path to rounding.
-  ``scan_input``: its input checks (silent columns, a time-constant input) in one pass.
+  ``scan_input``: its input checks (silent columns, a time-constant input, the non-zero count) in one
+  pass. ``sparse_local_fwd`` / ``sparse_local_bwd``: for a sparse input (spikes, event frames) the
+  mean, the pair covariances and both weight gradients without the pair products or BLAS, from the
+  input's non-zeros (work ∝ non-zeros of the pair products × J instead of P × in × J).
 * ``gw_backward``: the backward of :func:`mesu_snn.kernels.gaussian_weight` (Σ_m g, Σ_m g·ε).
 * ``mc_nll``: the loss of :class:`mesu_snn.rules.StreamingStep` (log-softmax, mean over the M samples,
   NLL) and its gradient with respect to the logits, in one pass.
@@ -374,13 +377,156 @@ static int mc_nll(const F* o, const int64_t* y, F* g, F* loss, int64_t M, int64_
   return 1;
 }
 
+// ---- local_linear on a sparse input (spikes, event frames), without the pair products or BLAS:
+// x (T, B, IN), mu and sig (J, IN) contiguous. Forward: mean (T, B, J) = x mu^T and cu (P, B*J) =
+// zu (sig^2)^T with zu[(t, s)] = x[t] x[s] (pairs t <= s, triu order), never formed: for each input i
+// and batch element b, the steps where x != 0 and the products of each pair of them, each added times
+// column i of mu or sig^2. The inputs go in tiles of SL_TILE: the tile's columns of mu and sig^2 are
+// copied once into rows of a small buffer (whole cache lines read), so every add is over contiguous
+// rows of J. The products are pair_products' (x[t] * x[s], t <= s); the sums run in another order
+// than BLAS's (equal to rounding). Work: the non-zeros of zu times J instead of P * IN * J.
+// d[c * ldd + r] = s[r * ld + c] for r < rows, c < cols (a copy: exact); 8 x 8 blocks in AVX registers
+// where the compiler targets AVX2 (float), element by element otherwise.
+#if defined(__AVX2__)
+#include <immintrin.h>
+static inline void tr8x8(const float* s, int64_t ld, float* d, int64_t ldd) {
+  __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ld), r2 = _mm256_loadu_ps(s + 2 * ld),
+         r3 = _mm256_loadu_ps(s + 3 * ld), r4 = _mm256_loadu_ps(s + 4 * ld), r5 = _mm256_loadu_ps(s + 5 * ld),
+         r6 = _mm256_loadu_ps(s + 6 * ld), r7 = _mm256_loadu_ps(s + 7 * ld);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+         t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+         t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+         u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+         u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+         u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+template <typename F>
+static void transpose_block(const F* s, int64_t ld, F* d, int64_t ldd, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) for (int64_t c = 0; c < cols; ++c) d[c * ldd + r] = s[r * ld + c];
+}
+#if defined(__AVX2__)
+template <>
+void transpose_block<float>(const float* s, int64_t ld, float* d, int64_t ldd, int64_t rows, int64_t cols) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) {
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) tr8x8(s + r * ld + c, ld, d + c * ldd + r, ldd);
+    for (; c < cols; ++c) for (int64_t q = r; q < r + 8; ++q) d[c * ldd + q] = s[q * ld + c];
+  }
+  for (; r < rows; ++r) for (int64_t c = 0; c < cols; ++c) d[c * ldd + r] = s[r * ld + c];
+}
+#endif
+
+#define SL_TILE 16
+template <typename F>
+static int sparse_local_fwd(const F* x, const F* mu, const F* sig, F* __restrict mean, F* __restrict cu,
+                            int64_t T, int64_t B, int64_t IN, int64_t J) {
+  const int64_t BJ = B * J;
+  const int64_t P = T * (T + 1) / 2;
+  int64_t* pidx = (int64_t*)std::malloc(sizeof(int64_t) * (T * T + T));
+  F* buf = (F*)std::malloc(sizeof(F) * (2 * SL_TILE * J + T));
+  if (!pidx || !buf) { std::free(pidx); std::free(buf); return 1; }
+  int64_t* ts = pidx + T * T;
+  F* cmt = buf; F* cst = buf + SL_TILE * J; F* xv = buf + 2 * SL_TILE * J;
+  for (int64_t t = 0, p = 0; t < T; ++t) for (int64_t s = t; s < T; ++s, ++p) pidx[t * T + s] = p;
+  for (int64_t q = 0; q < T * BJ; ++q) mean[q] = (F)0;
+  for (int64_t q = 0; q < P * BJ; ++q) cu[q] = (F)0;
+  for (int64_t i0 = 0; i0 < IN; i0 += SL_TILE) {
+    const int64_t w = IN - i0 < SL_TILE ? IN - i0 : SL_TILE;
+    int any = 0;
+    for (int64_t q = 0; q < T * B && !any; ++q) for (int64_t ii = 0; ii < w; ++ii) any |= x[q * IN + i0 + ii] != (F)0;
+    if (!any) continue;
+    transpose_block<F>(mu + i0, IN, cmt, J, J, w);
+    transpose_block<F>(sig + i0, IN, cst, J, J, w);
+    for (int64_t q = 0; q < w * J; ++q) cst[q] = cst[q] * cst[q];
+    for (int64_t ii = 0; ii < w; ++ii) {
+      const int64_t i = i0 + ii;
+      const F* __restrict cm = cmt + ii * J; const F* __restrict cs = cst + ii * J;
+      for (int64_t b = 0; b < B; ++b) {
+        int64_t k = 0;
+        for (int64_t t = 0; t < T; ++t) { F v = x[(t * B + b) * IN + i]; if (v != (F)0) { ts[k] = t; xv[k] = v; ++k; } }
+        for (int64_t a = 0; a < k; ++a) {
+          F* __restrict o = mean + (ts[a] * B + b) * J; const F va = xv[a];
+          for (int64_t j = 0; j < J; ++j) o[j] += va * cm[j];
+          for (int64_t c = a; c < k; ++c) {
+            F* __restrict oc = cu + pidx[ts[a] * T + ts[c]] * BJ + b * J; const F v = va * xv[c];
+            for (int64_t j = 0; j < J; ++j) oc[j] += v * cs[j];
+          }
+        }
+      }
+    }
+  }
+  std::free(pidx); std::free(buf);
+  return 0;
+}
+
+// Backward of sparse_local_fwd: gmu (J, IN) = gsum^T x with gsum (T, B, J), and gsig (J, IN) =
+// sig * (ks^T zu), ks (P, B*J) the pair sums of local_k; per tile of inputs, the sums in rows of a
+// small buffer, then written out a cache line per (j, tile) (zero for inputs that are zero throughout).
+template <typename F>
+static int sparse_local_bwd(const F* x, const F* sig, const F* gsum, const F* ks, F* gmu, F* gsig,
+                            int64_t T, int64_t B, int64_t IN, int64_t J) {
+  const int64_t BJ = B * J;
+  int64_t* pidx = (int64_t*)std::malloc(sizeof(int64_t) * (T * T + T));
+  F* buf = (F*)std::malloc(sizeof(F) * (2 * SL_TILE * J + T));
+  if (!pidx || !buf) { std::free(pidx); std::free(buf); return 1; }
+  int64_t* ts = pidx + T * T;
+  F* amt = buf; F* ast = buf + SL_TILE * J; F* xv = buf + 2 * SL_TILE * J;
+  for (int64_t t = 0, p = 0; t < T; ++t) for (int64_t s = t; s < T; ++s, ++p) pidx[t * T + s] = p;
+  for (int64_t i0 = 0; i0 < IN; i0 += SL_TILE) {
+    const int64_t w = IN - i0 < SL_TILE ? IN - i0 : SL_TILE;
+    for (int64_t q = 0; q < 2 * SL_TILE * J; ++q) buf[q] = (F)0;
+    for (int64_t ii = 0; ii < w; ++ii) {
+      const int64_t i = i0 + ii;
+      F* __restrict am = amt + ii * J; F* __restrict as = ast + ii * J;
+      for (int64_t b = 0; b < B; ++b) {
+        int64_t k = 0;
+        for (int64_t t = 0; t < T; ++t) { F v = x[(t * B + b) * IN + i]; if (v != (F)0) { ts[k] = t; xv[k] = v; ++k; } }
+        for (int64_t a = 0; a < k; ++a) {
+          const F* __restrict g = gsum + (ts[a] * B + b) * J; const F va = xv[a];
+          for (int64_t j = 0; j < J; ++j) am[j] += va * g[j];
+          for (int64_t c = a; c < k; ++c) {
+            const F* __restrict kk = ks + pidx[ts[a] * T + ts[c]] * BJ + b * J; const F v = va * xv[c];
+            for (int64_t j = 0; j < J; ++j) as[j] += v * kk[j];
+          }
+        }
+      }
+    }
+    transpose_block<F>(amt, J, gmu + i0, IN, w, J);
+    transpose_block<F>(ast, J, gsig + i0, IN, w, J);
+    for (int64_t j = 0; j < J; ++j) {
+      F* __restrict os = gsig + j * IN + i0; const F* __restrict sr = sig + j * IN + i0;
+      for (int64_t ii = 0; ii < w; ++ii) os[ii] = sr[ii] * os[ii];
+    }
+  }
+  std::free(pidx); std::free(buf);
+  return 0;
+}
+#undef SL_TILE
+
 // ---- the batch-1 input scan of local_linear: x (T, B*in) viewed as (T, B, in) -> active[i] (input i
 // non-zero at some step and batch element), returns the number of active inputs; *tconst = every
-// step equals the first.
+// step equals the first; *nnz = the number of non-zero entries.
 template <typename F>
-static int64_t scan_input(const F* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst) {
+static int64_t scan_input(const F* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst,
+                          int64_t* nnz) {
   for (int64_t i = 0; i < IN; ++i) active[i] = 0;
-  for (int64_t q = 0; q < T * B; ++q) { const F* row = x + q * IN; for (int64_t i = 0; i < IN; ++i) active[i] |= row[i] != (F)0; }
+  int64_t nz = 0;
+  for (int64_t q = 0; q < T * B; ++q) {
+    const F* row = x + q * IN;
+    for (int64_t i = 0; i < IN; ++i) { const unsigned char a = row[i] != (F)0; active[i] |= a; nz += a; }
+  }
+  *nnz = nz;
   int64_t n = 0; for (int64_t i = 0; i < IN; ++i) n += active[i];
   int c = 1;
   for (int64_t t = 1; t < T && c; ++t) {
@@ -463,7 +609,7 @@ static int mesu_pairs(void** mus, void** sigs, void** gmus, void** gsigs, const 
 }
 
 extern "C" {
-int mesu_abi_version() { return 4; }
+int mesu_abi_version() { return 5; }
 
 // one set of entry points per dtype: NAME_f32 (float) and NAME_f64 (double)
 #define MESU_ENTRY_POINTS(SFX, F) \
@@ -484,8 +630,13 @@ int local_k_##SFX(const F* g, const F* uv, F* ks, F* kb, int64_t T, int64_t N, i
   local_k<F>(g, uv, ks, kb, T, N, M); return 0; } \
 int gw_backward_##SFX(const F* g, const F* eps, F* gmu, F* gsig, int64_t M, int64_t W) { \
   gw_backward<F>(g, eps, gmu, gsig, M, W); return 0; } \
-int64_t scan_input_##SFX(const F* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst) { \
-  return scan_input<F>(x, T, B, IN, active, tconst); } \
+int64_t scan_input_##SFX(const F* x, int64_t T, int64_t B, int64_t IN, unsigned char* active, int* tconst, \
+                         int64_t* nnz) { return scan_input<F>(x, T, B, IN, active, tconst, nnz); } \
+int sparse_local_fwd_##SFX(const F* x, const F* mu, const F* sig, F* mean, F* cu, int64_t T, int64_t B, int64_t IN, \
+                           int64_t J) { return sparse_local_fwd<F>(x, mu, sig, mean, cu, T, B, IN, J); } \
+int sparse_local_bwd_##SFX(const F* x, const F* sig, const F* gsum, const F* ks, F* gmu, F* gsig, int64_t T, \
+                           int64_t B, int64_t IN, int64_t J) { \
+  return sparse_local_bwd<F>(x, sig, gsum, ks, gmu, gsig, T, B, IN, J); } \
 int mc_nll_##SFX(const F* o, const int64_t* y, F* g, F* loss, int64_t M, int64_t B, int64_t C, double scale) { \
   return mc_nll<F>(o, y, g, loss, M, B, C, scale); } \
 int all_finite_##SFX(void** ptrs, const int64_t* sizes, int64_t n) { return all_finite<F>(ptrs, sizes, n); } \
@@ -573,7 +724,7 @@ def _build() -> ctypes.CDLL:
             raise
         lib = _compile(cxx, FLAGS)        # an older compiler without the -march level
     cdll = ctypes.CDLL(str(lib))
-    if cdll.mesu_abi_version() != 4:
+    if cdll.mesu_abi_version() != 5:
         raise RuntimeError(f"{lib} has an unexpected ABI version")
     p, i64, dbl, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
     for suffix in ("f32", "f64"):
@@ -596,8 +747,14 @@ def _build() -> ctypes.CDLL:
         f.argtypes = [p, p, p, p, i64, i64]
         f.restype = cint
         f = getattr(cdll, f"scan_input_{suffix}")
-        f.argtypes = [p, i64, i64, i64, p, p]
+        f.argtypes = [p, i64, i64, i64, p, p, p]
         f.restype = i64
+        f = getattr(cdll, f"sparse_local_fwd_{suffix}")
+        f.argtypes = [p, p, p, p, p, i64, i64, i64, i64]
+        f.restype = cint
+        f = getattr(cdll, f"sparse_local_bwd_{suffix}")
+        f.argtypes = [p, p, p, p, p, p, i64, i64, i64, i64]
+        f.restype = cint
         f = getattr(cdll, f"mc_nll_{suffix}")
         f.argtypes = [p, p, p, p, i64, i64, i64, dbl]
         f.restype = cint
