@@ -8,13 +8,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 
 
-def _run(rule, tasks, seed=0, done=True, base=0.9, planned=None):
+def _run(rule, tasks, seed=0, done=True, base=0.9, planned=None, hidden=50, **hp_extra):
     acc = [[base - 0.01 * (k - t) for t in range(k + 1)] for k in range(tasks)]
     sigma = [{"layers.0.weight": {"sigma_median": 0.07, "precision_median": 200.0},
               "layers.1.weight": {"sigma_median": 0.02 / (k + 1), "precision_median": 2500.0 * (k + 1)}}
              for k in range(tasks)]
-    hp = {"mesu": {"memory": 600000}, "bgd": {"lr": 1}, "sgd": {"lr": 0.003}}[rule]
-    return {"rule": rule, "seed": seed, "acc": acc, "sigma": sigma, "done": done, "tasks_done": tasks,
+    hp = {"mesu": {"memory": 600000}, "bgd": {"lr": 1}, "sgd": {"lr": 0.003}}[rule] | hp_extra
+    return {"rule": rule, "hidden": [hidden], "seed": seed, "acc": acc, "sigma": sigma, "done": done, "tasks_done": tasks,
             "n_tasks_planned": planned or tasks, "hyperparameters": hp, "ms_per_update": [1.0, 1.2],
             "wall_s": 3600.0, "machine": "test", "torch": "x", "mean_acc_seen": base}
 
@@ -25,9 +25,12 @@ def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
     ann = tmp_path / "paper_pmnist" / "long"
     for folder, runs in {
         "full20": [_run("mesu", 6), _run("bgd", 6), _run("mesu", 6, seed=1), _run("bgd", 6, seed=1, base=0.8)],
-        "full20_h200": [_run("mesu", 6, base=0.95), _run("bgd", 6), _run("sgd", 3),
-                        _run("sgd", 2, seed=0, done=False, planned=5) | {"rule": "sgd"}],
-        "full20_h200_n300k": [_run("mesu", 4, base=0.93, done=False, planned=20)],
+        "full20_h200": [_run("mesu", 6, base=0.95, hidden=200), _run("bgd", 6, hidden=200), _run("sgd", 3, hidden=200),
+                        _run("sgd", 2, seed=0, done=False, planned=5, hidden=200) | {"rule": "sgd"}],
+        "full20_n300k": [_run("mesu", 4, base=0.91, memory=300000)],
+        "full20_h200_n300k": [_run("mesu", 4, base=0.93, done=False, planned=20, hidden=200, memory=300000)],
+        "full20_prior_init": [_run("mesu", 6, base=0.92, sigma_prior="init")],
+        "full20_h200_prior_init": [_run("mesu", 4, base=0.94, hidden=200, sigma_prior="init")],
     }.items():
         (res / folder).mkdir(parents=True)
         for i, r in enumerate(runs):
@@ -51,3 +54,11 @@ def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
     # seeds of full20: MESU 0, 1 over 6 tasks; last-5 of the synthetic rows = 0.9 - 0.01 * mean(4..0) = 88.00
     assert "| MESU | 0, 1 | 6 | 88.00 ± 0.00 |" in text
     assert (res / "curves_full20_h200.png").exists()
+    # two widths in one table: each row names its network, so no two rows read the same
+    n300 = text[text.index("## MESU at the paper's window"):text.index("## MESU with each layer")]
+    assert "| MESU (784-50-10, memory=300000) | 4 |" in n300
+    assert "| MESU (784-200-10, memory=300000) | 4 (running) |" in n300
+    init = text[text.index("## MESU with each layer"):]
+    assert "| 784-50-10 MESU, σ_prior = init: learning acc. (%) | 92.00 |" in init
+    assert "| 784-200-10 MESU, σ_prior = init: learning acc. (%) | 94.00 |" in init
+    assert "| MESU (784-200-10, memory=600000, sigma_prior=init) | 4 |" in init
