@@ -428,17 +428,25 @@ void transpose_block<float>(const float* s, int64_t ld, float* d, int64_t ldd, i
 #endif
 
 #define SL_TILE 16
+// the work space of both loops: pidx[t * T + s] = the row of pair (t, s) (t <= s), ts (T) the steps of
+// one input's non-zeros; buf: two tiles of SL_TILE rows of J, then xv (T) their values. 1 if out of memory.
+template <typename F>
+static int sl_work(int64_t T, int64_t J, int64_t** pidx, F** buf) {
+  *pidx = (int64_t*)std::malloc(sizeof(int64_t) * (T * T + T));
+  *buf = (F*)std::malloc(sizeof(F) * (2 * SL_TILE * J + T));
+  if (!*pidx || !*buf) { std::free(*pidx); std::free(*buf); return 1; }
+  for (int64_t t = 0, p = 0; t < T; ++t) for (int64_t s = t; s < T; ++s, ++p) (*pidx)[t * T + s] = p;
+  return 0;
+}
 template <typename F>
 static int sparse_local_fwd(const F* x, const F* mu, const F* sig, F* __restrict mean, F* __restrict cu,
                             int64_t T, int64_t B, int64_t IN, int64_t J) {
   const int64_t BJ = B * J;
   const int64_t P = T * (T + 1) / 2;
-  int64_t* pidx = (int64_t*)std::malloc(sizeof(int64_t) * (T * T + T));
-  F* buf = (F*)std::malloc(sizeof(F) * (2 * SL_TILE * J + T));
-  if (!pidx || !buf) { std::free(pidx); std::free(buf); return 1; }
+  int64_t* pidx; F* buf;
+  if (sl_work<F>(T, J, &pidx, &buf)) return 1;
   int64_t* ts = pidx + T * T;
   F* cmt = buf; F* cst = buf + SL_TILE * J; F* xv = buf + 2 * SL_TILE * J;
-  for (int64_t t = 0, p = 0; t < T; ++t) for (int64_t s = t; s < T; ++s, ++p) pidx[t * T + s] = p;
   for (int64_t q = 0; q < T * BJ; ++q) mean[q] = (F)0;
   for (int64_t q = 0; q < P * BJ; ++q) cu[q] = (F)0;
   for (int64_t i0 = 0; i0 < IN; i0 += SL_TILE) {
@@ -477,12 +485,10 @@ template <typename F>
 static int sparse_local_bwd(const F* x, const F* sig, const F* gsum, const F* ks, F* gmu, F* gsig,
                             int64_t T, int64_t B, int64_t IN, int64_t J) {
   const int64_t BJ = B * J;
-  int64_t* pidx = (int64_t*)std::malloc(sizeof(int64_t) * (T * T + T));
-  F* buf = (F*)std::malloc(sizeof(F) * (2 * SL_TILE * J + T));
-  if (!pidx || !buf) { std::free(pidx); std::free(buf); return 1; }
+  int64_t* pidx; F* buf;
+  if (sl_work<F>(T, J, &pidx, &buf)) return 1;
   int64_t* ts = pidx + T * T;
   F* amt = buf; F* ast = buf + SL_TILE * J; F* xv = buf + 2 * SL_TILE * J;
-  for (int64_t t = 0, p = 0; t < T; ++t) for (int64_t s = t; s < T; ++s, ++p) pidx[t * T + s] = p;
   for (int64_t i0 = 0; i0 < IN; i0 += SL_TILE) {
     const int64_t w = IN - i0 < SL_TILE ? IN - i0 : SL_TILE;
     for (int64_t q = 0; q < 2 * SL_TILE * J; ++q) buf[q] = (F)0;
