@@ -152,39 +152,33 @@ def _t_backward(saved, has_bias, g, ni, out=None):
     gsum = g.sum(0)                                     # (T, B, J)
     o_mu, o_sig = (None, None) if out is None else out
     lib, sfx = _native_lib(x, g)
+    native_ok = lib is not None and g.dtype == x.dtype
     sparse = zu.numel() == 0                            # the forward ran the sparse loops
-    if sparse and (lib is None or g.dtype != x.dtype or not (ni[0] or ni[1])):
+    if sparse and not (native_ok and (ni[0] or ni[1])):
         zu, sparse = _pair_products(x), False           # compiled loops switched off since the forward
     g_wmu = g_wsig = g_bsig = None
     if ni[0] and not sparse:
         g_wmu = _mm(gsum.reshape(t * b, j).t(), x.reshape(t * b, n_in), o_mu)
-    if sparse:
+    need_k = sparse or ni[1] or (has_bias and ni[3])
+    if need_k and native_ok:
         gc = g.reshape(m, t, b * j).contiguous()
         ks = x.new_empty((t * (t + 1) // 2, b * j))
         kb = x.new_empty((b * j,)) if has_bias and ni[3] else None
         getattr(lib, f"local_k_{sfx}")(gc.data_ptr(), uv.contiguous().data_ptr(), ks.data_ptr(),
                                        None if kb is None else kb.data_ptr(), t, b * j, m)
-        g_wmu = o_mu if o_mu is not None and o_mu.is_contiguous() else x.new_empty((j, n_in))
-        g_wsig = o_sig if o_sig is not None and o_sig.is_contiguous() else x.new_empty((j, n_in))
-        ws = wsig.contiguous()
-        if getattr(lib, f"sparse_local_bwd_{sfx}")(x.data_ptr(), ws.data_ptr(), gsum.contiguous().data_ptr(),
-                                                   ks.data_ptr(), g_wmu.data_ptr(), g_wsig.data_ptr(), t, b, n_in, j):
-            raise MemoryError("sparse_local_bwd (native) could not allocate its work space")
-        if o_mu is not None and g_wmu is not o_mu:
-            g_wmu = o_mu.copy_(g_wmu)
-        if o_sig is not None and g_wsig is not o_sig:
-            g_wsig = o_sig.copy_(g_wsig)
-        g_wmu, g_wsig = (g_wmu if ni[0] else None), (g_wsig if ni[1] else None)
-        if kb is not None:
-            g_bsig = bsig * kb.reshape(b, j).sum(0)
-    elif (ni[1] or (has_bias and ni[3])) and lib is not None and g.dtype == x.dtype:
-        gc = g.reshape(m, t, b * j).contiguous()
-        ks = x.new_empty((t * (t + 1) // 2, b * j))
-        kb = x.new_empty((b * j,)) if has_bias and ni[3] else None
-        uvc = uv.contiguous()
-        getattr(lib, f"local_k_{sfx}")(gc.data_ptr(), uvc.data_ptr(), ks.data_ptr(),
-                                       None if kb is None else kb.data_ptr(), t, b * j, m)
-        if ni[1]:
+        if sparse:                                      # both weight gradients from the input's non-zeros
+            g_wmu = o_mu if o_mu is not None and o_mu.is_contiguous() else x.new_empty((j, n_in))
+            g_wsig = o_sig if o_sig is not None and o_sig.is_contiguous() else x.new_empty((j, n_in))
+            if getattr(lib, f"sparse_local_bwd_{sfx}")(x.data_ptr(), wsig.contiguous().data_ptr(),
+                                                       gsum.contiguous().data_ptr(), ks.data_ptr(),
+                                                       g_wmu.data_ptr(), g_wsig.data_ptr(), t, b, n_in, j):
+                raise MemoryError("sparse_local_bwd (native) could not allocate its work space")
+            if o_mu is not None and g_wmu is not o_mu:
+                g_wmu = o_mu.copy_(g_wmu)
+            if o_sig is not None and g_wsig is not o_sig:
+                g_wsig = o_sig.copy_(g_wsig)
+            g_wmu, g_wsig = (g_wmu if ni[0] else None), (g_wsig if ni[1] else None)
+        elif ni[1]:
             g_wsig = _mul(wsig, ks.reshape(-1, j).t() @ zu.reshape(-1, n_in), o_sig)
         if kb is not None:
             g_bsig = bsig * kb.reshape(b, j).sum(0)
@@ -374,8 +368,8 @@ def _prepare(x, weight_mu, weight_sigma) -> _Plan:
         n_active = getattr(lib, f"scan_input_{sfx}")(xt.data_ptr(), t, b, n_in, active.data_ptr(), ctypes.byref(tconst),
                                                      ctypes.byref(nnz))
         time_constant = t > 1 and bool(tconst.value)
-        sparse = nnz.value <= _SPARSE_INPUT * t * b * max(1, min(n_active, n_in) if n_active < _SPARSE_FRACTION * n_in
-                                                             else n_in)
+        kept = n_active if n_active < _SPARSE_FRACTION * n_in else n_in     # the columns left below
+        sparse = nnz.value <= _SPARSE_INPUT * t * b * max(kept, 1)
         active = active.bool() if n_active < _SPARSE_FRACTION * n_in else None
     elif not x.is_cuda:
         active = xt.ne(0).flatten(0, 1).any(0)
