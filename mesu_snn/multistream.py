@@ -28,6 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from .kernels.gaussian_weight import gaussian_weight
 from .kernels.local_linear import local_linear
+from .kernels.noise import standard_normal
 from .kernels.spike_linear import spike_linear
 from .models import SpikingMLP, _lif_over_time, _readout
 
@@ -116,9 +117,9 @@ class StackedSpikingMLP(nn.Module):
         ew, eb = [], []
         for k in range(self.streams):
             gen = None if generators is None else generators[k]
-            ew.append(torch.randn((samples, *mu.shape[1:]), generator=gen, dtype=mu.dtype, device=mu.device))
+            ew.append(standard_normal((samples, *mu.shape[1:]), generator=gen, dtype=mu.dtype, device=mu.device))
             if self.has_bias:
-                eb.append(torch.randn((samples, mu.shape[1]), generator=gen, dtype=mu.dtype, device=mu.device))
+                eb.append(standard_normal((samples, mu.shape[1]), generator=gen, dtype=mu.dtype, device=mu.device))
         w = _StackedGaussianWeight.apply(mu, sig, torch.stack(ew))               # (K, M, out, in)
         b = None
         if self.has_bias:
@@ -152,10 +153,10 @@ class StackedSpikingMLP(nn.Module):
             for s in range(k):
                 gen = None if generators is None else generators[s]
                 mu, sig = wmus[s], wsigs[s]
-                ew = torch.randn((m, *mu.shape), generator=gen, dtype=mu.dtype, device=mu.device)
+                ew = standard_normal((m, *mu.shape), generator=gen, dtype=mu.dtype, device=mu.device)
                 eb = None
                 if self.has_bias:
-                    eb = torch.randn((m, mu.shape[0]), generator=gen, dtype=mu.dtype, device=mu.device)
+                    eb = standard_normal((m, mu.shape[0]), generator=gen, dtype=mu.dtype, device=mu.device)
                 w = gaussian_weight(mu, sig, ew)                                    # (M, H, in)
                 y = (x[s].reshape(t * b, n_in) @ w.reshape(-1, n_in).t()).view(t, b, m, -1).permute(2, 0, 1, 3)
                 if eb is not None:

@@ -38,6 +38,7 @@ from .kernels.gaussian_weight import gaussian_weight
 from .kernels.spike_linear import spike_linear
 from .kernels.switch import fast_paths_enabled
 from .kernels.local_linear import local_linear
+from .kernels.noise import standard_normal
 
 __all__ = ["BayesianLayer", "BayesLinear", "BayesConv2d", "sampled_weights", "bayesian_pairs",
            "set_mode", "mode_set", "fold_samples", "unfold_samples", "INITS", "resolve_init"]
@@ -90,10 +91,10 @@ class BayesianLayer(nn.Module):
     def draw_noise(self, samples: int, generator: torch.Generator | None = None):
         """Standard normal ε for ``samples`` weight draws: (M, *weight.shape), (M, out) or None."""
         mu = self.weight_mu
-        ew = torch.randn((samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+        ew = standard_normal((samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
         eb = None
         if self.bias_mu is not None:
-            eb = torch.randn((samples, *self.bias_mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+            eb = standard_normal((samples, *self.bias_mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
         return ew, eb
 
     def sample_weights(self, samples: int, generator: torch.Generator | None = None, noise=None):

@@ -26,7 +26,8 @@ def test_protocol_constants_are_the_authors():
     assert pp.RULE_HP["bgd"] == dict(lr=1.0)
 
 
-@pytest.mark.parametrize("model,floor", [("ann", 0.75), ("snn", 0.5)])
+# floors: 1500 images per task; ANN measured 0.770-0.808 on task 0 over seeds 0-11 (2026-12-03)
+@pytest.mark.parametrize("model,floor", [("ann", 0.72), ("snn", 0.5)])
 def test_short_run_learns_and_writes_incremental_json(tmp_path, model, floor):
     import paper_pmnist as pp
     out = tmp_path / "r.json"

@@ -99,6 +99,16 @@ def test_switch_and_fallback(monkeypatch, tmp_path, caplog):
     assert native.library() is None and not native.available()
 
 
+@pytest.fixture(autouse=True)
+def _torch_normals(monkeypatch):
+    """These tests compare the loops with the torch code given the same normals: draw them with
+    torch.randn whatever the switch (the compiled generator has its own tests, test_kernels_noise.py)."""
+    import importlib
+    ll = importlib.import_module("mesu_snn.kernels.local_linear")
+    monkeypatch.setattr(ll, "standard_normal", lambda shape, generator=None, dtype=None, device=None:
+                        torch.randn(shape, generator=generator, dtype=dtype, device=device))
+
+
 def _local(x, params, native_on, samples=5, seed=7):
     from mesu_snn.kernels.local_linear import local_linear
     for q in params:

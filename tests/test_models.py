@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import mesu_snn as ms
+from mesu_snn.kernels.noise import standard_normal
 from mesu_snn.build import build_model, build_pipeline, build_rule, build_tasks
 from mesu_snn.config import ConfigError, parse_config
 from mesu_snn.encoders import standardization_stats, standardize
@@ -42,8 +43,8 @@ def test_bayes_mlp_sample_mode_equals_explicit_weight_draws():
     out = net(x, samples=2, generator=g)
     g = torch.Generator().manual_seed(5)
     l0, l1 = net.layers
-    e0 = torch.randn((2, 4, 6), generator=g)
-    e1 = torch.randn((2, 2, 4), generator=g)
+    e0 = standard_normal((2, 4, 6), generator=g, dtype=torch.float32, device="cpu")   # the layers' noise source
+    e1 = standard_normal((2, 2, 4), generator=g, dtype=torch.float32, device="cpu")
     w0, w1 = l0.weight_mu + l0.weight_sigma * e0, l1.weight_mu + l1.weight_sigma * e1
     ref = torch.stack([torch.tanh(x @ w0[m].t()) @ w1[m].t() for m in range(2)])
     torch.testing.assert_close(out, ref)

@@ -91,7 +91,7 @@ def test_a_step_equals_per_layer_fixed_priors_and_paths_agree():
     for (n, a, b), (_, c, d), (_, e, f) in zip(ms.bayesian_pairs(net), ms.bayesian_pairs(ref), ms.bayesian_pairs(net2)):
         torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-8)
         torch.testing.assert_close(b, d, rtol=1e-6, atol=1e-8)
-        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-7)     # compiled loop vs torch ops: rounding
         torch.testing.assert_close(b, f, rtol=1e-6, atol=1e-8)
 
 

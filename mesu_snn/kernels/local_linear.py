@@ -23,6 +23,7 @@ from torch.autograd.function import once_differentiable
 
 from ..functional.local_reparam import factor_covariance, pair_products
 from . import native
+from .noise import standard_normal
 from .switch import native_enabled
 
 __all__ = ["local_linear", "local_linear_forward", "local_linear_backward", "LocalLinearState"]
@@ -322,12 +323,12 @@ def local_linear(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma: torch.T
     xt, wmu, wsig, t_run = plan.x, plan.weight_mu, plan.weight_sigma, plan.t_run
     b = xt.shape[-2]
     if t_run == 1:
-        z = torch.randn((samples, b, n_out), generator=generator, dtype=x.dtype, device=x.device)
+        z = standard_normal((samples, b, n_out), generator=generator, dtype=x.dtype, device=x.device)
         a = _LocalLinearT1.apply(xt[0], wmu, wsig, bias_mu, bias_sigma, z).unsqueeze(1)
         if plan.t > 1:
             a = a.expand(samples, plan.t, b, n_out)
     else:
-        z = torch.randn((samples, plan.t, b * n_out), generator=generator, dtype=x.dtype, device=x.device)
+        z = standard_normal((samples, plan.t, b * n_out), generator=generator, dtype=x.dtype, device=x.device)
         a = _LocalLinearT.apply(xt, wmu, wsig, bias_mu, bias_sigma, z, plan.sparse)
     return a.reshape(samples, *plan.lead, n_out)
 
@@ -410,13 +411,13 @@ def local_linear_forward(x: torch.Tensor, weight_mu: torch.Tensor, weight_sigma:
     plan = _prepare(x, weight_mu, weight_sigma)
     xt, b = plan.x, plan.x.shape[-2]
     if plan.t_run == 1:
-        z = torch.randn((samples, b, n_out), generator=generator, dtype=x.dtype, device=x.device)
+        z = standard_normal((samples, b, n_out), generator=generator, dtype=x.dtype, device=x.device)
         a, saved = _t1_forward(xt[0], plan.weight_mu, plan.weight_sigma, bias_mu, bias_sigma, z)
         a = a.unsqueeze(1)
         if plan.t > 1:
             a = a.expand(samples, plan.t, b, n_out)
     else:
-        z = torch.randn((samples, plan.t, b * n_out), generator=generator, dtype=x.dtype, device=x.device)
+        z = standard_normal((samples, plan.t, b * n_out), generator=generator, dtype=x.dtype, device=x.device)
         a, saved = _t_forward(xt, plan.weight_mu, plan.weight_sigma, bias_mu, bias_sigma, z, plan.sparse)
     return a.reshape(samples, *plan.lead, n_out), LocalLinearState(plan, saved, bias_mu is not None,
                                                                     weight_mu.shape[1])
