@@ -21,13 +21,15 @@ nanoseconds of arithmetic. The loops here do a whole op sequence in one call on 
 * ``gw_backward``: the backward of :func:`mesu_snn.kernels.gaussian_weight` (Σ_m g, Σ_m g·ε).
 * ``mc_nll``: the loss of :class:`mesu_snn.rules.StreamingStep` (log-softmax, mean over the M samples,
   NLL) and its gradient with respect to the logits, in one pass.
+* ``normal_f32``: float32 standard normals, Philox4x32-10 + Box-Muller (:mod:`mesu_snn.kernels.noise` draws
+  through it; ``philox_words`` gives the raw words for the known-answer tests).
 * ``all_finite``, ``mesu_pairs``: the optimizers' NaN/Inf guard over every gradient and the MESU
   update of :func:`mesu_snn.kernels.fused_update.fused_mesu_step` over all pairs, in one call each.
   ``mesu_step``: one group's guard and update in one call, the gradients' guard inside the update's
   no-write check pass (a check pass, then the write pass).
 
-Nothing is built at install time. The first call compiles one small C++ file (no torch headers, a
-few seconds; for the x86-64 level torch reports, e.g. ``-march=x86-64-v4`` on AVX-512 machines) into a cache directory (``$MESU_SNN_CACHE``, else ``$XDG_CACHE_HOME/mesu_snn``, else
+Nothing is built at install time. The first call compiles one small C++ file (no torch headers, about
+13 s of compiler time; for the x86-64 level torch reports, e.g. ``-march=x86-64-v4`` on AVX-512 machines) into a cache directory (``$MESU_SNN_CACHE``, else ``$XDG_CACHE_HOME/mesu_snn``, else
 ``~/.cache/mesu_snn``; the file name carries a hash of the source and flags) and loads it with
 ctypes. If there is no compiler, the build fails, or ``MESU_SNN_NATIVE=0`` is set, :func:`library`
 returns None once and for all (a warning is logged, once) and the callers use their torch code.
