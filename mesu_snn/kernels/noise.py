@@ -39,8 +39,9 @@ def standard_normal(shape, generator: torch.Generator | None = None, dtype: torc
     ``device=None``: the default device, always drawn by ``torch.randn``)."""
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if torch.compiler.is_compiling():
-        # under torch.compile: the same draw as eager, through an opaque op (no graph break)
-        if _compiled_draw(dtype, device, generator is None or generator.device.type == "cpu"):
+        # under torch.compile: the same draw as eager, through an opaque op (no graph break; torch >= 2.4,
+        # older versions draw with torch.randn under compile)
+        if _HAS_OP and _compiled_draw(dtype, device, generator is None or generator.device.type == "cpu"):
             return torch.ops.mesu_snn.philox_normal(_key(generator), list(shape))
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
     lib = _native_lib(dtype, device, generator)
@@ -57,21 +58,23 @@ def _key(generator):
     return torch.randint(0, 2 ** 62, (), generator=generator, dtype=torch.int64)
 
 
-@torch.compiler.assume_constant_result
 def _compiled_draw(dtype, device, cpu_generator: bool) -> bool:
     """Whether eager would take the compiled generator (a constant of the traced graph)."""
     return dtype is torch.float32 and device is not None and torch.device(device).type == "cpu" and cpu_generator \
         and native_enabled() and native.library() is not None
 
 
-@torch.library.custom_op("mesu_snn::philox_normal", mutates_args=())
-def _philox_normal(key: torch.Tensor, shape: list[int]) -> torch.Tensor:
-    out = torch.empty(shape, dtype=torch.float32)
-    if out.numel():
-        native.library().normal_f32(int(key), out.data_ptr(), out.numel())
-    return out
+_HAS_OP = hasattr(torch.library, "custom_op") and hasattr(torch.compiler, "assume_constant_result")
+if _HAS_OP:
+    _compiled_draw = torch.compiler.assume_constant_result(_compiled_draw)
 
+    @torch.library.custom_op("mesu_snn::philox_normal", mutates_args=())
+    def _philox_normal(key: torch.Tensor, shape: list[int]) -> torch.Tensor:
+        out = torch.empty(shape, dtype=torch.float32)
+        if out.numel():
+            native.library().normal_f32(int(key), out.data_ptr(), out.numel())
+        return out
 
-@_philox_normal.register_fake
-def _(key, shape):
-    return torch.empty(shape, dtype=torch.float32)
+    @_philox_normal.register_fake
+    def _(key, shape):
+        return torch.empty(shape, dtype=torch.float32)
