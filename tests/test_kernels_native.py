@@ -314,3 +314,46 @@ def test_native_mesu_step_checks_the_gradients_in_its_check_pass(dtype, which, v
     tensors[which][3, 1] = 0.5                                                       # finite again: it steps
     assert getattr(lib, f"mesu_step_{sfx}")(ptrs, sizes, 1, *args, 1.0) == 1
     assert not torch.equal(mu, saved[0])
+
+
+@needs_lib
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+def test_native_mesu_step_several_groups_cached_across_steps(mode):
+    """Several MESU groups (as sigma_prior="init" makes): the pointer arrays are kept between steps with
+    the same tensors; every step equals the torch update, and a later step with a non-finite gradient
+    in the last group changes no group (check passes of all groups before any write)."""
+    torch.manual_seed(0)
+    pairs = [(torch.randn(5, 4, dtype=torch.float64), 0.1 + 0.2 * torch.rand(5, 4, dtype=torch.float64))
+             for _ in range(3)]
+    twins = [(m.clone(), s.clone()) for m, s in pairs]
+    specs = [{"sigma_prior": 0.2}, {"sigma_prior": 0.5, "lr_mu": 0.5}, {"sigma_prior": 1.0}]
+    opt = ms.MESU([dict(sp, pairs=[p]) for sp, p in zip(specs, pairs)], memory=100.0, on_nonfinite=mode)
+    ref = ms.MESU([dict(sp, pairs=[p]) for sp, p in zip(specs, twins)], memory=100.0)
+    for step in range(3):
+        for (m, s), (m2, s2) in zip(pairs, twins):
+            gm, gs = torch.randn_like(m), torch.randn_like(s)
+            if m.grad is None:
+                m.grad, s.grad = gm.clone(), gs.clone()
+            else:                               # the same gradient tensors written in place: the cache holds
+                m.grad.copy_(gm)
+                s.grad.copy_(gs)
+            m2.grad, s2.grad = gm, gs
+        opt.step()
+        with fast_paths(True, native=False):
+            ref.step()
+        assert getattr(opt, "_native_cache", None) is not None
+        for (m, s), (m2, s2) in zip(pairs, twins):
+            torch.testing.assert_close(m, m2, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(s, s2, rtol=1e-12, atol=1e-14)
+    assert all(g["step"] == 3 for g in opt.param_groups)
+    pairs[2][1].grad[1, 1] = float("nan")
+    saved = [(m.clone(), s.clone()) for m, s in pairs]
+    if mode == "raise":
+        with pytest.raises(FloatingPointError):
+            opt.step()
+    else:
+        opt.step()
+        assert opt.skipped_steps == 1
+    for (m, s), (m0, s0) in zip(pairs, saved):
+        assert torch.equal(m, m0) and torch.equal(s, s0)
+    assert all(g["step"] == 3 for g in opt.param_groups)

@@ -150,15 +150,20 @@ class BayesianOptimizer(torch.optim.Optimizer):
         groups = self.param_groups
         ps = [p for g in groups for p in g["params"]]
         cached = getattr(self, "_native_cache", None)
-        if cached is not None and len(groups) == 1 and cached[0] == _tensors_key(ps):
+        if cached is not None and cached[0] == _tensors_key(ps):
             # the very tensors (same objects, storage and strides) checked and pointed to last time
-            args = self._native_args(groups[0])
-            if args is not None and args[0] == "mesu_pairs":
-                fn, ptrs, sizes, n = cached[2]
-                if not fn(ptrs, sizes, n, *args[1:]):
-                    return False
-                groups[0]["step"] += 1
-                return True
+            if len(groups) == 1:
+                args = self._native_args(groups[0])
+                if args is not None and args[0] == "mesu_pairs":
+                    fn, ptrs, sizes, n = cached[2]
+                    if not fn(ptrs, sizes, n, *args[1:]):
+                        return False
+                    groups[0]["step"] += 1
+                    return True
+            else:
+                args = [self._native_args(g) for g in groups]
+                if all(a is not None and a[0] == "mesu_pairs" for a in args):
+                    return self._native_groups(groups, cached[2], args)
         self._native_cache = None
         if not ps or any(g["kind"] != "bayes" for g in groups):
             return False
@@ -191,6 +196,18 @@ class BayesianOptimizer(torch.optim.Optimizer):
                 return False
             g["step"] += 1
             return True
+        if all(a[0] == "mesu_pairs" for a in args):
+            # several MESU groups (e.g. sigma_prior="init": one per layer): the pointer arrays kept, as above
+            calls = []
+            for g in groups:
+                gp = g["params"]
+                mus, sigmas = gp[0::2], gp[1::2]
+                pm, sz, k = native.pointers(mus)
+                calls.append((getattr(lib, f"mesu_pairs_{sfx}"), pm, native.pointers(sigmas)[0],
+                              native.pointers([p.grad for p in mus])[0], native.pointers([p.grad for p in sigmas])[0],
+                              sz, k))
+            self._native_cache = (_tensors_key(ps), [p for p in ps] + [p.grad for p in ps], calls)
+            return self._native_groups(groups, calls, args)
         ptrs, sizes, n = native.pointers([p.grad for p in ps])
         if not getattr(lib, f"all_finite_{sfx}")(ptrs, sizes, n):
             return False
@@ -210,6 +227,19 @@ class BayesianOptimizer(torch.optim.Optimizer):
         for g, (f, c) in zip(groups, calls):
             g["step"] += 1
             f(*c, 1)
+        return True
+
+    @staticmethod
+    def _native_groups(groups, calls, args) -> bool:
+        """Every group's compiled MESU update: first every group's check pass (gradients finite, new μ
+        finite, new σ finite and > 0; nothing written), then every group's write pass, so that a step
+        that would poison any μ or σ changes nothing."""
+        for (fn, pm, psg, pgm, pgs, sz, k), a in zip(calls, args):
+            if not fn(pm, psg, pgm, pgs, sz, k, *a[1:], 0):
+                return False
+        for g, (fn, pm, psg, pgm, pgs, sz, k), a in zip(groups, calls, args):
+            g["step"] += 1
+            fn(pm, psg, pgm, pgs, sz, k, *a[1:], 1)
         return True
 
     def _new_values(self, g: dict) -> list[torch.Tensor]:
