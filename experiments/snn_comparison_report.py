@@ -268,6 +268,46 @@ def main() -> int:
                             ("784-200-10 BGD", by.get("bgd"))])
         lines += ["", "The runs in full (σ per layer after each task below the table):", ""]
         lines += final_tables([r for d in init.values() for r in d.values()])
+    full40 = {r["rule"]: r for r in _load("full40_h200") if not r.get("seed", 0)}
+    if full40:
+        lines += ["", "## 784-200-10 to 40 tasks: MESU against BGD beyond 20 tasks", "",
+                  "The MESU (N = 600,000) and BGD runs of `full20_h200` resumed from their 20-task checkpoints "
+                  "(`paper_pmnist.py --rule R --model snn --estimator local --T 10 --samples 10 --hidden 200 --tasks 40 "
+                  "--checkpoint --resume`, folder `full40_h200`): does BGD's lead at 20 tasks last once its σ keeps "
+                  "shrinking? Seed 0, every 5 tasks:", "", "![curves](curves_full40_h200.png)", ""]
+        lines += gap_table([("784-200-10 MESU, N = 6e5", full40.get("mesu")), ("784-200-10 BGD", full40.get("bgd"))])
+        lines += ["", "Median σ and precision 1/σ² per layer after task k:", "",
+                  "| run | layer | " + " | ".join(f"task {k}" for k in (0, 9, 19, 29, 39)) + " |",
+                  "|---|---|" + "---|" * 5]
+        for rule in ("mesu", "bgd"):
+            r = full40.get(rule)
+            if not r:
+                continue
+            for layer in r["sigma"][0]:
+                cells = [f"{r['sigma'][k][layer]['sigma_median']:.4f} ({r['sigma'][k][layer]['precision_median']:.0f})"
+                         if k < len(r["sigma"]) else "" for k in (0, 9, 19, 29, 39)]
+                lines.append(f"| {NAMES[rule]} | {layer} | " + " | ".join(cells) + " |")
+        lines += common_horizon(list(full40.values()), stopped_note=True)
+    noprior = {r["rule"]: r for r in _load("full10_h200_noprior") if not r.get("seed", 0)}.get("mesu")
+    if noprior:
+        k = len(noprior["acc"])
+
+        def cut(r):
+            return dict(r, acc=r["acc"][:k]) if r else None
+        lines += ["", "## 784-200-10: MESU without its prior terms", "",
+                  "MESU with N = 1e15 (`paper_pmnist.py --rule mesu --model snn --estimator local --T 10 --samples 10 "
+                  f"--hidden 200 --tasks {k} --checkpoint --hp memory=1e15`, folder `full10_h200_noprior`): the prior "
+                  "terms vanish and the rule is BGD's update to first order in σ·∂C/∂σ. Does the window explain the "
+                  "784-200-10 gap between MESU and BGD? Seed 0, after each task:", ""]
+        lines += gap_table([("MESU, N = 6e5", cut(by.get("mesu"))), ("MESU, N = 1e15 (no prior terms)", noprior),
+                            ("BGD", cut(by.get("bgd")))], every=1)
+        lines += ["", "Median precision 1/σ² of the input layer after task k:", "",
+                  "| run | " + " | ".join(f"task {t}" for t in range(k)) + " |", "|---|" + "---|" * k]
+        for label, r in (("MESU, N = 6e5", by.get("mesu")), ("MESU, N = 1e15", noprior), ("BGD", by.get("bgd"))):
+            if r:
+                lines.append(f"| {label} | " + " | ".join(
+                    f"{r['sigma'][t]['layers.0.weight']['precision_median']:.0f}" if t < len(r["sigma"]) else ""
+                    for t in range(k)) + " |")
     if full20_h200 or any(n300.values()):
         gap = gap_table([("ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long)", _ann_long()),
                          ("spiking 784-50-10 MESU, N = 6e5", h50.get("mesu")),
@@ -308,6 +348,8 @@ def main() -> int:
     plot(h200, RES / "curves_h200.png", "Spiking 784-200-10 (LIF, T = 10), permuted MNIST, batch 1, 5 tasks")
     plot(full20_h200, RES / "curves_full20_h200.png",
          "Spiking 784-200-10 (LIF, T = 10), permuted MNIST, batch 1, 60,000 images per task")
+    plot(list(full40.values()), RES / "curves_full40_h200.png",
+         "Spiking 784-200-10 (LIF, T = 10), permuted MNIST, batch 1, 40 tasks of 60,000 images: MESU vs BGD")
     print("\n".join(lines))
     return 0
 
