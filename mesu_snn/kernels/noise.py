@@ -60,8 +60,7 @@ def _key(generator):
 
 def _compiled_draw(dtype, device, cpu_generator: bool) -> bool:
     """Whether eager would take the compiled generator (a constant of the traced graph)."""
-    return dtype is torch.float32 and device is not None and torch.device(device).type == "cpu" and cpu_generator \
-        and native_enabled() and native.library() is not None
+    return cpu_generator and _native_lib(dtype, device, None) is not None
 
 
 _HAS_OP = hasattr(torch.library, "custom_op") and hasattr(torch.compiler, "assume_constant_result")
