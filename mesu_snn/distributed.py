@@ -27,6 +27,7 @@ Usage (``torchrun --nproc_per_node=K script.py``)::
 """
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -37,19 +38,24 @@ __all__ = ["init_from_env", "data_parallel", "allreduce_sum_hook", "allreduce_gr
            "shared_generator", "shard"]
 
 
-def init_from_env(backend: str | None = None) -> tuple[int, int]:
+def init_from_env(backend: str | None = None, timeout: float | None = None) -> tuple[int, int]:
     """Initialise the default process group from torchrun's environment variables
     (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); backend: nccl with CUDA, else gloo.
-    Returns (rank, world_size). A no-op (returns the current values) if already initialised."""
+    timeout: seconds a rendezvous or collective may wait before it raises (torch's default,
+    30 min for gloo, when None). Returns (rank, world_size). A no-op (returns the current
+    values) if already initialised."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise ValueError(f"init_from_env: environment variables {missing} not set; launch with torchrun")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"init_from_env: timeout must be a positive number of seconds, got {timeout!r}")
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend)
+    kw = {} if timeout is None else {"timeout": datetime.timedelta(seconds=float(timeout))}
+    dist.init_process_group(backend, **kw)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -15,13 +15,13 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   pip_q "torch==2.13.0"
 fi
 "$VPY" -c "import torch" || { echo "[setup] torch failed to install" >&2; exit 1; }
-if ! "$VPY" -c "import mesu_snn, snntorch, norse, tonic, pytest, hypothesis, sklearn" >/dev/null 2>&1 \
+if ! "$VPY" -c "import mesu_snn, snntorch, norse, tonic, pytest, pytest_timeout, hypothesis, sklearn" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.mesu_installed ] || [ requirements-dev.txt -nt .venv/.mesu_installed ]; then
   echo "[setup] installing mesu_snn and its requirements into .venv"
   pip_q -r requirements-dev.txt
   pip_q --no-deps -r requirements-nodeps.txt
   pip_q --no-deps --no-build-isolation -e . || pip_q --no-deps -e .
-  "$VPY" -c "import mesu_snn, snntorch, norse, tonic, pytest, hypothesis, sklearn" \
+  "$VPY" -c "import mesu_snn, snntorch, norse, tonic, pytest, pytest_timeout, hypothesis, sklearn" \
     || { echo "[setup] the environment is incomplete" >&2; exit 1; }
   touch .venv/.mesu_installed
 fi

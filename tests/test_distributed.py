@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,8 @@ import mesu_snn as ms
 from mesu_snn import distributed as msd
 
 STEPS, M, T, B = 3, 3, 5, 9          # B = 9 over 2 ranks: shards of 4 and 5
+RENDEZVOUS_S = 60                     # a rank that cannot reach the other raises after this
+DEADLINE_S = 300                      # the two processes are killed after this (the test fails)
 
 
 def _data():
@@ -41,10 +45,28 @@ def _train(net, opt_model, xs, ys, rank=0, world=1, manual=False):
     return {k: v.detach().clone() for k, v in opt_model.state_dict().items()}
 
 
-def _worker(rank, world, port, out_dir):
+def _join_env(rank, world, port):
+    # loopback only: gloo otherwise picks the address the hostname resolves to, which a
+    # sandboxed machine may not route between its own processes (a hang, not an error)
+    if os.path.isdir("/sys/class/net/lo"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    assert msd.init_from_env("gloo") == (rank, world)
+    assert msd.init_from_env("gloo", timeout=RENDEZVOUS_S) == (rank, world)
+
+
+def _probe(rank, world, port, out_dir):
+    _join_env(rank, world, port)
+    try:
+        t = torch.tensor([float(rank + 1)])
+        dist.all_reduce(t)
+        (Path(out_dir) / f"probe{rank}").write_text(repr(t.item()))
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank, world, port, out_dir):
+    _join_env(rank, world, port)
     try:
         xs, ys = _data()
         net = _model()
@@ -65,12 +87,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn(fn, out_dir, deadline_s) -> str | None:
+    """Run fn(rank, 2, port, out_dir) in two spawned processes; None when both exit cleanly,
+    else why not. Never waits past deadline_s: the processes are killed then."""
+    ctx = mp.start_processes(fn, args=(2, _free_port(), str(out_dir)), nprocs=2, join=False, start_method="spawn")
+    t0 = time.monotonic()
+    try:
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() - t0 > deadline_s:
+                return f"still running after {deadline_s} s"
+    except Exception as e:                    # a rank raised (ProcessRaisedException & co.)
+        return f"{type(e).__name__}: {e}"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    return None
+
+
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed/gloo missing")
 def test_two_gloo_processes_equal_one_process(tmp_path):
     xs, ys = _data()
     net = _model()
     single = _train(net, net, xs, ys)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    why = _spawn(_probe, tmp_path, RENDEZVOUS_S + 60)
+    if why is not None or [(tmp_path / f"probe{r}").read_text() for r in range(2)] != ["3.0", "3.0"]:
+        pytest.skip(f"two gloo processes cannot all-reduce on loopback on this machine ({why})")
+    why = _spawn(_worker, tmp_path, DEADLINE_S)
+    assert why is None, f"distributed training on 2 gloo processes failed: {why}"
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     names = [k for k in single if k.endswith("_mu") or k.endswith("_sigma")]
     assert len(names) == 8
@@ -104,3 +149,28 @@ def test_shard_and_errors():
                 msd.init_from_env()
         finally:
             os.environ.update(env)
+
+
+def _sleeper(rank, world, port, out_dir):
+    time.sleep(600)
+
+
+def test_spawn_kills_a_pair_that_hangs(tmp_path):
+    # the guard that keeps a rendezvous which never completes from stalling the suite
+    t0 = time.monotonic()
+    why = _spawn(_sleeper, tmp_path, 2)
+    assert why == "still running after 2 s"
+    assert time.monotonic() - t0 < 60
+
+
+def test_init_from_env_rejects_a_bad_timeout(monkeypatch):
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    for bad in (0, -5, "60"):
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            msd.init_from_env("gloo", timeout=bad)
+    assert not dist.is_initialized()

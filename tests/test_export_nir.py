@@ -319,10 +319,10 @@ def test_legacy_file_reads_with_nir_1_0_4(tmp_path):
     code = ("import sys, nir; assert nir.__version__ == '1.0.4', nir.__version__; g = nir.read(sys.argv[1]); "
             "print(sorted(type(n).__name__ for n in g.nodes.values()))")
     env = dict(os.environ, PYTHONPATH=where)
-    ok = subprocess.run([sys.executable, "-c", code, str(old)], env=env, capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-c", code, str(old)], env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "SumPool2d" in ok.stdout and "LIF" in ok.stdout
-    bad = subprocess.run([sys.executable, "-c", code, str(new)], env=env, capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-c", code, str(new)], env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and ("v_reset" in bad.stderr or "metadata" in bad.stderr)
 
 
