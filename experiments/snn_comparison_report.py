@@ -308,6 +308,44 @@ def main() -> int:
                 lines.append(f"| {label} | " + " | ".join(
                     f"{r['sigma'][t]['layers.0.weight']['precision_median']:.0f}" if t < len(r["sigma"]) else ""
                     for t in range(k)) + " |")
+    seed1 = _load("full10_h200_seed1")
+    if seed1:
+        def pick(runs, rule, memory=None):
+            for r in runs:
+                if r["rule"] == rule and (memory is None or r["hyperparameters"].get("memory") == memory):
+                    return r
+            return None
+        k1 = max(len(r["acc"]) for r in seed1)
+
+        def cut1(r):
+            return dict(r, acc=r["acc"][:k1]) if r else None
+        lines += ["", "## 784-200-10: the window check on a second seed", "",
+                  "The three runs of the previous section with `--seed 1` (`paper_pmnist.py --rule R --seed 1 --model snn "
+                  f"--estimator local --T 10 --samples 10 --hidden 200 --tasks {k1} --checkpoint`, `--hp memory=600000`, "
+                  "`--hp memory=1e15` or `--hp lr=1`, folder `full10_h200_seed1`), next to seed 0:", ""]
+        lines += gap_table([("seed 0 MESU, N = 6e5", cut1(by.get("mesu"))),
+                            ("seed 0 MESU, N = 1e15", cut1(noprior)),
+                            ("seed 0 BGD", cut1(by.get("bgd"))),
+                            ("seed 1 MESU, N = 6e5", pick(seed1, "mesu", 600000.0)),
+                            ("seed 1 MESU, N = 1e15", pick(seed1, "mesu", 1e15)),
+                            ("seed 1 BGD", pick(seed1, "bgd"))], every=1)
+    n1200 = {r["rule"]: r for r in _load("full40_h200_n1200k") if not r.get("seed", 0)}.get("mesu")
+    if n1200:
+        lines += ["", "## 784-200-10: MESU with a 20-task window (N = 1.2e6) to 40 tasks", "",
+                  "Exploratory: N = 1,200,000 was not chosen on the validation stream (the grid there was tuned at "
+                  "5,000 images per task); it asks whether a longer window keeps BGD's retention while the prior terms "
+                  "keep plasticity (`paper_pmnist.py --rule mesu --seed 0 --model snn --estimator local --T 10 "
+                  "--samples 10 --hidden 200 --tasks 40 --checkpoint --resume --hp memory=1200000`, folder "
+                  "`full40_h200_n1200k`). Seed 0, next to the runs of `full40_h200`:", ""]
+        lines += gap_table([("MESU, N = 1.2e6", n1200), ("MESU, N = 6e5", full40.get("mesu")),
+                            ("BGD", full40.get("bgd"))])
+        lines += ["", "Median precision 1/σ² of the input layer after task k:", "",
+                  "| run | " + " | ".join(f"task {t}" for t in (0, 9, 19, 29, 39)) + " |", "|---|" + "---|" * 5]
+        for label, r in (("MESU, N = 1.2e6", n1200), ("MESU, N = 6e5", full40.get("mesu")), ("BGD", full40.get("bgd"))):
+            if r:
+                lines.append(f"| {label} | " + " | ".join(
+                    f"{r['sigma'][t]['layers.0.weight']['precision_median']:.0f}" if t < len(r["sigma"]) else ""
+                    for t in (0, 9, 19, 29, 39)) + " |")
     if full20_h200 or any(n300.values()):
         gap = gap_table([("ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long)", _ann_long()),
                          ("spiking 784-50-10 MESU, N = 6e5", h50.get("mesu")),
