@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .bounds import check_number
+
 __all__ = ["init_from_env", "data_parallel", "allreduce_sum_hook", "allreduce_grads_sum",
            "shared_generator", "shard"]
 
@@ -49,8 +51,8 @@ def init_from_env(backend: str | None = None, timeout: float | None = None) -> t
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise ValueError(f"init_from_env: environment variables {missing} not set; launch with torchrun")
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"init_from_env: timeout must be a positive number of seconds, got {timeout!r}")
+    if timeout is not None:
+        check_number("init_from_env timeout", timeout, ">0", "seconds")
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

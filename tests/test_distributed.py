@@ -184,7 +184,7 @@ def test_init_from_env_rejects_a_bad_timeout(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-    for bad in (0, -5, "60"):
-        with pytest.raises(ValueError, match="timeout must be a positive number"):
+    for bad in (0, -5, "60", True, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="timeout must be a finite number > 0"):
             msd.init_from_env("gloo", timeout=bad)
     assert not dist.is_initialized()
