@@ -48,7 +48,9 @@ from mesu_snn.datasets import load_mnist  # noqa: E402
 from mesu_snn.encoders import current_encode, standardization_stats, standardize  # noqa: E402
 from mesu_snn.metrics import accuracy  # noqa: E402
 from mesu_snn.seeding import derive_seed  # noqa: E402
+from mesu_snn.errors import FileFormatError  # noqa: E402
 from mesu_snn.rules.streaming_step import whole_step_for  # noqa: E402
+from mesu_snn.runs import atomic_write_text, load_checkpoint, save_checkpoint  # noqa: E402
 
 #: The paper's numbers (200 tasks, 5 seeds): last-task accuracy, mean of the last 5 tasks.
 PAPER = {"mesu_last_task": 94.68, "mesu_last_task_std": 0.14, "mesu_last5_mean": 88.75,
@@ -185,7 +187,7 @@ def run(args) -> dict:
            "standardization": {"mean": stats[0], "std": stats[1]}, "train_per_task": len(ytr),
            "test_per_task": len(yte), "n_tasks_planned": args.tasks, "threads": args.threads,
            "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",
-           "torch": torch.__version__, "paper": PAPER, "acc": [], "sigma": [], "task_seconds": [],
+           "torch": str(torch.__version__), "paper": PAPER, "acc": [], "sigma": [], "task_seconds": [],
            "ms_per_update": [], "done": False, "git_commit": _git_commit(), "command": " ".join(sys.argv)}
     whole = whole_step_for(rule, m_train) if args.whole_step else False
     whole = whole or None
@@ -197,14 +199,14 @@ def run(args) -> dict:
     if args.resume and ckpt.exists():
         # continue a run (e.g. extend 10 tasks to 20): model, rule state, both generators and the
         # results so far; the protocol must be the one the checkpoint was written with
-        state = torch.load(ckpt, weights_only=False)
+        state = _read_resume_state(ckpt)
         prev = state["res"]
         for key in ("rule", "hyperparameters", "seed", "hidden", "init", "model", "T", "estimator",
                     "readout", "train_per_task", "test_per_task", "train_samples", "gain"):
             if prev.get(key) != res.get(key):
                 raise SystemExit(f"--resume: {ckpt} was written with {key}={prev.get(key)!r}, "
                                  f"this run has {res.get(key)!r}")
-        net.load_state_dict(state["net"])
+        net.load_state_dict(state["model"] if "model" in state else state["net"])   # "net": before 2026-12-03
         rule.load_state_dict(state["rule"])
         torch.set_rng_state(state["rng"])
         order_g.set_state(state["order_g"])
@@ -252,19 +254,39 @@ def run(args) -> dict:
         res["wall_s"] = time.time() - t_start
         res["tasks_done"] = k + 1
         res["mean_acc_seen"] = sum(accs) / len(accs)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(res, indent=1))
-        os.replace(tmp, out)
+        atomic_write_text(out, json.dumps(res, indent=1))
         if args.checkpoint:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"net": net.state_dict(), "rule": rule.state_dict(), "rng": torch.get_rng_state(), "order_g": order_g.get_state(),
-                        "res": res}, tmp)
-            os.replace(tmp, ckpt)
+            # the library's checkpoint (runs/checkpoint.py): atomic, checksummed, weights only
+            save_checkpoint(ckpt, {"model": net.state_dict(), "rule": rule.state_dict(), "rng": torch.get_rng_state(),
+                                   "order_g": order_g.get_state(), "res": res})
         print(f"task {k}: acc new {accs[-1]:.4f} first {accs[0]:.4f} mean {res['mean_acc_seen']:.4f} "
               f"({res['ms_per_update'][-1]:.2f} ms/update, {res['task_seconds'][-1]:.0f} s)", flush=True)
     res["done"] = True
-    out.write_text(json.dumps(res, indent=1))
+    atomic_write_text(out, json.dumps(res, indent=1))
     return res
+
+
+def _read_resume_state(ckpt: Path) -> dict:
+    """The state a --resume continues from, read so that nothing in the file can run code: the
+    library's checkpoint format (weights only, SHA-256 checked), or a file of this script from
+    before 2026-12-03 (a bare ``torch.save`` of the same dict, whose results hold torch's
+    ``TorchVersion``, a ``str`` subclass): weights only too, with that one class allowed."""
+    from torch.torch_version import TorchVersion
+    try:
+        with torch.serialization.safe_globals([TorchVersion]):
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle that names code, or a torn file
+        raise SystemExit(f"--resume: {ckpt} was refused by the safe (weights-only) reader "
+                         f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})") from None
+    if isinstance(state, dict) and "format" in state:
+        try:
+            return load_checkpoint(ckpt)
+        except FileFormatError as e:
+            raise SystemExit(f"--resume: {e}") from None
+    if not isinstance(state, dict) or not {"rule", "rng", "order_g", "res"} <= set(state) \
+            or "net" not in state:
+        raise SystemExit(f"--resume: {ckpt} is not a checkpoint of this script")
+    return state
 
 
 def main(argv=None):

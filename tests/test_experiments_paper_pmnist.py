@@ -102,3 +102,47 @@ def test_checkpoint_resume_continues_exactly_and_refuses_another_protocol(tmp_pa
     other = [*base[:base.index("--train-per-task") + 1], "200", *base[base.index("--train-per-task") + 2:]]
     with pytest.raises(SystemExit, match="train_per_task=300"):
         pp.main([*other, "--tasks", "4", "--checkpoint", "--resume", "--out", str(part)])
+
+    # a checkpoint of this script from before it used the library's format (a bare torch.save,
+    # whose results hold torch's TorchVersion) still resumes, to the same numbers
+    import torch
+    from mesu_snn.runs import load_checkpoint
+    two = tmp_path / "two.json"
+    pp.main([*base, "--tasks", "2", "--checkpoint", "--out", str(two)])
+    state = load_checkpoint(two.with_suffix(".ckpt.pt"))
+    state["net"] = state.pop("model")
+    state["res"]["torch"] = torch.__version__
+    assert type(state["res"]["torch"]) is not str
+    torch.save(state, two.with_suffix(".ckpt.pt"))
+    pp.main([*base, "--tasks", "3", "--checkpoint", "--resume", "--out", str(two)])
+    c = json.loads(two.read_text())
+    assert c["acc"] == a["acc"] and c["sigma"] == a["sigma"] and c["resumed_at_task"] == [2]
+    assert load_checkpoint(two.with_suffix(".ckpt.pt"))["res"]["tasks_done"] == 3   # rewritten in the new format
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+        return (os.mkdir, (os.environ["MESU_TEST_MARKER"],))
+
+
+def test_resume_never_runs_code_from_the_checkpoint(tmp_path, monkeypatch):
+    """--resume reads its file weights-only: a checkpoint whose pickle would call a function is
+    refused with the file named, and the function never runs."""
+    import torch
+    import paper_pmnist as pp
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("MESU_TEST_MARKER", str(marker))
+    out = tmp_path / "evil.json"
+    torch.save({"net": {}, "rule": {}, "rng": torch.zeros(1), "order_g": torch.zeros(1),
+                "res": {"payload": _RunsCode()}}, out.with_suffix(".ckpt.pt"))
+    with pytest.raises(SystemExit, match=r"evil\.ckpt\.pt was refused by the safe \(weights-only\) reader"):
+        pp.main(["--rule", "mesu", "--model", "snn", "--estimator", "local", "--train-per-task", "50",
+                 "--test-per-task", "50", "--log-every", "0", "--data-root", _data_root(), "--tasks", "1",
+                 "--checkpoint", "--resume", "--out", str(out)])
+    assert not marker.exists()
+    torch.save([1, 2], out.with_suffix(".ckpt.pt"))     # readable, but not this script's
+    with pytest.raises(SystemExit, match="is not a checkpoint of this script"):
+        pp.main(["--rule", "mesu", "--model", "snn", "--estimator", "local", "--train-per-task", "50",
+                 "--test-per-task", "50", "--log-every", "0", "--data-root", _data_root(), "--tasks", "1",
+                 "--checkpoint", "--resume", "--out", str(out)])
