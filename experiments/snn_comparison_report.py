@@ -346,6 +346,35 @@ def main() -> int:
                 lines.append(f"| {label} | " + " | ".join(
                     f"{r['sigma'][t]['layers.0.weight']['precision_median']:.0f}" if t < len(r["sigma"]) else ""
                     for t in (0, 9, 19, 29, 39)) + " |")
+    full60 = {r["rule"]: r for r in _load("full60_h200") if not r.get("seed", 0)}
+    if full60:
+        lines += ["", "## 784-200-10: MESU with a 20-task window against BGD to 60 tasks", "",
+                  "The two runs of the sections above (MESU N = 1.2e6, BGD), resumed from their 40-task checkpoints "
+                  "(`paper_pmnist.py --rule mesu|bgd --seed 0 --model snn --estimator local --T 10 --samples 10 "
+                  "--hidden 200 --tasks 60 --checkpoint --resume --hp memory=1200000|lr=1`, folder `full60_h200`): "
+                  "does BGD's shrinking plasticity cost it its lead as the stream grows? Seed 0, every 5 tasks "
+                  "(N = 1.2e6 was not chosen on the validation stream). ![curves](curves_full60_h200.png)", ""]
+        lines += gap_table([("MESU, N = 1.2e6", full60.get("mesu")), ("BGD", full60.get("bgd"))])
+        both = [r for r in (full60.get("mesu"), full60.get("bgd")) if r and r.get("acc")]
+        if len(both) == 2:
+            k = min(len(r["acc"]) for r in both)
+            for lo in (20, 30, 40, 50):
+                if k - lo < 5:
+                    continue
+                m = [sum(sum(r["acc"][t][-5:]) / 5 for t in range(lo, k)) / (k - lo) for r in both]
+                ln = [sum(r["acc"][t][t] for t in range(lo, k)) / (k - lo) for r in both]
+                lines += ["", f"Tasks {lo}-{k - 1}, averaged over the task index (the last-5 mean moves by about a point "
+                          f"from one task to the next): mean of the last 5 MESU {_pct(m[0])} vs BGD {_pct(m[1])}; "
+                          f"learning accuracy MESU {_pct(ln[0])} vs BGD {_pct(ln[1])}."]
+        ts = [t for t in (0, 19, 39, 49, 59)]
+        lines += ["", "Median precision 1/σ² of the input layer after task k:", "",
+                  "| run | " + " | ".join(f"task {t}" for t in ts) + " |", "|---|" + "---|" * len(ts)]
+        for label, r in (("MESU, N = 1.2e6", full60.get("mesu")), ("BGD", full60.get("bgd"))):
+            if r:
+                lines.append(f"| {label} | " + " | ".join(
+                    f"{r['sigma'][t]['layers.0.weight']['precision_median']:.0f}" if t < len(r["sigma"]) else ""
+                    for t in ts) + " |")
+        lines += common_horizon(list(full60.values()), stopped_note=True)
     if full20_h200 or any(n300.values()):
         gap = gap_table([("ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long)", _ann_long()),
                          ("spiking 784-50-10 MESU, N = 6e5", h50.get("mesu")),
@@ -388,6 +417,9 @@ def main() -> int:
          "Spiking 784-200-10 (LIF, T = 10), permuted MNIST, batch 1, 60,000 images per task")
     plot(list(full40.values()), RES / "curves_full40_h200.png",
          "Spiking 784-200-10 (LIF, T = 10), permuted MNIST, batch 1, 40 tasks of 60,000 images: MESU vs BGD")
+    if full60:
+        plot(list(full60.values()), RES / "curves_full60_h200.png",
+             "Spiking 784-200-10 (LIF, T = 10), permuted MNIST, batch 1, 60 tasks: MESU (N = 1.2e6) vs BGD")
     print("\n".join(lines))
     return 0
 

@@ -31,6 +31,7 @@ def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
         "full20_h200_n300k": [_run("mesu", 4, base=0.93, done=False, planned=20, hidden=200, memory=300000)],
         "full20_prior_init": [_run("mesu", 6, base=0.92, sigma_prior="init")],
         "full20_h200_prior_init": [_run("mesu", 4, base=0.94, hidden=200, sigma_prior="init")],
+        "full60_h200": [_run("mesu", 26, hidden=200, memory=1200000), _run("bgd", 26, base=0.89, hidden=200)],
     }.items():
         (res / folder).mkdir(parents=True)
         for i, r in enumerate(runs):
@@ -44,6 +45,13 @@ def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
     assert "## A wider network at the paper's epoch: 784-200-10" in text
     assert "## MESU at the paper's window, N = 300,000 samples" in text
     assert "## The gap to the paper's ANN, task by task" in text
+    # the 60-task section: the two runs side by side, their averages over tasks 20-25 (synthetic rows:
+    # last-5 = base - 0.02, learning = base), the input-layer precision table, the plot
+    sixty = text[text.index("## 784-200-10: MESU with a 20-task window against BGD to 60 tasks"):]
+    assert ("Tasks 20-25, averaged over the task index (the last-5 mean moves by about a point from one task to the "
+            "next): mean of the last 5 MESU 88.00 vs BGD 87.00; learning accuracy MESU 90.00 vs BGD 89.00.") in sixty
+    assert "| MESU, N = 1.2e6 | 200 | 200 |  |  |  |" in sixty
+    assert (res / "curves_full60_h200.png").exists()
     # the gap table: the ANN's learning accuracy at task 0 (95.00) and the h200 run's (95.00), the last tasks shown
     gap = text[text.index("## The gap"):]
     assert "| ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long): learning acc. (%) | 95.00 |" in gap
