@@ -164,6 +164,18 @@ def gap_table(groups: list[tuple[str, dict | None]], every: int = 5) -> list[str
     return lines
 
 
+def input_precision_table(groups: list[tuple[str, dict | None]], tasks: tuple[int, ...]) -> list[str]:
+    """Median precision 1/σ² of the input layer after each of ``tasks``, one row per run (label, JSON)."""
+    lines = ["", "Median precision 1/σ² of the input layer after task k:", "",
+             "| run | " + " | ".join(f"task {t}" for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for label, r in groups:
+        if r:
+            lines.append(f"| {label} | " + " | ".join(
+                f"{r['sigma'][t]['layers.0.weight']['precision_median']:.0f}" if t < len(r["sigma"]) else ""
+                for t in tasks) + " |")
+    return lines
+
+
 def plot(runs: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -339,13 +351,8 @@ def main() -> int:
                   "`full40_h200_n1200k`). Seed 0, next to the runs of `full40_h200`:", ""]
         lines += gap_table([("MESU, N = 1.2e6", n1200), ("MESU, N = 6e5", full40.get("mesu")),
                             ("BGD", full40.get("bgd"))])
-        lines += ["", "Median precision 1/σ² of the input layer after task k:", "",
-                  "| run | " + " | ".join(f"task {t}" for t in (0, 9, 19, 29, 39)) + " |", "|---|" + "---|" * 5]
-        for label, r in (("MESU, N = 1.2e6", n1200), ("MESU, N = 6e5", full40.get("mesu")), ("BGD", full40.get("bgd"))):
-            if r:
-                lines.append(f"| {label} | " + " | ".join(
-                    f"{r['sigma'][t]['layers.0.weight']['precision_median']:.0f}" if t < len(r["sigma"]) else ""
-                    for t in (0, 9, 19, 29, 39)) + " |")
+        lines += input_precision_table([("MESU, N = 1.2e6", n1200), ("MESU, N = 6e5", full40.get("mesu")),
+                                        ("BGD", full40.get("bgd"))], (0, 9, 19, 29, 39))
     full60 = {r["rule"]: r for r in _load("full60_h200") if not r.get("seed", 0)}
     if full60:
         lines += ["", "## 784-200-10: MESU with a 20-task window against BGD to 60 tasks", "",
@@ -366,14 +373,8 @@ def main() -> int:
                 lines += ["", f"Tasks {lo}-{k - 1}, averaged over the task index (the last-5 mean moves by about a point "
                           f"from one task to the next): mean of the last 5 MESU {_pct(m[0])} vs BGD {_pct(m[1])}; "
                           f"learning accuracy MESU {_pct(ln[0])} vs BGD {_pct(ln[1])}."]
-        ts = [t for t in (0, 19, 39, 49, 59)]
-        lines += ["", "Median precision 1/σ² of the input layer after task k:", "",
-                  "| run | " + " | ".join(f"task {t}" for t in ts) + " |", "|---|" + "---|" * len(ts)]
-        for label, r in (("MESU, N = 1.2e6", full60.get("mesu")), ("BGD", full60.get("bgd"))):
-            if r:
-                lines.append(f"| {label} | " + " | ".join(
-                    f"{r['sigma'][t]['layers.0.weight']['precision_median']:.0f}" if t < len(r["sigma"]) else ""
-                    for t in ts) + " |")
+        lines += input_precision_table([("MESU, N = 1.2e6", full60.get("mesu")), ("BGD", full60.get("bgd"))],
+                                       (0, 19, 39, 49, 59))
         lines += common_horizon(list(full60.values()), stopped_note=True)
     if full20_h200 or any(n300.values()):
         gap = gap_table([("ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long)", _ann_long()),
