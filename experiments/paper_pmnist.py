@@ -215,6 +215,7 @@ def run(args) -> dict:
         res["resumed_at_task"] = res.get("resumed_at_task", []) + [prev["tasks_done"]]
         first = prev["tasks_done"]
         print(f"resumed from {ckpt} after task {first - 1}", flush=True)
+    wall_before = prev.get("wall_s", 0.0) if first else 0.0
     t_start = time.time()
     for k in range(first, args.tasks):
         xk = xtr[:, perms[k]].contiguous()
@@ -251,7 +252,7 @@ def run(args) -> dict:
         res["task_seconds"].append(time.perf_counter() - t0)
         res["ms_per_update"].append(train_s / len(ytr) * 1e3)
         res["train_acc_running"] = res.get("train_acc_running", []) + [run_correct / len(ytr)]
-        res["wall_s"] = time.time() - t_start
+        res["wall_s"] = wall_before + time.time() - t_start     # over every resumed part of the run
         res["tasks_done"] = k + 1
         res["mean_acc_seen"] = sum(accs) / len(accs)
         atomic_write_text(out, json.dumps(res, indent=1))

@@ -11,6 +11,8 @@ import json
 import statistics as st
 from pathlib import Path
 
+from paper_pmnist_report import run_seconds
+
 HERE = Path(__file__).resolve().parent
 RES = HERE / "results" / "snn_comparison"
 #: the ANN reproduction's long MESU run (experiments/paper_pmnist.py), the reference of the gap table
@@ -78,7 +80,7 @@ def final_tables(runs: list[dict]) -> list[str]:
         lines.append(f"| {_label(r, runs)} | {r['tasks_done']}{'' if r.get('done') else ' (running)'} | "
                      f"{_pct(m['last5'])} | {_pct(m['all'])} | {', '.join(map(_pct, m['learning']))} | "
                      f"{', '.join(map(_pct, m['final_row']))} | {st.median(r['ms_per_update']):.2f} | "
-                     f"{r['wall_s'] / 3600:.2f} h |")
+                     f"{run_seconds(r) / 3600:.2f} h |")
     lines += ["", "σ per layer after each task (median σ; median precision 1/σ²) for the Bayesian rules:", "",
               "| rule | layer | " + " | ".join(f"task {t}" for t in range(max(len(r['sigma']) for r in runs))) + " |",
               "|---|---|" + "---|" * max(len(r['sigma']) for r in runs)]

@@ -94,8 +94,10 @@ def test_checkpoint_resume_continues_exactly_and_refuses_another_protocol(tmp_pa
     part = tmp_path / "part.json"
     pp.main([*base, "--tasks", "2", "--checkpoint", "--out", str(part)])
     assert part.with_suffix(".ckpt.pt").exists() and json.loads(part.read_text())["tasks_done"] == 2
+    wall2 = json.loads(part.read_text())["wall_s"]
     pp.main([*base, "--tasks", "3", "--checkpoint", "--resume", "--out", str(part)])
     a, b = json.loads((tmp_path / "whole.json").read_text()), json.loads(part.read_text())
+    assert b["wall_s"] > wall2            # the run's time adds up over its resumed parts
     assert b["done"] and b["tasks_done"] == 3 and b["resumed_at_task"] == [2]
     assert a["whole_step"] and b["whole_step"]
     assert a["acc"] == b["acc"] and a["sigma"] == b["sigma"]

@@ -19,6 +19,12 @@ def _run(rule, tasks, seed=0, done=True, base=0.9, planned=None, hidden=50, **hp
             "wall_s": 3600.0, "machine": "test", "torch": "x", "mean_acc_seen": base}
 
 
+def test_run_seconds_adds_up_resumed_parts():
+    from paper_pmnist_report import run_seconds
+    assert run_seconds({"task_seconds": [100.0, 250.0], "wall_s": 250.0}) == 350.0   # wall_s: the last part only
+    assert run_seconds({"wall_s": 42.0}) == 42.0                                      # files without per-task times
+
+
 def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
     import snn_comparison_report as rep
     res = tmp_path / "snn_comparison"
