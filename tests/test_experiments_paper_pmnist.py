@@ -148,3 +148,25 @@ def test_resume_never_runs_code_from_the_checkpoint(tmp_path, monkeypatch):
         pp.main(["--rule", "mesu", "--model", "snn", "--estimator", "local", "--train-per-task", "50",
                  "--test-per-task", "50", "--log-every", "0", "--data-root", _data_root(), "--tasks", "1",
                  "--checkpoint", "--resume", "--out", str(out)])
+
+
+def test_paper_table_statistic_is_the_authors_stream_average():
+    """The paper's "mean accuracy on the last 5 tasks" (88.75 / 77.69) is the authors' stream average
+    (figure-pmnist-tradeoff.ipynb, cell 9): after each task t >= 5 the mean over the 5 tasks before
+    it, plus the true last-5 mean after the last task (their clamped index)."""
+    from paper_pmnist_report import AUTHORS_LAST5, paper_table_curve, paper_table_last5
+    n = 8
+    acc = [[round(0.5 + 0.01 * j + 0.1 * (k == j), 4) for j in range(k + 1)] for k in range(n)]
+    ys = paper_table_curve(acc)
+    assert len(ys) == n - 5 + 1
+    assert ys[0] == pytest.approx(sum(acc[5][0:5]) / 5)            # tasks 0-4 after task 5, task 5 left out
+    assert ys[2] == pytest.approx(sum(acc[7][2:7]) / 5)
+    assert ys[-1] == pytest.approx(sum(acc[7][3:8]) / 5)           # the clamped point: tasks 3-7 after task 7
+    assert paper_table_last5(acc) == pytest.approx(sum(ys) / len(ys))
+    # the committed reference curves give back the means the authors' notebook printed
+    ref = json.loads(AUTHORS_LAST5.read_text())
+    for key in ("mesu_N300000", "foovb_diagonal"):
+        assert len(ref[key]) == len(ref["t"]) == 196
+        assert sum(ref[key]) / 196 == pytest.approx(ref["printed_means"][key], abs=1e-4)
+    assert ref["printed_means"] == {"mesu_N300000": 88.75478, "foovb_diagonal": 77.69423}
+    assert ref["mesu_N300000"][-1] == pytest.approx(91.337746)      # = the notebook's last-5 after 200 tasks
