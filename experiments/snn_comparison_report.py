@@ -19,6 +19,8 @@ RES = HERE / "results" / "snn_comparison"
 ANN_LONG = HERE / "results" / "paper_pmnist" / "long" / "mesu_seed0.json"
 ORDER = ["mesu", "bgd", "sgd", "adam", "ewc", "si"]
 NAMES = {"mesu": "MESU", "bgd": "BGD (FOO-VB)", "sgd": "SGD", "adam": "Adam", "ewc": "online EWC", "si": "SI"}
+#: the authors' ANN width x window study (figure-pmnist-N-study.ipynb), reference data
+AUTHORS_N_STUDY = HERE / "reference" / "authors_pmnist_N_study.json"
 #: the paper's ANN (200 tasks): last-task accuracy and mean of the last 5 tasks (%)
 PAPER_ANN = ("MESU 94.68 ± 0.14 last task; mean of the last 5 tasks after the 200 tasks 91.34 (the authors' notebook; "
              "the paper table's 88.75 is a stream average of another statistic, see results/paper_pmnist/README.md)")
@@ -176,6 +178,28 @@ def input_precision_table(groups: list[tuple[str, dict | None]], tasks: tuple[in
             lines.append(f"| {label} | " + " | ".join(
                 f"{r['sigma'][t]['layers.0.weight']['precision_median']:.0f}" if t < len(r["sigma"]) else ""
                 for t in tasks) + " |")
+    return lines
+
+
+def authors_n_study() -> list[str]:
+    """The authors' ANN study of the window N against the hidden width (200 tasks, 5 seeds): mean
+    of the last 5 tasks after the stream per (H, N), the best N of each width in bold."""
+    if not AUTHORS_N_STUDY.exists():
+        return []
+    ref = json.loads(AUTHORS_N_STUDY.read_text())
+    ns = sorted({r["N"] for r in ref["rows"]})
+    by = {(r["hidden"], r["N"]): r["last5"] for r in ref["rows"]}
+    name = {n: ("10¹⁵ (no prior terms)" if n >= 1e15 else f"{n:,}") for n in ns}
+    lines = ["", "## The window and the width in the authors' ANN", "",
+             "The authors ran the ANN protocol (200 tasks, 5 seeds, σ_prior = 1) for hidden widths H = 50-1024 and "
+             "windows N = 180,000-2,400,000 and 10¹⁵ (`figure-pmnist-N-study.ipynb`, cell 9 output; "
+             "`experiments/reference/authors_pmnist_N_study.json`). Mean of the last 5 tasks after task 199 (%), "
+             "the best N of each width in bold:", "",
+             "| H | " + " | ".join(f"N = {name[n]}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    for h in sorted({r["hidden"] for r in ref["rows"]}):
+        best = max(ns, key=lambda n: by.get((h, n), -1.0))
+        lines.append(f"| {h} | " + " | ".join(
+            ("**%.2f**" if n == best else "%.2f") % by[(h, n)] if (h, n) in by else "" for n in ns) + " |")
     return lines
 
 
@@ -356,6 +380,7 @@ def main() -> int:
                             ("BGD", full40.get("bgd"))])
         lines += input_precision_table([("MESU, N = 1.2e6", n1200), ("MESU, N = 6e5", full40.get("mesu")),
                                         ("BGD", full40.get("bgd"))], (0, 9, 19, 29, 39))
+    lines += authors_n_study()
     full60 = {r["rule"]: r for r in _load("full60_h200") if not r.get("seed", 0)}
     if full60:
         lines += ["", "## 784-200-10: MESU with a 20-task window against BGD to 60 tasks", "",

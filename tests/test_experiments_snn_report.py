@@ -58,6 +58,9 @@ def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
             "next): mean of the last 5 MESU 88.00 vs BGD 87.00; learning accuracy MESU 90.00 vs BGD 89.00.") in sixty
     assert "| MESU, N = 1.2e6 | 200 | 200 |  |  |  |" in sixty
     assert (res / "curves_full60_h200.png").exists()
+    # the authors' width x window table, from the committed reference data: best N per width in bold
+    assert "| 256 | 82.01 | 88.71 | **93.06** | 92.99 | 91.34 | 87.00 |" in text
+    assert "| 50 | 86.86 | **91.34** |" in text
     # the gap table: the ANN's learning accuracy at task 0 (95.00) and the h200 run's (95.00), the last tasks shown
     gap = text[text.index("## The gap"):]
     assert "| ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long): learning acc. (%) | 95.00 |" in gap
