@@ -70,6 +70,9 @@ def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
     assert "Every rule after 3 tasks" in text
     # seeds of full20: MESU 0, 1 over 6 tasks; last-5 of the synthetic rows = 0.9 - 0.01 * mean(4..0) = 88.00
     assert "| MESU | 0, 1 | 6 | 88.00 ± 0.00 |" in text
+    # the paper table's stream average beside it: t = 5: tasks 0-4 after task 5 (87.00), then the clamped
+    # last point, tasks 1-5 after task 5 (88.00): 87.50
+    assert "| 6 | 88.00 | 87.50 |" in text
     assert (res / "curves_full20_h200.png").exists()
     # two widths in one table: each row names its network, so no two rows read the same
     n300 = text[text.index("## MESU at the paper's window"):text.index("## MESU with each layer")]
