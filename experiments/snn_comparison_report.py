@@ -172,6 +172,22 @@ def gap_table(groups: list[tuple[str, dict | None]], every: int = 5) -> list[str
     return lines
 
 
+def forgetting_profile(groups: list[tuple[str, dict | None]], first: int, last: int,
+                       backs: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 7, 10, 15, 20)) -> list[str]:
+    """Accuracy on the task k tasks back, right after each task t = first..last, averaged over t:
+    the shape of a rule's memory (k = 0 is its learning accuracy), one row per run (label, JSON)."""
+    groups = [(label, r) for label, r in groups if r and len(r.get("acc", [])) > last]
+    if not groups or first < max(backs):
+        return []
+    lines = ["", f"Accuracy on the task k tasks back, right after task t, averaged over t = {first}-{last} (%):", "",
+             "| run | " + " | ".join(f"k = {k}" for k in backs) + " |", "|---|" + "---|" * len(backs)]
+    for label, r in groups:
+        acc = r["acc"]
+        lines.append(f"| {label} | " + " | ".join(
+            _pct(sum(acc[t][t - k] for t in range(first, last + 1)) / (last - first + 1)) for k in backs) + " |")
+    return lines
+
+
 def input_precision_table(groups: list[tuple[str, dict | None]], tasks: tuple[int, ...]) -> list[str]:
     """Median precision 1/σ² of the input layer after each of ``tasks``, one row per run (label, JSON)."""
     lines = ["", "Median precision 1/σ² of the input layer after task k:", "",
@@ -383,6 +399,13 @@ def main() -> int:
                             ("BGD", full40.get("bgd"))])
         lines += input_precision_table([("MESU, N = 1.2e6", n1200), ("MESU, N = 6e5", full40.get("mesu")),
                                         ("BGD", full40.get("bgd"))], (0, 9, 19, 29, 39))
+        ann_bgd = ANN_LONG.with_name("bgd_seed0.json")
+        lines += forgetting_profile([("spiking 784-200-10 MESU, N = 1.2e6", n1200),
+                                     ("spiking 784-200-10 MESU, N = 6e5", full40.get("mesu")),
+                                     ("spiking 784-200-10 BGD", full40.get("bgd")),
+                                     ("ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long)", _ann_long()),
+                                     ("ANN 784-50-10 BGD (paper_pmnist/long)",
+                                      json.loads(ann_bgd.read_text()) if ann_bgd.exists() else None)], 30, 39)
     lines += authors_n_study()
     full60 = {r["rule"]: r for r in _load("full60_h200") if not r.get("seed", 0)}
     if full60:

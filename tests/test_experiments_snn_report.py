@@ -25,6 +25,16 @@ def test_run_seconds_adds_up_resumed_parts():
     assert run_seconds({"wall_s": 42.0}) == 42.0                                      # files without per-task times
 
 
+def test_forgetting_profile_is_the_accuracy_k_tasks_back():
+    import snn_comparison_report as rep
+    r = _run("mesu", 26)                                   # acc[t][t - k] = 0.9 - 0.01 k
+    lines = rep.forgetting_profile([("a", r), ("too short", _run("bgd", 20)), ("none", None)], 20, 25,
+                                   backs=(0, 5, 20))
+    assert "averaged over t = 20-25" in lines[1]
+    assert lines[-1] == "| a | 90.00 | 85.00 | 70.00 |"    # the 20-task run cannot reach t = 25: left out
+    assert rep.forgetting_profile([("a", r)], 3, 25, backs=(0, 5)) == []   # t - k would be negative
+
+
 def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
     import snn_comparison_report as rep
     res = tmp_path / "snn_comparison"
