@@ -22,6 +22,9 @@ stream (seeds ``FINAL_SEEDS``), ``--tasks`` tasks of ``--train-per-task`` images
         --test-per-task 2000 --folder long --jobs 2     # plasticity over a longer stream
     python experiments/snn_comparison.py --phase final --rules mesu bgd --tasks 40 --resume \\
         --folder long --jobs 2     # extend finished runs from their checkpoints (.ckpt.pt)
+    python experiments/snn_comparison.py --phase val --rules mesu --hidden 200 --val-tasks 12 \
+        --val-train 0 --val-test 0 --score last5 --grid mesu:memory=600000,1200000,2400000 \
+        --extend --resume --val-folder val_full_h200 --jobs 2     # MESU's window at the full epoch
     python experiments/snn_comparison_report.py
 
 Results: ``experiments/results/snn_comparison/{val,final}/*.json`` (written after every task),
@@ -85,49 +88,78 @@ def launch(rule: str, hp: list[str], seed: int, out: Path, extra: list[str], tas
         return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT)
 
 
-def score(path: Path) -> float | None:
+#: validation scores: the mean accuracy over the tasks seen after the last (the short grid's), or the
+#: mean of the last 5 tasks after the last (the paper's metric; for tuning a window at full length)
+SCORES = {"mean_seen": lambda d: d["mean_acc_seen"],
+          "last5": lambda d: sum(d["acc"][-1][-5:]) / len(d["acc"][-1][-5:])}
+
+
+def score(path: Path, how: str = "mean_seen") -> float | None:
     if not path.exists():
         return None
     d = json.loads(path.read_text())
-    return d["mean_acc_seen"] if d.get("done") else None
+    return SCORES[how](d) if d.get("done") else None
 
 
-def val_extra(hidden: list[int]) -> list[str]:
-    return ["--validation", "--tasks", str(VAL_TASKS), "--train-per-task", str(VAL_TRAIN),
-            "--test-per-task", str(VAL_TEST), "--hidden", *map(str, hidden)]
+def val_extra(hidden: list[int], tasks: int = VAL_TASKS, train: int = VAL_TRAIN, test: int = VAL_TEST,
+              resume: bool = False) -> list[str]:
+    """paper_pmnist.py arguments of a validation run (train/test 0: all 50,000 / 10,000 images of the
+    validation split); with ``resume``, checkpointed runs continue to ``tasks``."""
+    return ["--validation", "--tasks", str(tasks), "--train-per-task", str(train), "--test-per-task", str(test),
+            "--hidden", *map(str, hidden), *(["--checkpoint", "--resume"] if resume else [])]
+
+
+def grid_for(rule: str, grids: list[str]) -> list[list[str]]:
+    """GRID[rule], or the values given by ``--grid RULE:KEY=V1,V2,...`` for that rule's KEY (the
+    rule's other settings as in its first GRID entry)."""
+    for g in grids:
+        r, _, kv = g.partition(":")
+        k, _, vs = kv.partition("=")
+        if r not in GRID or not k or not vs:
+            raise SystemExit(f"--grid {g!r}: expected RULE:KEY=V1,V2,... with RULE in {sorted(GRID)}")
+        if r == rule:
+            base = [h for h in GRID[rule][0] if not h.startswith(k + "=")]
+            return [sorted(base + [f"{k}={v}"]) for v in vs.split(",") if v]
+    return GRID[rule]
 
 
 def phase_val(args) -> None:
-    vdir = OUT / "val"
+    vdir = OUT / args.val_folder
     vdir.mkdir(parents=True, exist_ok=True)
     rules = args.rules or list(GRID)
-    jobs = [(r, hp) for r in rules for hp in GRID[r]]
+    grids = {r: grid_for(r, args.grid) for r in rules}
+    extra = val_extra(args.hidden, args.val_tasks, args.val_train, args.val_test, args.resume)
+    jobs = [(r, hp) for r in rules for hp in grids[r]]
     with ThreadPoolExecutor(args.jobs) as ex:
-        list(ex.map(lambda j: launch(j[0], j[1], VAL_SEED, vdir / f"{tag(*j)}.json", val_extra(args.hidden)), jobs))
+        list(ex.map(lambda j: launch(j[0], j[1], VAL_SEED, vdir / f"{tag(*j)}.json", extra, args.val_tasks), jobs))
     if args.extend:       # one more point beyond a winning edge (the same for every rule)
         ext = []
         for r in rules:
-            scores = [score(vdir / f"{tag(r, hp)}.json") or 0.0 for hp in GRID[r]]
+            scores = [score(vdir / f"{tag(r, hp)}.json", args.score) or 0.0 for hp in grids[r]]
             i = max(range(len(scores)), key=scores.__getitem__)
             if i in (0, len(scores) - 1):
                 key, f = EXTEND[r]
-                hp = list(GRID[r][i])
+                hp = list(grids[r][i])
                 j = next(k for k, h in enumerate(hp) if h.startswith(key + "="))
                 v = float(hp[j].split("=")[1]) * (f if i else 1 / f)
                 hp[j] = f"{key}={v:g}"
                 ext.append((r, hp))
         with ThreadPoolExecutor(args.jobs) as ex:
-            list(ex.map(lambda j: launch(j[0], j[1], VAL_SEED, vdir / f"{tag(*j)}.json", val_extra(args.hidden)), ext))
+            list(ex.map(lambda j: launch(j[0], j[1], VAL_SEED, vdir / f"{tag(*j)}.json", extra, args.val_tasks), ext))
     best = {}
     for f in sorted(vdir.glob("*.json")):
-        d = json.loads(f.read_text())
-        if not d.get("done"):
+        if f.name == "best.json":
             continue
-        hp = [f"{k}={v}" for k, v in d["hyperparameters"].items()]
+        d = json.loads(f.read_text())
+        if not d.get("done") or d.get("rule") not in rules:
+            continue
+        sc = SCORES[args.score](d)
         r = d["rule"]
-        if r not in best or d["mean_acc_seen"] > best[r]["val_score"]:
-            best[r] = {"hp_file": f.name, "val_score": d["mean_acc_seen"], "tag": f.stem}
-    (OUT / "best.json").write_text(json.dumps(best, indent=1))
+        if r not in best or sc > best[r]["val_score"]:
+            best[r] = {"hp_file": f.name, "val_score": sc, "score": args.score, "tag": f.stem}
+    # the short grid's choice is results/snn_comparison/best.json (what --phase final reads); a
+    # tuning in another folder keeps its own, so it never replaces the settings of the final runs
+    (OUT / "best.json" if args.val_folder == "val" else vdir / "best.json").write_text(json.dumps(best, indent=1))
     print(json.dumps(best, indent=1))
 
 
@@ -185,8 +217,22 @@ def main(argv=None):
                          "(MESU's window was tuned in tasks of 5,000 images: 50,000 = 10 tasks; at the "
                          "paper's 60,000 images per task the same 10-task window is 600,000)")
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="final runs: seeds (default FINAL_SEEDS)")
+    ap.add_argument("--val-tasks", type=int, default=VAL_TASKS, help="validation runs: tasks")
+    ap.add_argument("--val-train", type=int, default=VAL_TRAIN,
+                    help="validation runs: training images per task (0: all 50,000 of the validation split)")
+    ap.add_argument("--val-test", type=int, default=VAL_TEST,
+                    help="validation runs: test images per task (0: all 10,000 held-out training images)")
+    ap.add_argument("--val-folder", default="val",
+                    help="validation runs' folder; another than val/ writes its own best.json there")
+    ap.add_argument("--score", choices=sorted(SCORES), default="mean_seen",
+                    help="validation score: mean over the tasks seen (the short grid) or last5, the mean "
+                         "of the last 5 tasks (for tuning MESU's window over a long stream)")
+    ap.add_argument("--grid", nargs="*", default=[],
+                    help="validation: RULE:KEY=V1,V2,... replacing a rule's grid, e.g. "
+                         "mesu:memory=600000,1200000,2400000")
     ap.add_argument("--resume", action="store_true",
-                    help="final runs: continue runs with fewer than --tasks tasks from their checkpoints")
+                    help="continue runs with fewer than --tasks (final) or --val-tasks (validation) tasks "
+                         "from their checkpoints (validation runs then write checkpoints)")
     args = ap.parse_args(argv)
     t0 = time.time()
     {"val": phase_val, "final": phase_final}[args.phase](args)
