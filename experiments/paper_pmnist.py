@@ -195,7 +195,7 @@ def run(args) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = out.with_suffix(".ckpt.pt")
-    first = 0
+    first, wall_before = 0, 0.0
     if args.resume and ckpt.exists():
         # continue a run (e.g. extend 10 tasks to 20): model, rule state, both generators and the
         # results so far; the protocol must be the one the checkpoint was written with
@@ -213,9 +213,8 @@ def run(args) -> dict:
         for key in ("acc", "sigma", "task_seconds", "ms_per_update", "train_acc_running"):
             res[key] = prev.get(key, [])
         res["resumed_at_task"] = res.get("resumed_at_task", []) + [prev["tasks_done"]]
-        first = prev["tasks_done"]
+        first, wall_before = prev["tasks_done"], float(prev.get("wall_s", 0.0))
         print(f"resumed from {ckpt} after task {first - 1}", flush=True)
-    wall_before = prev.get("wall_s", 0.0) if first else 0.0
     t_start = time.time()
     for k in range(first, args.tasks):
         xk = xtr[:, perms[k]].contiguous()

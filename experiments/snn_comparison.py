@@ -22,8 +22,8 @@ stream (seeds ``FINAL_SEEDS``), ``--tasks`` tasks of ``--train-per-task`` images
         --test-per-task 2000 --folder long --jobs 2     # plasticity over a longer stream
     python experiments/snn_comparison.py --phase final --rules mesu bgd --tasks 40 --resume \\
         --folder long --jobs 2     # extend finished runs from their checkpoints (.ckpt.pt)
-    python experiments/snn_comparison.py --phase val --rules mesu --hidden 200 --val-tasks 12 \
-        --val-train 0 --val-test 0 --score last5 --grid mesu:memory=600000,1200000,2400000 \
+    python experiments/snn_comparison.py --phase val --rules mesu --hidden 200 --val-tasks 12 \\
+        --val-train 0 --val-test 0 --score last5 --grid mesu:memory=600000,1200000,2400000 \\
         --extend --resume --val-folder val_full_h200 --jobs 2     # MESU's window at the full epoch
     python experiments/snn_comparison_report.py
 
@@ -89,7 +89,7 @@ def launch(rule: str, hp: list[str], seed: int, out: Path, extra: list[str], tas
 
 
 #: validation scores: the mean accuracy over the tasks seen after the last (the short grid's), or the
-#: mean of the last 5 tasks after the last (the paper's metric; for tuning a window at full length)
+#: mean of the last 5 tasks after the last (the issue's headline metric; for tuning a window at full length)
 SCORES = {"mean_seen": lambda d: d["mean_acc_seen"],
           "last5": lambda d: sum(d["acc"][-1][-5:]) / len(d["acc"][-1][-5:])}
 
