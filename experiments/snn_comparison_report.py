@@ -407,29 +407,41 @@ def main() -> int:
                                      ("ANN 784-50-10 BGD (paper_pmnist/long)",
                                       json.loads(ann_bgd.read_text()) if ann_bgd.exists() else None)], 30, 39)
     lines += authors_n_study()
-    full60 = {r["rule"]: r for r in _load("full60_h200") if not r.get("seed", 0)}
-    if full60:
-        lines += ["", "## 784-200-10: MESU with a 20-task window against BGD to 60 tasks", "",
-                  "The two runs of the sections above (MESU N = 1.2e6, BGD), resumed from their 40-task checkpoints "
+    # the longest continuation of the two 40-task runs present (each folder resumes the one before it)
+    long_folder = next((f for f in ("full80_h200", "full60_h200") if _load(f)), None)
+    long_runs = {r["rule"]: r for r in _load(long_folder) if not r.get("seed", 0)} if long_folder else {}
+    if long_runs:
+        n_long = max(len(r.get("acc", [])) for r in long_runs.values())
+        planned = max(r.get("n_tasks_planned", n_long) for r in long_runs.values())
+        lines += ["", f"## 784-200-10: MESU with a 20-task window against BGD to {planned} tasks", "",
+                  "The two runs of the sections above (MESU N = 1.2e6, BGD), resumed from their checkpoints "
                   "(`paper_pmnist.py --rule mesu|bgd --seed 0 --model snn --estimator local --T 10 --samples 10 "
-                  "--hidden 200 --tasks 60 --checkpoint --resume --hp memory=1200000|lr=1`, folder `full60_h200`): "
-                  "does BGD's shrinking plasticity cost it its lead as the stream grows? Seed 0, every 5 tasks "
-                  "(N = 1.2e6 was not chosen on the validation stream). ![curves](curves_full60_h200.png)", ""]
-        lines += gap_table([("MESU, N = 1.2e6", full60.get("mesu")), ("BGD", full60.get("bgd"))])
-        both = [r for r in (full60.get("mesu"), full60.get("bgd")) if r and r.get("acc")]
+                  f"--hidden 200 --tasks {planned} --checkpoint --resume --hp memory=1200000|lr=1`, folder "
+                  f"`{long_folder}`): does BGD's shrinking plasticity cost it its lead as the stream grows? Seed 0, "
+                  f"every 5 tasks (N = 1.2e6 was not chosen on the validation stream). "
+                  f"![curves](curves_{long_folder}.png)", ""]
+        lines += gap_table([("MESU, N = 1.2e6", long_runs.get("mesu")), ("BGD", long_runs.get("bgd"))])
+        both = [r for r in (long_runs.get("mesu"), long_runs.get("bgd")) if r and r.get("acc")]
         if len(both) == 2:
             k = min(len(r["acc"]) for r in both)
-            for lo in (20, 30, 40, 50):
-                if k - lo < 5:
-                    continue
+            for lo in range(20, k - 4, 10):
                 m = [sum(sum(r["acc"][t][-5:]) / 5 for t in range(lo, k)) / (k - lo) for r in both]
                 ln = [sum(r["acc"][t][t] for t in range(lo, k)) / (k - lo) for r in both]
                 lines += ["", f"Tasks {lo}-{k - 1}, averaged over the task index (the last-5 mean moves by about a point "
                           f"from one task to the next): mean of the last 5 MESU {_pct(m[0])} vs BGD {_pct(m[1])}; "
                           f"learning accuracy MESU {_pct(ln[0])} vs BGD {_pct(ln[1])}."]
-        lines += input_precision_table([("MESU, N = 1.2e6", full60.get("mesu")), ("BGD", full60.get("bgd"))],
-                                       (0, 19, 39, 49, 59))
-        lines += common_horizon(list(full60.values()), stopped_note=True)
+            blocks = [(lo, lo + 10) for lo in range(20, k - 9, 10)]
+            if blocks:
+                lines += ["", "Each block of 10 tasks on its own (mean of the last 5 / learning accuracy, %):", "",
+                          "| tasks | " + " | ".join(f"{a}-{b - 1}" for a, b in blocks) + " |",
+                          "|---|" + "---|" * len(blocks)]
+                for name, r in zip(("MESU, N = 1.2e6", "BGD"), both):
+                    lines.append(f"| {name} | " + " | ".join(
+                        f"{_pct(sum(sum(r['acc'][t][-5:]) / 5 for t in range(a, b)) / (b - a))} / "
+                        f"{_pct(sum(r['acc'][t][t] for t in range(a, b)) / (b - a))}" for a, b in blocks) + " |")
+        lines += input_precision_table([("MESU, N = 1.2e6", long_runs.get("mesu")), ("BGD", long_runs.get("bgd"))],
+                                       tuple(t for t in (0, 19, 39, 49, 59, 69, 79, 99) if t < n_long))
+        lines += common_horizon(list(long_runs.values()), stopped_note=True)
     if full20_h200 or any(n300.values()):
         gap = gap_table([("ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long)", _ann_long()),
                          ("spiking 784-50-10 MESU, N = 6e5", h50.get("mesu")),
@@ -472,9 +484,9 @@ def main() -> int:
          "Spiking 784-200-10 (LIF, T = 10), permuted MNIST, batch 1, 60,000 images per task")
     plot(list(full40.values()), RES / "curves_full40_h200.png",
          "Spiking 784-200-10 (LIF, T = 10), permuted MNIST, batch 1, 40 tasks of 60,000 images: MESU vs BGD")
-    if full60:
-        plot(list(full60.values()), RES / "curves_full60_h200.png",
-             "Spiking 784-200-10 (LIF, T = 10), permuted MNIST, batch 1, 60 tasks: MESU (N = 1.2e6) vs BGD")
+    if long_runs:
+        plot(list(long_runs.values()), RES / f"curves_{long_folder}.png",
+             f"Spiking 784-200-10 (LIF, T = 10), permuted MNIST, batch 1, {n_long} tasks: MESU (N = 1.2e6) vs BGD")
     print("\n".join(lines))
     return 0
 

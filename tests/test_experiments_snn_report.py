@@ -47,7 +47,8 @@ def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
         "full20_h200_n300k": [_run("mesu", 4, base=0.93, done=False, planned=20, hidden=200, memory=300000)],
         "full20_prior_init": [_run("mesu", 6, base=0.92, sigma_prior="init")],
         "full20_h200_prior_init": [_run("mesu", 4, base=0.94, hidden=200, sigma_prior="init")],
-        "full60_h200": [_run("mesu", 26, hidden=200, memory=1200000), _run("bgd", 26, base=0.89, hidden=200)],
+        "full60_h200": [_run("mesu", 26, hidden=200, memory=1200000, planned=60),
+                        _run("bgd", 26, base=0.89, hidden=200, planned=60)],
     }.items():
         (res / folder).mkdir(parents=True)
         for i, r in enumerate(runs):
@@ -66,7 +67,7 @@ def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
     sixty = text[text.index("## 784-200-10: MESU with a 20-task window against BGD to 60 tasks"):]
     assert ("Tasks 20-25, averaged over the task index (the last-5 mean moves by about a point from one task to the "
             "next): mean of the last 5 MESU 88.00 vs BGD 87.00; learning accuracy MESU 90.00 vs BGD 89.00.") in sixty
-    assert "| MESU, N = 1.2e6 | 200 | 200 |  |  |  |" in sixty
+    assert "| MESU, N = 1.2e6 | 200 | 200 |\n" in sixty              # tasks 0 and 19: the ones run
     assert (res / "curves_full60_h200.png").exists()
     # the authors' width x window table, from the committed reference data: best N per width in bold
     assert "| 256 | 82.01 | 88.71 | **93.06** | 92.99 | 91.34 | 87.00 |" in text
@@ -92,3 +93,30 @@ def test_report_sections_horizon_and_gap(tmp_path, monkeypatch):
     assert "| 784-50-10 MESU, σ_prior = init: learning acc. (%) | 92.00 |" in init
     assert "| 784-200-10 MESU, σ_prior = init: learning acc. (%) | 94.00 |" in init
     assert "| MESU (784-200-10, memory=600000, sigma_prior=init) | 4 |" in init
+
+
+def test_long_h200_section_takes_the_longest_continuation(tmp_path, monkeypatch):
+    """full80_h200 (the 60-task runs resumed to 80) replaces full60_h200 in the long section when present;
+    blocks of 10 tasks are tabulated on their own, the precision table reaches the last task run."""
+    import snn_comparison_report as rep
+    res = tmp_path / "snn_comparison"
+    for folder, n in (("full60_h200", 26), ("full80_h200", 32)):
+        (res / folder).mkdir(parents=True)
+        for r in (_run("mesu", n, hidden=200, memory=1200000, planned=80, done=n < 30),
+                  _run("bgd", n, base=0.89, hidden=200, planned=80, done=n < 30)):
+            (res / folder / f"{r['rule']}_seed0.json").write_text(json.dumps(r))
+    monkeypatch.setattr(rep, "RES", res)
+    monkeypatch.setattr(rep, "ANN_LONG", tmp_path / "absent.json")
+    assert rep.main() == 0
+    text = (res / "README.md").read_text()
+    assert "to 60 tasks" not in text
+    long = text[text.index("## 784-200-10: MESU with a 20-task window against BGD to 80 tasks"):]
+    assert "folder `full80_h200`" in long and "--tasks 80" in long
+    # synthetic rows: last-5 = base - 0.02, learning = base; one whole block of 10 (tasks 20-29)
+    assert "| tasks | 20-29 |" in long
+    assert "| MESU, N = 1.2e6 | 88.00 / 90.00 |" in long and "| BGD | 87.00 / 89.00 |" in long
+    assert "Tasks 30-31, averaged" not in long                     # fewer than 5 tasks after 30: no line
+    assert "Tasks 20-31, averaged over the task index" in long
+    assert "| run | task 0 | task 19 |" in long                      # only the tasks that were run
+    assert "MESU has not finished: 32 of 80 tasks" in long
+    assert (res / "curves_full80_h200.png").exists()
