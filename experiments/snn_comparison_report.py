@@ -188,6 +188,29 @@ def forgetting_profile(groups: list[tuple[str, dict | None]], first: int, last: 
     return lines
 
 
+def block_table(groups: list[tuple[str, dict | None]], start: int = 0, stop: int | None = None,
+                width: int = 10) -> list[str]:
+    """Mean of the last 5 tasks / learning accuracy (%) averaged over each whole block of ``width`` tasks
+    from ``start`` (up to ``stop``, else the shortest run), one row per run (label, JSON): the last-5 mean
+    moves by about a point from one task to the next, a block average does not. Before task 4 the
+    "last 5" are the tasks seen so far."""
+    groups = [(label, r) for label, r in groups if r and r.get("acc")]
+    if not groups:
+        return []
+    k = min(len(r["acc"]) for _, r in groups) if stop is None else stop
+    blocks = [(a, a + width) for a in range(start, k - width + 1, width)]
+    if not blocks:
+        return []
+    lines = ["| tasks | " + " | ".join(f"{a}-{b - 1}" for a, b in blocks) + " |", "|---|" + "---|" * len(blocks)]
+    for label, r in groups:
+        acc = r["acc"]
+        lines.append(f"| {label} | " + " | ".join(
+            f"{_pct(sum(sum(acc[t][-5:]) / len(acc[t][-5:]) for t in range(a, b)) / (b - a))} / "
+            f"{_pct(sum(acc[t][t] for t in range(a, b)) / (b - a))}" if b <= len(acc) else ""
+            for a, b in blocks) + " |")
+    return lines
+
+
 def input_precision_table(groups: list[tuple[str, dict | None]], tasks: tuple[int, ...]) -> list[str]:
     """Median precision 1/σ² of the input layer after each of ``tasks``, one row per run (label, JSON)."""
     lines = ["", "Median precision 1/σ² of the input layer after task k:", "",
@@ -219,6 +242,43 @@ def authors_n_study() -> list[str]:
         best = max(ns, key=lambda n: by.get((h, n), -1.0))
         lines.append(f"| {h} | " + " | ".join(
             ("**%.2f**" if n == best else "%.2f") % by[(h, n)] if (h, n) in by else "" for n in ns) + " |")
+    return lines
+
+
+def second_seed_section(seed0: dict[str, dict]) -> list[str]:
+    """The long 784-200-10 comparison (MESU N = 1.2e6 against BGD) run again from scratch with seed 1
+    (folder full80_h200_seed1), block by block next to seed 0 over the tasks both seeds reached, and the
+    mean over the seeds where every run has the block."""
+    seed1 = {r["rule"]: r for r in _load("full80_h200_seed1") if r.get("acc")}
+    if not seed1:
+        return []
+    planned = max(r.get("n_tasks_planned", len(r["acc"])) for r in seed1.values())
+    commits = sorted({r.get("git_commit", "?")[:7] for r in seed1.values()})
+    rows = [("seed 1 MESU, N = 1.2e6", seed1.get("mesu")), ("seed 1 BGD", seed1.get("bgd")),
+            ("seed 0 MESU, N = 1.2e6", seed0.get("mesu")), ("seed 0 BGD", seed0.get("bgd"))]
+    rows = [(label, r) for label, r in rows if r]
+    stop = max(len(r["acc"]) for _, r in rows)
+    lines = ["", "## 784-200-10: MESU against BGD on a second seed", "",
+             "The long comparison above run again from its first task with `--seed 1` (another permutation "
+             "stream, initialisation and sampling noise; `paper_pmnist.py --rule mesu|bgd --seed 1 --model snn "
+             f"--estimator local --T 10 --samples 10 --hidden 200 --tasks {planned} --checkpoint --resume "
+             f"--hp memory=1200000|lr=1`, folder `full80_h200_seed1`, code {', '.join(commits)}). "
+             "Each block of 10 tasks (mean of the last 5 / learning accuracy, %; empty where a run has "
+             "not reached the block's end):", ""]
+    lines += block_table(rows, stop=stop)
+    for label, r in rows[:2]:
+        if not r.get("done"):
+            lines += ["", f"{label}: {len(r['acc'])} of {r.get('n_tasks_planned', '?')} tasks so far."]
+    pairs = [(seed1.get(rule), seed0.get(rule)) for rule in ("mesu", "bgd")]
+    if all(a and b for a, b in pairs):
+        k = min(len(r["acc"]) for pair in pairs for r in pair)
+        mean_rows = []
+        for name, (a, b) in zip(("MESU, N = 1.2e6", "BGD"), pairs):
+            acc = [[(x + y) / 2 for x, y in zip(ra, rb)] for ra, rb in zip(a["acc"][:k], b["acc"][:k])]
+            mean_rows.append((f"{name}, mean of seeds 0 and 1", {"acc": acc}))   # both metrics are linear in acc
+        block = block_table(mean_rows, stop=k)
+        if block:
+            lines += ["", f"Mean over the two seeds, tasks 0-{k - 1}:", ""] + block
     return lines
 
 
@@ -430,18 +490,14 @@ def main() -> int:
                 lines += ["", f"Tasks {lo}-{k - 1}, averaged over the task index (the last-5 mean moves by about a point "
                           f"from one task to the next): mean of the last 5 MESU {_pct(m[0])} vs BGD {_pct(m[1])}; "
                           f"learning accuracy MESU {_pct(ln[0])} vs BGD {_pct(ln[1])}."]
-            blocks = [(lo, lo + 10) for lo in range(20, k - 9, 10)]
+            blocks = block_table(list(zip(("MESU, N = 1.2e6", "BGD"), both)), start=20)
             if blocks:
-                lines += ["", "Each block of 10 tasks on its own (mean of the last 5 / learning accuracy, %):", "",
-                          "| tasks | " + " | ".join(f"{a}-{b - 1}" for a, b in blocks) + " |",
-                          "|---|" + "---|" * len(blocks)]
-                for name, r in zip(("MESU, N = 1.2e6", "BGD"), both):
-                    lines.append(f"| {name} | " + " | ".join(
-                        f"{_pct(sum(sum(r['acc'][t][-5:]) / 5 for t in range(a, b)) / (b - a))} / "
-                        f"{_pct(sum(r['acc'][t][t] for t in range(a, b)) / (b - a))}" for a, b in blocks) + " |")
+                lines += ["", "Each block of 10 tasks on its own (mean of the last 5 / learning accuracy, %):", ""]
+                lines += blocks
         lines += input_precision_table([("MESU, N = 1.2e6", long_runs.get("mesu")), ("BGD", long_runs.get("bgd"))],
                                        tuple(t for t in (0, 19, 39, 49, 59, 69, 79, 99) if t < n_long))
         lines += common_horizon(list(long_runs.values()), stopped_note=True)
+    lines += second_seed_section(long_runs)
     if full20_h200 or any(n300.values()):
         gap = gap_table([("ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long)", _ann_long()),
                          ("spiking 784-50-10 MESU, N = 6e5", h50.get("mesu")),

@@ -120,3 +120,38 @@ def test_long_h200_section_takes_the_longest_continuation(tmp_path, monkeypatch)
     assert "| run | task 0 | task 19 |" in long                      # only the tasks that were run
     assert "MESU has not finished: 32 of 80 tasks" in long
     assert (res / "curves_full80_h200.png").exists()
+
+
+def test_second_seed_section_blocks_and_seed_mean(tmp_path, monkeypatch):
+    """full80_h200_seed1 gets its own section: 10-task blocks of both seeds side by side (empty cells where
+    a run has not reached a block's end), an unfinished run named with its count, and the mean over the
+    two seeds on the blocks all four runs reached."""
+    import snn_comparison_report as rep
+    res = tmp_path / "snn_comparison"
+    runs = {"full80_h200": [_run("mesu", 32, hidden=200, memory=1200000, planned=80, done=False),
+                            _run("bgd", 32, base=0.89, hidden=200, planned=80, done=False)],
+            "full80_h200_seed1": [_run("mesu", 23, seed=1, base=0.92, hidden=200, memory=1200000, planned=80,
+                                       done=False) | {"git_commit": "73e5ef4abc"},
+                                  _run("bgd", 12, seed=1, base=0.87, hidden=200, planned=80, done=False)
+                                  | {"git_commit": "73e5ef4abc"}]}
+    for folder, rs in runs.items():
+        (res / folder).mkdir(parents=True)
+        for r in rs:
+            (res / folder / f"{r['rule']}_seed{r['seed']}.json").write_text(json.dumps(r))
+    monkeypatch.setattr(rep, "RES", res)
+    monkeypatch.setattr(rep, "ANN_LONG", tmp_path / "absent.json")
+    assert rep.main() == 0
+    text = (res / "README.md").read_text()
+    sec = text[text.index("## 784-200-10: MESU against BGD on a second seed"):]
+    sec = sec[:sec.index("\n## ", 5)] if "\n## " in sec[5:] else sec
+    assert "--seed 1" in sec and "folder `full80_h200_seed1`, code 73e5ef4" in sec
+    assert "| tasks | 0-9 | 10-19 | 20-29 |" in sec
+    # synthetic rows: learning = base, last-5 = base - 0.02 from task 4 on (tasks 0-3: the tasks seen so
+    # far, base, base - 0.005, - 0.01, - 0.015), so the 0-9 block's last-5 is base - 0.015
+    assert "| seed 1 MESU, N = 1.2e6 | 90.50 / 92.00 | 90.00 / 92.00 |  |" in sec   # 23 tasks: two blocks
+    assert "| seed 1 BGD | 85.50 / 87.00 |  |  |" in sec
+    assert "| seed 0 MESU, N = 1.2e6 | 88.50 / 90.00 | 88.00 / 90.00 | 88.00 / 90.00 |" in sec
+    assert "seed 1 BGD: 12 of 80 tasks so far." in sec
+    assert "Mean over the two seeds, tasks 0-11:" in sec            # the 12 tasks all four runs reached
+    assert "| MESU, N = 1.2e6, mean of seeds 0 and 1 | 89.50 / 91.00 |" in sec
+    assert "| BGD, mean of seeds 0 and 1 | 86.50 / 88.00 |" in sec
