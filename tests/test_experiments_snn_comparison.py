@@ -69,3 +69,26 @@ def test_grid_argument_errors_name_the_problem():
     with pytest.raises(SystemExit, match="expected RULE:KEY=V1,V2"):
         sc.grid_for("mesu", ["mesu:memory"])
     assert sc.grid_for("ewc", ["ewc:ewc_lambda=1,3"]) == [["ewc_lambda=1", "lr=0.00333333"], ["ewc_lambda=3", "lr=0.00333333"]]
+
+
+def test_last5_tail_averages_the_last_tasks_and_unfinished_grids_are_not_extended(tmp_path, monkeypatch):
+    import snn_comparison as sc
+    acc = [[0.5] * (k + 1) for k in range(20)]
+    acc[-1] = [0.0] * 15 + [1.0] * 5                     # one lucky last task
+    assert sc.SCORES["last5"]({"acc": acc}) == 1.0
+    assert sc.SCORES["last5_tail"]({"acc": acc}) == pytest.approx((9 * 0.5 + 1.0) / 10)
+    assert sc._last5_tail(acc[:3]) == pytest.approx(0.5)   # fewer than 10 tasks: all of them
+    # a run stopped early (killed, or out of session time): no extension past an edge, nothing chosen
+    monkeypatch.setattr(sc, "OUT", tmp_path)
+    calls = []
+
+    def launch(rule, hp, seed, out, extra, tasks=None):
+        calls.append(hp)
+        out.write_text(json.dumps({"rule": rule, "done": False, "tasks_done": 3, "acc": acc[:3],
+                                   "hyperparameters": dict(h.split("=") for h in hp)}))
+        return 0
+    monkeypatch.setattr(sc, "launch", launch)
+    sc.main(["--phase", "val", "--rules", "mesu", "--hidden", "200", "--val-tasks", "30", "--score", "last5_tail",
+             "--grid", "mesu:memory=500000,1000000,2000000", "--extend", "--resume", "--val-folder", "v", "--jobs", "1"])
+    assert len(calls) == 3
+    assert json.loads((tmp_path / "v" / "best.json").read_text()) == {}
