@@ -282,6 +282,41 @@ def second_seed_section(seed0: dict[str, dict]) -> list[str]:
     return lines
 
 
+def window_validation_section() -> list[str]:
+    """MESU's window for 784-200-10 at the full epoch on the validation stream (folder val_full_h200,
+    ``snn_comparison.py --phase val ... --score last5_tail``): each grid point's tasks so far, its score
+    (the last-5 mean averaged over its last 10 tasks) and learning accuracy over the same tasks, and the
+    choice once every run finished."""
+    runs = sorted((r for r in _load("val_full_h200") if r.get("rule") == "mesu" and r.get("acc")),
+                  key=lambda r: float(r["hyperparameters"]["memory"]))
+    if not runs:
+        return []
+    lines = ["", "## 784-200-10: MESU's window on the validation stream at the full epoch", "",
+             "Seed 100, trained on the first 50,000 training images per task, scored on the other 10,000 "
+             "(`snn_comparison.py --phase val --rules mesu --hidden 200 --val-tasks 30 --val-train 0 --val-test 0 "
+             "--score last5_tail --grid mesu:memory=500000,1000000,2000000 --extend --resume --val-folder "
+             "val_full_h200`; N = 5e5 / 1e6 / 2e6 are windows of 10 / 20 / 40 tasks of 50,000, in tasks the "
+             "final runs' 6e5 / 1.2e6 / 2.4e6). Score: the mean of the last 5 tasks after each of the last 10 "
+             "tasks, averaged (%):", "",
+             "| N | tasks | score | learning accuracy, same tasks (%) |", "|---|---|---|---|"]
+    for r in runs:
+        acc, k = r["acc"], len(r["acc"])
+        tail = range(max(0, k - 10), k)
+        score = sum(sum(acc[t][-5:]) / len(acc[t][-5:]) for t in tail) / len(tail)
+        learn = sum(acc[t][t] for t in tail) / len(tail)
+        planned = r.get("n_tasks_planned", k)
+        lines.append(f"| {float(r['hyperparameters']['memory']):.3g} | {k}{'' if r.get('done') else f' of {planned}'} "
+                     f"| {_pct(score)} | {_pct(learn)} |")
+    if all(r.get("done") for r in runs):
+        best = max(runs, key=lambda r: sum(sum(x[-5:]) / len(x[-5:]) for x in r["acc"][-10:]))
+        lines += ["", f"Chosen: N = {float(best['hyperparameters']['memory']):.3g}."]
+    else:
+        lines += ["", "Not finished (runs continue from their checkpoints with `--resume`): no window is chosen "
+                  "yet, and a score before the stream's end favours long windows, whose loss of plasticity "
+                  "shows late."]
+    return lines
+
+
 def plot(runs: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -498,6 +533,7 @@ def main() -> int:
                                        tuple(t for t in (0, 19, 39, 49, 59, 69, 79, 99) if t < n_long))
         lines += common_horizon(list(long_runs.values()), stopped_note=True)
     lines += second_seed_section(long_runs)
+    lines += window_validation_section()
     if full20_h200 or any(n300.values()):
         gap = gap_table([("ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long)", _ann_long()),
                          ("spiking 784-50-10 MESU, N = 6e5", h50.get("mesu")),

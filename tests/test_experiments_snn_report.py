@@ -155,3 +155,21 @@ def test_second_seed_section_blocks_and_seed_mean(tmp_path, monkeypatch):
     assert "Mean over the two seeds, tasks 0-11:" in sec            # the 12 tasks all four runs reached
     assert "| MESU, N = 1.2e6, mean of seeds 0 and 1 | 89.50 / 91.00 |" in sec
     assert "| BGD, mean of seeds 0 and 1 | 86.50 / 88.00 |" in sec
+
+
+def test_window_validation_section_scores_the_tail_and_chooses_only_when_finished(tmp_path, monkeypatch):
+    import snn_comparison_report as rep
+    res = tmp_path / "snn_comparison"
+    (res / "val_full_h200").mkdir(parents=True)
+    for mem, base, n in ((500000, 0.90, 14), (2000000, 0.92, 12)):
+        r = _run("mesu", n, seed=100, base=base, hidden=200, planned=30, done=False, memory=mem)
+        (res / "val_full_h200" / f"mesu_memory{mem}.json").write_text(json.dumps(r))
+    monkeypatch.setattr(rep, "RES", res)
+    lines = rep.window_validation_section()
+    text = "\n".join(lines)
+    assert "| 5e+05 | 14 of 30 | 88.00 | 90.00 |" in text       # the last 10 tasks all past task 4
+    assert "| 2e+06 | 12 of 30 | 90.15 | 92.00 |" in text       # tasks 2 and 3: last-5 over the tasks seen
+    assert "Not finished" in text and "Chosen" not in text
+    for p in (res / "val_full_h200").glob("*.json"):
+        p.write_text(json.dumps(json.loads(p.read_text()) | {"done": True}))
+    assert "Chosen: N = 2e+06." in "\n".join(rep.window_validation_section())
