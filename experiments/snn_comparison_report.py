@@ -12,6 +12,7 @@ import statistics as st
 from pathlib import Path
 
 from paper_pmnist_report import paper_table_last5, run_seconds
+from snn_comparison import _last5_tail
 
 HERE = Path(__file__).resolve().parent
 RES = HERE / "results" / "snn_comparison"
@@ -302,13 +303,13 @@ def window_validation_section() -> list[str]:
     for r in runs:
         acc, k = r["acc"], len(r["acc"])
         tail = range(max(0, k - 10), k)
-        score = sum(sum(acc[t][-5:]) / len(acc[t][-5:]) for t in tail) / len(tail)
+        score = _last5_tail(acc)                     # the validation score snn_comparison.py chooses by
         learn = sum(acc[t][t] for t in tail) / len(tail)
         planned = r.get("n_tasks_planned", k)
         lines.append(f"| {float(r['hyperparameters']['memory']):.3g} | {k}{'' if r.get('done') else f' of {planned}'} "
                      f"| {_pct(score)} | {_pct(learn)} |")
     if all(r.get("done") for r in runs):
-        best = max(runs, key=lambda r: sum(sum(x[-5:]) / len(x[-5:]) for x in r["acc"][-10:]))
+        best = max(runs, key=lambda r: _last5_tail(r["acc"]))
         lines += ["", f"Chosen: N = {float(best['hyperparameters']['memory']):.3g}."]
     else:
         lines += ["", "Not finished (runs continue from their checkpoints with `--resume`): no window is chosen "
