@@ -27,6 +27,12 @@ stream (seeds ``FINAL_SEEDS``), ``--tasks`` tasks of ``--train-per-task`` images
         --extend --resume --val-folder val_full_h200 --jobs 3     # MESU's window at the full epoch
         # (10 / 20 / 40 tasks of the validation split's 50,000 images: in tasks, the windows
         # N = 6e5 / 1.2e6 / 2.4e6 of the final runs' 60,000)
+    python experiments/snn_comparison.py --phase val --rules sgd adam ewc si --hidden 200 --val-tasks 5 \\
+        --val-train 0 --val-test 0 --grid sgd:lr=0.001,0.00333333,0.01 adam:lr=0.0001,0.0003,0.001 \\
+        si:si_c=0.00001,0.0001,0.001 --extend --resume --val-folder val_full5_h200 --jobs 1
+    python experiments/snn_comparison.py --phase final --rules sgd adam ewc si --hidden 200 --tasks 5 \\
+        --train-per-task 0 --tuned-in val_full5_h200 --folder full5_h200_retuned --jobs 2
+        # the four baselines retuned at the full epoch (784-200-10), then run with their choice
     python experiments/snn_comparison_report.py
 
 Results: ``experiments/results/snn_comparison/{val,final}/*.json`` (written after every task),
@@ -181,17 +187,31 @@ def phase_val(args) -> None:
     print(json.dumps(best, indent=1))
 
 
-def _hp_from_tag(rule: str, stem: str) -> list[str]:
-    d = json.loads((OUT / "val" / f"{stem}.json").read_text())
+def _hp_from_tag(rule: str, stem: str, folder: str = "val") -> list[str]:
+    d = json.loads((OUT / folder / f"{stem}.json").read_text())
     grid_keys = {h.split("=")[0] for hps in GRID[rule] for h in hps}
     return [f"{k}={d['hyperparameters'][k]}" for k in sorted(grid_keys)]
 
 
+def tuned(folder: str, rules: list[str]) -> dict:
+    """The settings a validation folder chose (its best.json; ``val``'s is results/snn_comparison/best.json),
+    with an error naming the folder and the rules it has no choice for."""
+    path = OUT / "best.json" if folder == "val" else OUT / folder / "best.json"
+    if not path.exists():
+        raise SystemExit(f"--tuned-in {folder}: no {path} (run --phase val --val-folder {folder} first)")
+    best = json.loads(path.read_text())
+    missing = [r for r in rules if r not in best]
+    if missing:
+        raise SystemExit(f"--tuned-in {folder}: {path} has no tuned setting for {', '.join(missing)} "
+                         f"(it has {', '.join(sorted(best)) or 'none'})")
+    return best
+
+
 def phase_final(args) -> None:
-    best = json.loads((OUT / "best.json").read_text())
+    rules = args.rules or list(GRID)
+    best = tuned(args.tuned_in, rules)
     fdir = OUT / args.folder
     fdir.mkdir(parents=True, exist_ok=True)
-    rules = args.rules or list(GRID)
     overrides: dict[str, dict[str, str]] = {}
     for o in args.override:            # rule:key=value, e.g. mesu:memory=600000
         r, _, kv = o.partition(":")
@@ -201,7 +221,7 @@ def phase_final(args) -> None:
         overrides.setdefault(r, {})[k] = v
 
     def hp_for(r: str) -> list[str]:
-        hp = dict(h.split("=", 1) for h in _hp_from_tag(r, best[r]["tag"]))
+        hp = dict(h.split("=", 1) for h in _hp_from_tag(r, best[r]["tag"], args.tuned_in))
         hp.update(overrides.get(r, {}))
         return [f"{k}={v}" for k, v in sorted(hp.items())]
 
@@ -235,6 +255,9 @@ def main(argv=None):
                          "(MESU's window was tuned in tasks of 5,000 images: 50,000 = 10 tasks; at the "
                          "paper's 60,000 images per task the same 10-task window is 600,000)")
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="final runs: seeds (default FINAL_SEEDS)")
+    ap.add_argument("--tuned-in", default="val",
+                    help="final runs: the validation folder whose best.json gives the settings (default val, the "
+                         "short grid; e.g. val_full5_h200, the baselines retuned at the full epoch)")
     ap.add_argument("--val-tasks", type=int, default=VAL_TASKS, help="validation runs: tasks")
     ap.add_argument("--val-train", type=int, default=VAL_TRAIN,
                     help="validation runs: training images per task (0: all 50,000 of the validation split)")

@@ -92,3 +92,26 @@ def test_last5_tail_averages_the_last_tasks_and_unfinished_grids_are_not_extende
              "--grid", "mesu:memory=500000,1000000,2000000", "--extend", "--resume", "--val-folder", "v", "--jobs", "1"])
     assert len(calls) == 3
     assert json.loads((tmp_path / "v" / "best.json").read_text()) == {}
+
+
+def test_final_runs_take_their_settings_from_the_named_validation_folder(tmp_path, monkeypatch):
+    import snn_comparison as sc
+    monkeypatch.setattr(sc, "OUT", tmp_path)
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "si_lr0.00333333_si_c0.001.json").write_text(
+        json.dumps({"hyperparameters": {"lr": 0.00333333, "si_c": 0.001, "damping": 0.1}}))
+    (tmp_path / "best.json").write_text('{"si": {"tag": "si_lr0.00333333_si_c0.001"}}')
+    (tmp_path / "vfull").mkdir()
+    (tmp_path / "vfull" / "si_lr0.00333333_si_c1e-05.json").write_text(
+        json.dumps({"hyperparameters": {"lr": 0.00333333, "si_c": 1e-05}}))
+    (tmp_path / "vfull" / "best.json").write_text('{"si": {"tag": "si_lr0.00333333_si_c1e-05"}}')
+    calls = []
+    monkeypatch.setattr(sc, "launch", lambda rule, hp, seed, out, extra, tasks=None: calls.append((rule, hp, out)))
+    sc.main(["--phase", "final", "--rules", "si", "--tasks", "5", "--jobs", "1"])
+    sc.main(["--phase", "final", "--rules", "si", "--tasks", "5", "--tuned-in", "vfull", "--folder", "f2", "--jobs", "1"])
+    assert calls[0][1] == ["lr=0.00333333", "si_c=0.001"] and calls[0][2].parent.name == "final"
+    assert calls[1][1] == ["lr=0.00333333", "si_c=1e-05"] and calls[1][2].parent.name == "f2"
+    with pytest.raises(SystemExit, match="--tuned-in vfull: .* no tuned setting for sgd"):
+        sc.main(["--phase", "final", "--rules", "si", "sgd", "--tuned-in", "vfull"])
+    with pytest.raises(SystemExit, match="--tuned-in nosuch: no .*best.json"):
+        sc.main(["--phase", "final", "--rules", "si", "--tuned-in", "nosuch"])
