@@ -173,3 +173,26 @@ def test_window_validation_section_scores_the_tail_and_chooses_only_when_finishe
     for p in (res / "val_full_h200").glob("*.json"):
         p.write_text(json.dumps(json.loads(p.read_text()) | {"done": True}))
     assert "Chosen: N = 2e+06." in "\n".join(rep.window_validation_section())
+
+
+def test_baseline_retune_section_grid_choice_and_both_tunings(tmp_path, monkeypatch):
+    import snn_comparison_report as rep
+    res = tmp_path / "snn_comparison"
+    for folder in ("val_full5_h200", "full5_h200_retuned", "full20_h200"):
+        (res / folder).mkdir(parents=True)
+    monkeypatch.setattr(rep, "RES", res)
+    assert rep.baseline_retune_section() == []                     # nothing run yet: no section
+    for lr, base in ((0.001, 0.70), (0.00333333, 0.65)):
+        r = _run("sgd", 5, seed=100, base=base, hidden=200, lr=lr)
+        (res / "val_full5_h200" / f"sgd_lr{lr}.json").write_text(json.dumps(r))
+    (res / "val_full5_h200" / "best.json").write_text('{"sgd": {"tag": "sgd_lr0.001"}}')
+    text = "\n".join(rep.baseline_retune_section())
+    assert "| SGD | lr=0.001 | 70.00 |" in text and "Chosen: SGD: sgd_lr0.001." in text
+    assert "Final runs" not in text                                # no final runs yet
+    (res / "full5_h200_retuned" / "sgd_seed0.json").write_text(json.dumps(_run("sgd", 5, base=0.9, hidden=200, lr=0.001)))
+    (res / "full20_h200" / "sgd_seed0.json").write_text(json.dumps(_run("sgd", 5, base=0.8, hidden=200, lr=0.0033)))
+    (res / "full20_h200" / "mesu_seed0.json").write_text(json.dumps(_run("mesu", 20, base=0.9, hidden=200)))
+    text = "\n".join(rep.baseline_retune_section())
+    # acc[4] = 0.9 - 0.01 (4 - t): mean 0.88 over the 5 tasks, 0.90 on the last; MESU cut to its first 5 tasks
+    assert "| SGD | 88.00 / 90.00 (lr=0.001) | 78.00 / 80.00 (lr=0.0033) |" in text
+    assert "| MESU | (not retuned) | 88.00 / 90.00 (memory=600000) |" in text
