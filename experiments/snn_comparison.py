@@ -130,25 +130,52 @@ def val_extra(hidden: list[int], tasks: int = VAL_TASKS, train: int = VAL_TRAIN,
             "--hidden", *map(str, hidden), *(["--checkpoint", "--resume"] if resume else [])]
 
 
-def grid_for(rule: str, grids: list[str]) -> list[list[str]]:
+def _split(opt: str, g: str, many: bool) -> tuple[str, str, str]:
+    r, _, kv = g.partition(":")
+    k, _, v = kv.partition("=")
+    if r not in GRID or not k or not v or (not many and "," in v):
+        form = "RULE:KEY=V1,V2,..." if many else "RULE:KEY=VALUE"
+        raise SystemExit(f"{opt} {g!r}: expected {form} with RULE in {sorted(GRID)}")
+    return r, k, v
+
+
+def grid_for(rule: str, grids: list[str], fixed: list[str] = ()) -> list[list[str]]:
     """GRID[rule], or the values given by ``--grid RULE:KEY=V1,V2,...`` for that rule's KEY (the
-    rule's other settings as in its first GRID entry)."""
-    for g in grids:
-        r, _, kv = g.partition(":")
-        k, _, vs = kv.partition("=")
-        if r not in GRID or not k or not vs:
-            raise SystemExit(f"--grid {g!r}: expected RULE:KEY=V1,V2,... with RULE in {sorted(GRID)}")
+    rule's other settings as in its first GRID entry); ``--fix RULE:KEY=VALUE`` sets one of those
+    other settings for every point (e.g. EWC's and SI's lr: SGD's best at the task length tuned)."""
+    fix = {}
+    for f in fixed:
+        r, k, v = _split("--fix", f, many=False)
         if r == rule:
+            fix[k] = v
+    points = GRID[rule]
+    for g in grids:
+        r, k, vs = _split("--grid", g, many=True)
+        if r == rule:
+            if k in fix:
+                raise SystemExit(f"--fix {rule}:{k}=... and --grid {g!r} set the same key")
             base = [h for h in GRID[rule][0] if not h.startswith(k + "=")]
-            return [sorted(base + [f"{k}={v}"]) for v in vs.split(",") if v]
-    return GRID[rule]
+            points = [base + [f"{k}={v}"] for v in vs.split(",") if v]
+            break
+    else:
+        if not fix:
+            return GRID[rule]          # as written there: the run files of the short grid are named by it
+    out = []
+    for hp in points:
+        d = dict(h.split("=", 1) for h in hp)
+        for k in fix:
+            if k not in d:
+                raise SystemExit(f"--fix {rule}:{k}=...: {rule} has no setting {k!r} (it has {', '.join(sorted(d))})")
+        d.update(fix)
+        out.append(sorted(f"{k}={v}" for k, v in d.items()))
+    return out
 
 
 def phase_val(args) -> None:
     vdir = OUT / args.val_folder
     vdir.mkdir(parents=True, exist_ok=True)
     rules = args.rules or list(GRID)
-    grids = {r: grid_for(r, args.grid) for r in rules}
+    grids = {r: grid_for(r, args.grid, args.fix) for r in rules}
     extra = val_extra(args.hidden, args.val_tasks, args.val_train, args.val_test, args.resume)
     jobs = [(r, hp) for r in rules for hp in grids[r]]
     with ThreadPoolExecutor(args.jobs) as ex:
@@ -273,6 +300,9 @@ def main(argv=None):
     ap.add_argument("--grid", nargs="*", default=[],
                     help="validation: RULE:KEY=V1,V2,... replacing a rule's grid, e.g. "
                          "mesu:memory=600000,1200000,2400000")
+    ap.add_argument("--fix", nargs="*", default=[],
+                    help="validation: RULE:KEY=VALUE fixing a setting the grid does not vary, e.g. ewc:lr=0.001 "
+                         "(EWC and SI train at SGD's best lr of the same task length)")
     ap.add_argument("--resume", action="store_true",
                     help="continue runs with fewer than --tasks (final) or --val-tasks (validation) tasks "
                          "from their checkpoints (validation runs then write checkpoints)")

@@ -115,3 +115,17 @@ def test_final_runs_take_their_settings_from_the_named_validation_folder(tmp_pat
         sc.main(["--phase", "final", "--rules", "si", "sgd", "--tuned-in", "vfull"])
     with pytest.raises(SystemExit, match="--tuned-in nosuch: no .*best.json"):
         sc.main(["--phase", "final", "--rules", "si", "--tuned-in", "nosuch"])
+
+
+def test_fix_sets_a_setting_the_grid_does_not_vary():
+    import snn_comparison as sc
+    assert sc.grid_for("ewc", [], []) is sc.GRID["ewc"]                 # default grid untouched (file names)
+    assert sc.grid_for("ewc", ["ewc:ewc_lambda=1,3"], ["ewc:lr=0.001", "si:lr=0.5"]) == [
+        ["ewc_lambda=1", "lr=0.001"], ["ewc_lambda=3", "lr=0.001"]]
+    assert sc.grid_for("si", [], ["si:lr=0.001"]) == [["lr=0.001", f"si_c={c}"] for c in ("0.0001", "0.001", "0.01")]
+    with pytest.raises(SystemExit, match="--fix 'ewc:lr=1,2': expected RULE:KEY=VALUE"):
+        sc.grid_for("ewc", [], ["ewc:lr=1,2"])
+    with pytest.raises(SystemExit, match="ewc has no setting 'memory'"):
+        sc.grid_for("ewc", [], ["ewc:memory=5"])
+    with pytest.raises(SystemExit, match="set the same key"):
+        sc.grid_for("ewc", ["ewc:lr=1,2"], ["ewc:lr=3"])
