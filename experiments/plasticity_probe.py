@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import mesu_snn as ms  # noqa: E402
+from mesu_snn.errors import NonFiniteStepError  # noqa: E402
 from mesu_snn.metrics import accuracy  # noqa: E402
 from mesu_snn.runs import atomic_write_text  # noqa: E402
 from mesu_snn.seeding import derive_seed  # noqa: E402
@@ -103,19 +104,23 @@ def weights(net) -> dict:
     return out
 
 
-def plasticity(net, rule, xtr, ytr, xte, yte, encode, train: int, samples: int = 10) -> float:
-    """Test accuracy on the new task after ``train`` images of it (batch 1), from this state."""
+def plasticity(net, rule, xtr, ytr, xte, yte, encode, train: int, samples: int = 10) -> float | dict:
+    """Test accuracy on the new task after ``train`` images of it (batch 1), from this state; a dict
+    saying where and why when the rule refuses a step (the state cannot learn the new task as is)."""
     g = torch.Generator().manual_seed(PROBE_SEED)
     order = torch.randperm(len(ytr), generator=g)[:train].tolist()
     state = torch.get_rng_state()
     torch.manual_seed(PROBE_SEED)                 # the rule's weight draws: the same for every network
     try:
-        for i in order:
+        for n, i in enumerate(order):
             out = net(encode(xtr[i:i + 1]), samples=samples)
             loss = rule.loss(out, ytr[i:i + 1])
             rule.zero_grad()
             loss.backward()
-            rule.step()
+            try:
+                rule.step()
+            except NonFiniteStepError as e:    # e.g. σ reset to σ₀ under a gradient sized for a tiny σ
+                return {"refused_at": n, "why": str(e).split(":")[0]}
         with torch.no_grad():
             correct = 0.0
             for j in range(0, len(yte), 500):
@@ -161,6 +166,10 @@ def probe(json_path: Path, data, args, initial: bool = False, variant: tuple[str
     return out
 
 
+def _acc(v) -> str:
+    return f"{100 * v:.2f}" if isinstance(v, float) else f"step refused at image {v['refused_at']} ({v['why']})"
+
+
 def table(rows: list[dict]) -> list[str]:
     lines = ["| run | after task | learning acc. of its last task (%) | probe acc. after "
              f"{rows[0]['probe_train'] if rows else '?'} images (%) | hidden silent / saturated (%) | "
@@ -174,7 +183,7 @@ def table(rows: list[dict]) -> list[str]:
                        if k in ("memory", "lr"))
         var = f", σ of {r['variant']} reset to σ₀" if r.get("variant") else ""
         lines.append(f"| {r['model']} {r['rule']} ({hp}), H = {r['hidden']}{var} | {r['after_task']} | {la} | "
-                     f"{100 * r['probe_acc']:.2f} | {100 * a['silent']:.1f} / {100 * a['saturated']:.1f} | "
+                     f"{_acc(r['probe_acc'])} | {100 * a['silent']:.1f} / {100 * a['saturated']:.1f} | "
                      f"{a['mean_rate']:.3f} | {a.get('noise_share', float('nan')):.2f} | "
                      f"{w[0]['precision_median']:.0f} | {w[-1]['precision_median']:.0f} |")
     return lines

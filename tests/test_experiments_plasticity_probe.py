@@ -63,3 +63,26 @@ def test_probe_loads_the_checkpoint_and_measures_a_new_task(tmp_path, capsys):
         probe.load(run)
     with pytest.raises(SystemExit, match="nosuch.json: no such result file"):
         probe.main([str(tmp_path / "nosuch.json")])
+
+
+def test_a_refused_step_is_recorded_not_raised():
+    import plasticity_probe as probe
+    from mesu_snn.errors import NonFiniteStepError
+    net = torch.nn.Linear(4, 3)
+
+    class Rule:
+        def loss(self, out, y):
+            return out.sum()
+
+        def zero_grad(self):
+            pass
+
+        def step(self):
+            raise NonFiniteStepError("the step would make layers.1.weight_sigma <= 0: step refused")
+
+    x, y = torch.zeros(10, 4), torch.zeros(10, dtype=torch.long)
+    state = torch.get_rng_state()
+    got = probe.plasticity(lambda x, samples: net(x).unsqueeze(0), Rule(), x, y, x, y, lambda x: x, train=5)
+    assert got == {"refused_at": 0, "why": "the step would make layers.1.weight_sigma <= 0"}
+    assert torch.equal(torch.get_rng_state(), state)                  # the global generator restored
+    assert probe._acc(got).startswith("step refused at image 0") and probe._acc(0.5) == "50.00"
