@@ -134,6 +134,14 @@ def evaluate(net: torch.nn.Module, xte: torch.Tensor, yte: torch.Tensor, perms, 
     return accs
 
 
+def make_net(model: str, hidden: list[int], init: str, readout: str, estimator: str, seed: int) -> torch.nn.Module:
+    """The run's network, initialised from its seed: BayesMLP ReLU (ann) or SpikingMLP (snn), no bias."""
+    torch.manual_seed(derive_seed(seed, "model") % 2**63)
+    if model == "ann":
+        return ms.BayesMLP([784, *hidden, 10], activation="relu", bias=False, init=init)
+    return ms.SpikingMLP([784, *hidden, 10], bias=False, init=init, readout=readout, estimator=estimator)
+
+
 def sigma_stats(net) -> dict:
     out = {}
     for name, mu, s in ms.bayesian_pairs(net):
@@ -165,12 +173,7 @@ def run(args) -> dict:
     if args.test_per_task:
         xte, yte = xte[:args.test_per_task], yte[:args.test_per_task]
     perms = permutations(args.tasks, args.seed)
-    torch.manual_seed(derive_seed(args.seed, "model") % 2**63)
-    if args.model == "ann":
-        net = ms.BayesMLP([784, *args.hidden, 10], activation="relu", bias=False, init=args.init)
-    else:
-        net = ms.SpikingMLP([784, *args.hidden, 10], bias=False, init=args.init, readout=args.readout,
-                            estimator=args.estimator)
+    net = make_net(args.model, args.hidden, args.init, args.readout, args.estimator, args.seed)
     encode = Inputs(None if args.model == "ann" else args.T, args.gain)
     hp = dict(RULE_HP[args.rule])
     if args.rule in ("sgd", "bgd") and args.lr is not None:

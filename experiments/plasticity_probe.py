@@ -14,7 +14,7 @@ initial network, rebuilt from its seed) this measures, on a permutation no run h
   ``--probe-test`` test images of it (the same images, order and weight draws for every network);
 * the share of the hidden neurons' input variance that is weight noise (variance over weight draws,
   and steps with the local estimator, for one image, over the variance over images and draws);
-* the weight means and σ (median |μ|, median σ, median 1/σ²) per layer;
+* σ statistics per layer, as paper_pmnist.py records them after every task (``sigma_stats``);
 * with ``--reset-sigma``, the same checkpoint with some layers' σ set back to σ₀ (μ kept): which
   layer's σ holds the new task back.
 
@@ -42,8 +42,7 @@ import mesu_snn as ms  # noqa: E402
 from mesu_snn.errors import NonFiniteStepError  # noqa: E402
 from mesu_snn.metrics import accuracy  # noqa: E402
 from mesu_snn.runs import atomic_write_text  # noqa: E402
-from mesu_snn.seeding import derive_seed  # noqa: E402
-from paper_pmnist import Inputs, _read_resume_state, data_root, load_standardised  # noqa: E402
+from paper_pmnist import Inputs, _read_resume_state, data_root, load_standardised, make_net, sigma_stats  # noqa: E402
 
 #: the new task's permutation and the probe's data order / weight draws: fixed, never a run's seed
 PROBE_SEED = 31_337
@@ -51,12 +50,9 @@ PROBE_SEED = 31_337
 
 def build(res: dict) -> torch.nn.Module:
     """The run's network as paper_pmnist.py built it (its initial weights: the run's model seed)."""
-    torch.manual_seed(derive_seed(res["seed"], "model") % 2**63)
     hidden = res["hidden"] if isinstance(res["hidden"], list) else [res["hidden"]]
-    if res.get("model", "ann") == "ann":
-        return ms.BayesMLP([784, *hidden, 10], activation="relu", bias=False, init=res.get("init", "authors"))
-    return ms.SpikingMLP([784, *hidden, 10], bias=False, init=res.get("init", "authors"),
-                         readout=res.get("readout") or "membrane", estimator=res.get("estimator") or "weights")
+    return make_net(res.get("model", "ann"), hidden, res.get("init", "authors"), res.get("readout") or "membrane",
+                    res.get("estimator") or "weights", res["seed"])
 
 
 def load(json_path: Path, initial: bool = False):
@@ -93,15 +89,6 @@ def activity(net, x: torch.Tensor, encode, samples: int = 10) -> dict:
     active = (torch.relu(pre) > 0).float().mean(dim=(0, 1))
     return {"silent": float((active == 0).float().mean()), "saturated": float((active == 1).float().mean()),
             "mean_rate": float(active.mean()), "median_rate": float(active.median()), "noise_share": noise_share}
-
-
-def weights(net) -> dict:
-    out = {}
-    for name, mu, s in ms.bayesian_pairs(net):
-        s = s.detach().double()
-        out[name] = {"mu_abs_median": float(mu.detach().abs().median()), "sigma_median": float(s.median()),
-                     "precision_median": float((1 / s**2).median())}
-    return out
 
 
 def plasticity(net, rule, xtr, ytr, xte, yte, encode, train: int, samples: int = 10) -> float | dict:
@@ -154,7 +141,7 @@ def probe(json_path: Path, data, args, initial: bool = False, variant: tuple[str
            "hidden": res["hidden"], "hyperparameters": res["hyperparameters"],
            "after_task": -1 if initial else res["tasks_done"] - 1, "variant": "+".join(variant),
            "learning_acc_last_task": None if initial else res["acc"][-1][-1],
-           "activity_new_task": activity(net, xte_p[:500], encode), "weights": weights(net)}
+           "activity_new_task": activity(net, xte_p[:500], encode), "weights": sigma_stats(net)}
     # a deep copy: the probe's training never touches the loaded state of another measurement
     net2 = copy.deepcopy(net)
     rule2 = ms.make_rule(res["rule"], net2, **res["hyperparameters"])

@@ -42,7 +42,7 @@ def test_probe_loads_the_checkpoint_and_measures_a_new_task(tmp_path, capsys):
     w0, w1, w1r = (r["weights"] for r in rows)
     sig = lambda w: (w["sigma_median"], w["precision_median"])  # noqa: E731
     assert sig(w1r["layers.1.weight"]) == sig(w0["layers.1.weight"])     # the readout's σ back to σ₀,
-    assert w1r["layers.1.weight"]["mu_abs_median"] == w1["layers.1.weight"]["mu_abs_median"]   # its μ kept,
+    assert w1r["layers.1.weight"]["mu_abs_mean"] == w1["layers.1.weight"]["mu_abs_mean"]   # its μ kept,
     assert w1r["layers.0.weight"] == w1["layers.0.weight"]               # the input layer as trained
     for r in rows:
         assert 0 < r["activity_new_task"]["noise_share"] < 1
