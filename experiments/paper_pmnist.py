@@ -85,6 +85,20 @@ def _parse_hp(items: list[str]) -> dict:
     return out
 
 
+def _parse_layer_hp(items: list[str]) -> dict | None:
+    """``["layers.1:memory=150000", "layers.0:memory=1e6,lr_mu=0.5"]`` -> the rule's ``per_layer``
+    ({pattern: {key: number}}), None for none."""
+    if not items:
+        return None
+    out: dict[str, dict] = {}
+    for it in items:
+        pat, sep, rest = it.partition(":")
+        if not sep or not pat or not rest:
+            raise SystemExit(f"--layer-hp expects LAYER:key=value[,key=value], got {it!r}")
+        out.setdefault(pat, {}).update(_parse_hp(rest.split(",")))
+    return out
+
+
 def data_root() -> str:
     env = os.environ.get("MESU_SNN_DATA")
     if env:
@@ -183,7 +197,13 @@ def run(args) -> dict:
     if args.rule == "mesu" and args.clamp is not None:
         hp["clamp_grad"] = args.clamp
     hp.update(_parse_hp(args.hp))
-    rule = ms.make_rule(args.rule, net, **hp)
+    per_layer = _parse_layer_hp(args.layer_hp)
+    if per_layer is not None:
+        hp["per_layer"] = per_layer
+    try:
+        rule = ms.make_rule(args.rule, net, **hp)
+    except ValueError as e:
+        raise SystemExit(f"paper_pmnist: {e}") from None
     m_train = args.samples if rule.bayesian else 1
     order_g = torch.Generator().manual_seed(derive_seed(args.seed, "order") % 2**63)
     res = {"protocol": "paper_pmnist (ANN, batch 1, one epoch per task, task-free)", "rule": args.rule,
@@ -313,6 +333,8 @@ def main(argv=None):
     ap.add_argument("--memory", type=float, default=None, help="MESU N in samples (default 300000)")
     ap.add_argument("--clamp", type=float, default=None, help="MESU gradient clamp (default: none)")
     ap.add_argument("--hp", nargs="*", default=[], help="rule hyperparameters key=value (override the defaults above)")
+    ap.add_argument("--layer-hp", nargs="*", default=[], metavar="LAYER:KEY=VALUE",
+                    help="per-layer hyperparameters (the rule's per_layer), e.g. layers.1:memory=150000")
     ap.add_argument("--estimator", default="weights", choices=["weights", "local"],
                     help="snn: input layer's estimator (local: sampled pre-activations, same distribution)")
     ap.add_argument("--validation", action="store_true",

@@ -312,6 +312,9 @@ class RuleConfig:
             if k not in known:
                 raise _err(f"{p}.{k}", f"unknown hyperparameter for rule {self.name!r} "
                            f"(known: {', '.join(sorted(known))})")
+            if k == "per_layer":
+                self._validate_per_layer(f"{p}.{k}", v, known)
+                continue
             bound = known[k][1]             # one home of the bounds: mesu_snn.bounds, via Rule.bounds
             if k == "sigma_prior" and v == "init" and self.name in ("mesu", "mesu_online"):
                 continue                    # each layer's prior σ is its initial σ (rules/mesu.py)
@@ -321,6 +324,28 @@ class RuleConfig:
                 raise _err(f"{p}.{k}", f"must be {describe(bound)}, got {v!r}") from None
             if not isinstance(bound, tuple) and not BOUNDS[bound][4]:
                 self.params[k] = float(v)
+
+
+    def _validate_per_layer(self, p, v, known):
+        """``per_layer = {"layers.1" = {memory = 150000}}``: a table of tables of the rule's own
+        numeric hyperparameters (which layer each pattern matches is checked when the rule is built)."""
+        if not isinstance(v, dict) or not v:
+            raise _err(p, f"must be a table of layer tables, e.g. {{\"layers.1\" = {{memory = 150000}}}}, got {v!r}")
+        for pat, hp in v.items():
+            if not isinstance(hp, dict) or not hp:
+                raise _err(f"{p}.{pat}", f"must be a non-empty table of hyperparameters, got {hp!r}")
+            for k, x in list(hp.items()):
+                if k not in known or k == "per_layer":
+                    raise _err(f"{p}.{pat}.{k}", f"unknown hyperparameter for rule {self.name!r}")
+                bound = known[k][1]
+                if k == "clamp_grad" and x == 0:
+                    continue                # no clamp for this layer (build_rule)
+                try:
+                    check_number(k, x, bound)
+                except ValueError:
+                    raise _err(f"{p}.{pat}.{k}", f"must be {describe(bound)}, got {x!r}") from None
+                if not isinstance(bound, tuple) and not BOUNDS[bound][4]:
+                    hp[k] = float(x)
 
 
 @dataclass
@@ -564,6 +589,11 @@ def load_config(path: str | Path) -> RunConfig:
 _TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
+def _toml_key(k: str) -> str:
+    """A bare key where TOML allows one, else a quoted one (``"layers.1"``: a dot would nest)."""
+    return k if k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k) else _toml_value(str(k))
+
+
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -577,7 +607,7 @@ def _toml_value(v) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):                       # an inline table (encoder.transforms entries)
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 

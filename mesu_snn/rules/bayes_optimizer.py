@@ -6,10 +6,18 @@ Parameter groups. Each group's ``params`` list holds its pairs flattened as
 Non-Bayesian trainable parameters of a model (biases of plain layers, learnable LIF beta, …)
 are refused with a ``ValueError`` that lists them, unless ``other_lr`` is given: then they
 form one group of kind ``"plain"`` updated by plain SGD, p ← p − other_lr·∂C/∂p.
+
+Per-layer hyperparameters. ``per_layer={pattern: {hyperparameter: value}}`` moves the pairs
+whose name matches ``pattern`` into a group of their own with those values (the rest keep the
+constructor's): a pattern matches a pair ``layers.1.weight`` if it is a module name it lies in
+(``"layers.1"``) or an :func:`fnmatch` pattern of the whole name (``"layers.1.*"``, ``"*.weight"``).
+A pattern that matches no pair, a pair matched by two patterns, or a key the rule does not have
+is a ``ValueError`` naming it; the group keeps its pattern under ``"layer"``.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import fnmatch
+from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -81,15 +89,70 @@ def _tensors_key(ps: list) -> tuple | None:
     return tuple(key)
 
 
+def _layer_matches(pattern: str, name: str) -> bool:
+    return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
+
+
+def _split_per_layer(groups: list[dict], per_layer: Mapping | None, allowed: Iterable[str]) -> list[dict]:
+    """The groups with the pairs each ``per_layer`` pattern matches moved into a group of their own
+    that carries the pattern's hyperparameters (module docstring)."""
+    if per_layer is None:
+        return groups
+    if not isinstance(per_layer, Mapping):
+        raise ValueError(f"per_layer must be a mapping {{layer pattern: {{hyperparameter: value}}}}, "
+                         f"got {type(per_layer).__name__}")
+    allowed = sorted(allowed)
+    for pat, hp in per_layer.items():
+        if not isinstance(pat, str) or not pat:
+            raise ValueError(f"per_layer: a layer pattern must be a non-empty string, got {pat!r}")
+        if not isinstance(hp, Mapping) or not hp:
+            raise ValueError(f"per_layer[{pat!r}] must be a non-empty mapping of hyperparameters, got {hp!r}")
+        bad = sorted(set(hp) - set(allowed))
+        if bad:
+            raise ValueError(f"per_layer[{pat!r}]: unknown hyperparameter(s) {', '.join(map(str, bad))} "
+                             f"(per-layer ones: {', '.join(allowed)})")
+    names = [n for g in groups if g["kind"] == "bayes" for n in g["names"]]
+    for pat in per_layer:
+        if not any(_layer_matches(pat, n) for n in names):
+            raise ValueError(f"per_layer[{pat!r}] matches no Bayesian layer (their weights and biases: "
+                             f"{', '.join(names)})")
+    out = []
+    for g in groups:
+        if g["kind"] != "bayes":
+            out.append(g)
+            continue
+        rest = {k: v for k, v in g.items() if k not in ("params", "names")}
+        keep = {"params": [], "names": []}
+        moved: dict[str, dict] = {}
+        ps = g["params"]
+        for name, mu, s in zip(g["names"], ps[0::2], ps[1::2]):
+            hits = [pat for pat in per_layer if _layer_matches(pat, name)]
+            if len(hits) > 1:
+                raise ValueError(f"per_layer: {name} is matched by more than one pattern ({', '.join(hits)}); "
+                                 "make them exclusive")
+            dst = keep if not hits else moved.setdefault(
+                hits[0], {**rest, **dict(per_layer[hits[0]]), "layer": hits[0], "params": [], "names": []})
+            dst["params"] += [mu, s]
+            dst["names"].append(name)
+        if keep["names"]:
+            out.append({**rest, **keep})
+        out.extend(moved.values())
+    return out
+
+
 class BayesianOptimizer(torch.optim.Optimizer):
     """Base of MESU and BGD: subclasses give ``_update(mu, sigma, gmu, gsigma, group)``."""
 
-    def __init__(self, params, defaults: dict, other_lr: float | None = None, on_nonfinite: str = "raise"):
+    #: hyperparameters ``per_layer`` may set (subclasses: those of their update)
+    layer_keys: tuple[str, ...] = ()
+
+    def __init__(self, params, defaults: dict, other_lr: float | None = None, on_nonfinite: str = "raise",
+                 per_layer: Mapping | None = None):
         if on_nonfinite not in NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE}, got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
-        groups = _groups_from(params, other_lr)
+        groups = _split_per_layer(_groups_from(params, other_lr), per_layer, self.layer_keys)
         for g in groups:
             if g["kind"] == "bayes":
                 ps = g["params"]
@@ -100,7 +163,12 @@ class BayesianOptimizer(torch.optim.Optimizer):
                         raise ValueError("every σ must be > 0 at construction")
         super().__init__(groups, dict(defaults, step=0))
         for g in self.param_groups:
-            self._check_group(g)
+            try:
+                self._check_group(g)
+            except ValueError as e:
+                if "layer" not in g:
+                    raise
+                raise ValueError(f"per_layer[{g['layer']!r}]: {e}") from None
 
     def _check_group(self, g: dict) -> None:  # overridden to validate hyperparameters
         pass
@@ -320,6 +388,15 @@ class BayesianOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)
         skipped = int(state_dict.pop("skipped_steps", 0))
+        theirs = state_dict.get("param_groups", [])
+        mine = [(g.get("layer"), len(g["params"])) for g in self.param_groups]
+        if len(theirs) != len(mine) or any(len(t.get("params", ())) != n for t, (_, n) in zip(theirs, mine)):
+            def show(gs):
+                return "; ".join(f"{g.get('layer') or g.get('kind', 'bayes')}: {len(g.get('params', ()))} tensors"
+                                 for g in gs)
+            raise ValueError(f"the optimizer state has {len(theirs)} parameter group(s) [{show(theirs)}], this "
+                             f"optimizer {len(mine)} [{show(self.param_groups)}]: build it as the saved one was "
+                             "(the same model, per_layer and sigma_prior='init' or not)")
         saved = [dict(g) for g in self.param_groups]
         super().load_state_dict(state_dict)
         try:                       # a loaded hyperparameter is checked like a constructor's

@@ -18,8 +18,11 @@ __all__ = ["BGD", "BGDRule"]
 class BGD(BayesianOptimizer):
     """BGD optimizer. lr: η of the μ step (1.0 in Zeno et al.)."""
 
-    def __init__(self, params, lr: float = 1.0, other_lr: float | None = None, on_nonfinite: str = "raise"):
-        super().__init__(params, dict(lr=lr), other_lr=other_lr, on_nonfinite=on_nonfinite)
+    layer_keys = ("lr",)
+
+    def __init__(self, params, lr: float = 1.0, other_lr: float | None = None, on_nonfinite: str = "raise",
+                 per_layer: dict | None = None):
+        super().__init__(params, dict(lr=lr), other_lr=other_lr, on_nonfinite=on_nonfinite, per_layer=per_layer)
 
     def _check_group(self, g):
         if g["kind"] == "bayes":
@@ -40,7 +43,9 @@ class BGDRule(Rule):
     name, bayesian = "bgd", True
     bounds = {"lr": ">=0"}
 
-    def __init__(self, model: nn.Module, lr: float = 1.0):
-        self.check_hyperparameters(locals())
+    def __init__(self, model: nn.Module, lr: float = 1.0, per_layer: dict | None = None):
+        self.check_hyperparameters({"lr": lr})
         set_mode(model, "sample")
-        super().__init__(model, BGD(model, lr=lr), "sum", dict(lr=lr))
+        opt = BGD(model, lr=lr, per_layer=per_layer)
+        hp = dict(lr=lr) if per_layer is None else dict(lr=lr, per_layer={k: dict(v) for k, v in per_layer.items()})
+        super().__init__(model, opt, "sum", hp)

@@ -107,11 +107,17 @@ class MESU(BayesianOptimizer):
     other_lr: SGD rate for non-Bayesian trainable parameters (else they are an error).
     on_nonfinite: ``"raise"`` (default) or ``"skip"`` a step whose gradients hold NaN/Inf;
         either way no μ or σ changes, and skipped steps are counted in ``skipped_steps``.
+    per_layer: ``{layer pattern: {hyperparameter: value}}``, e.g. ``{"layers.1": {"memory": 1e5}}``
+        (a shorter window for a readout): those layers' own group with those values; any of
+        memory, sigma_prior, mu_prior, lr_mu, lr_sigma, clamp_grad (``bayes_optimizer``).
     """
+
+    layer_keys = ("memory", "sigma_prior", "mu_prior", "lr_mu", "lr_sigma", "clamp_grad")
 
     def __init__(self, params, memory: float = 300_000, sigma_prior: float | str = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = DEFAULT_CLAMP_GRAD,
-                 other_lr: float | None = None, on_nonfinite: str = "raise", batch_size: int = 1):
+                 other_lr: float | None = None, on_nonfinite: str = "raise", batch_size: int = 1,
+                 per_layer: dict | None = None):
         if isinstance(sigma_prior, str):
             if sigma_prior != "init":
                 raise ValueError(f"sigma_prior must be a number > 0, a tensor or 'init', got {sigma_prior!r}")
@@ -119,7 +125,7 @@ class MESU(BayesianOptimizer):
             sigma_prior = 1.0   # every Bayesian group carries its own
         defaults = dict(memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
                         lr_sigma=lr_sigma, clamp_grad=clamp_grad, batch_size=batch_size, memory_unit=MEMORY_UNIT)
-        super().__init__(params, defaults, other_lr=other_lr, on_nonfinite=on_nonfinite)
+        super().__init__(params, defaults, other_lr=other_lr, on_nonfinite=on_nonfinite, per_layer=per_layer)
 
     #: bounds of the optimizer's hyperparameters (:mod:`mesu_snn.bounds`); MESURule's extend them
     bounds = {"memory": ">=1", "sigma_prior": ">0", "mu_prior": "real", "lr_mu": ">=0", "lr_sigma": ">=0",
@@ -216,16 +222,21 @@ class MESURule(Rule):
     optional = ("clamp_grad",)
 
     def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float | str = 0.1, mu_prior: float = 0.0,
-                 lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5):
+                 lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5,
+                 per_layer: dict | None = None):
         args = dict(locals())
+        args.pop("per_layer")       # a mapping: checked by MESU, group by group
         if sigma_prior == "init":   # each layer's prior σ is its initial σ (MESU checks the rest)
             args.pop("sigma_prior")
         self.check_hyperparameters(args)
         set_mode(model, "sample")
         opt = MESU(model, memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
-                   lr_sigma=lr_sigma, clamp_grad=clamp_grad)
-        super().__init__(model, opt, "sum", dict(memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior,
-                                                 lr_mu=lr_mu, lr_sigma=lr_sigma, clamp_grad=clamp_grad))
+                   lr_sigma=lr_sigma, clamp_grad=clamp_grad, per_layer=per_layer)
+        hp = dict(memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu, lr_sigma=lr_sigma,
+                  clamp_grad=clamp_grad)
+        if per_layer is not None:
+            hp["per_layer"] = {k: dict(v) for k, v in per_layer.items()}
+        super().__init__(model, opt, "sum", hp)
 
     def step(self) -> None:
         # the batch size of the last loss: N stays in samples for any B (and a short last batch)
