@@ -361,6 +361,48 @@ def baseline_retune_section() -> list[str]:
     return lines
 
 
+def readout_window_section() -> list[str]:
+    """784-200-10 MESU with a shorter window for the readout (per_layer; folder full20_h200_readout:
+    input layer N = 1.2e6, readout N = 3e5 or 1e5) against the uniform N = 1.2e6 run and BGD of
+    full80_h200 over the same first 20 tasks (same seed, stream and code path): does a more plastic
+    readout, which the plasticity probe found holds back a new permutation, raise learning accuracy
+    at the full epoch, and what does it cost in retention?"""
+    runs = sorted((r for r in _load("full20_h200_readout") if r.get("acc")),
+                  key=lambda r: -r["hyperparameters"]["per_layer"]["layers.1"]["memory"])
+    if not runs:
+        return []
+    long_runs = {r["rule"]: r for r in _load("full80_h200") if r.get("acc") and not r.get("seed", 0)}
+    n = min(len(r["acc"]) for r in runs)
+    groups = [("MESU, N = 1.2e6 everywhere (full80_h200)", long_runs.get("mesu"))]
+    groups += [(f"MESU, N = 1.2e6, readout N = {r['hyperparameters']['per_layer']['layers.1']['memory']:.0e}", r)
+               for r in runs]
+    groups += [("BGD (full80_h200)", long_runs.get("bgd"))]
+    groups = [(label, r) for label, r in groups if r and len(r["acc"]) >= n]
+    last = n - 1
+    lines = ["", "## 784-200-10: a shorter window for the readout", "",
+             "The plasticity probe (experiments/results/plasticity_probe/) found the readout's consolidation holds a "
+             "new permutation back. The same run as `full80_h200`'s MESU (seed 0, N = 1.2e6) with the readout's own "
+             "window (`paper_pmnist.py --rule mesu --seed 0 --model snn --estimator local --T 10 --samples 10 "
+             "--hidden 200 --tasks 20 --hp memory=1200000 --layer-hp layers.1:memory=R`; exploratory, on the test "
+             f"stream), after its first {n} tasks:", "",
+             f"| run | learning acc. tasks {max(0, n - 10)}-{last} (%) | mean of the last 5 after task {last} (%) | "
+             f"same, averaged over tasks {max(0, n - 5)}-{last} (%) | all-task average after task {last} (%) | "
+             f"median 1/σ² input / readout after task {last} |", "|---|---|---|---|---|---|"]
+
+    def l5(a):
+        return sum(a[-5:]) / len(a[-5:])
+    for label, r in groups:
+        acc = r["acc"][:n]
+        sig = r["sigma"][last] if len(r.get("sigma", [])) > last else {}
+        prec = " / ".join(f"{sig[k]['precision_median']:,.0f}" for k in ("layers.0.weight", "layers.1.weight")
+                          if k in sig) or "–"
+        a = max(0, n - 10)
+        lines.append(f"| {label} | {_pct(sum(acc[t][t] for t in range(a, n)) / (n - a))} | {_pct(l5(acc[last]))} | "
+                     f"{_pct(sum(l5(acc[t]) for t in range(max(0, n - 5), n)) / min(5, n))} | "
+                     f"{_pct(sum(acc[last]) / len(acc[last]))} | {prec} |")
+    return lines
+
+
 def plot(runs: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -579,6 +621,7 @@ def main() -> int:
     lines += second_seed_section(long_runs)
     lines += window_validation_section()
     lines += baseline_retune_section()
+    lines += readout_window_section()
     if full20_h200 or any(n300.values()):
         gap = gap_table([("ANN 784-50-10 MESU, N = 3e5 (paper_pmnist/long)", _ann_long()),
                          ("spiking 784-50-10 MESU, N = 6e5", h50.get("mesu")),

@@ -196,3 +196,27 @@ def test_baseline_retune_section_grid_choice_and_both_tunings(tmp_path, monkeypa
     # acc[4] = 0.9 - 0.01 (4 - t): mean 0.88 over the 5 tasks, 0.90 on the last; MESU cut to its first 5 tasks
     assert "| SGD | 88.00 / 90.00 (lr=0.001) | 78.00 / 80.00 (lr=0.0033) |" in text
     assert "| MESU | (not retuned) | 88.00 / 90.00 (memory=600000) |" in text
+
+
+def test_readout_window_section_compares_the_same_first_tasks(tmp_path, monkeypatch):
+    import snn_comparison_report as rep
+    res = tmp_path / "snn_comparison"
+    for folder in ("full20_h200_readout", "full80_h200"):
+        (res / folder).mkdir(parents=True)
+    monkeypatch.setattr(rep, "RES", res)
+    assert rep.readout_window_section() == []                       # nothing run yet: no section
+    for mem, base in ((100000, 0.85), (300000, 0.88)):
+        r = _run("mesu", 20, base=base, hidden=200, memory=1200000, per_layer={"layers.1": {"memory": mem}})
+        (res / "full20_h200_readout" / f"mesu_r{mem}.json").write_text(json.dumps(r))
+    (res / "full80_h200" / "mesu_seed0.json").write_text(json.dumps(_run("mesu", 30, base=0.9, hidden=200, memory=1200000)))
+    (res / "full80_h200" / "bgd_seed0.json").write_text(json.dumps(_run("bgd", 30, base=0.89, hidden=200)))
+    text = "\n".join(rep.readout_window_section())
+    rows = [x for x in text.splitlines() if x.startswith("| MESU") or x.startswith("| BGD")]
+    assert [x.split(" |")[0] for x in rows] == ["| MESU, N = 1.2e6 everywhere (full80_h200)",
+                                                "| MESU, N = 1.2e6, readout N = 3e+05",
+                                                "| MESU, N = 1.2e6, readout N = 1e+05", "| BGD (full80_h200)"]
+    # acc[t][t] = base; after task 19 the last 5 are base - 0.04..0; all 20 tasks base - 0.095 on average;
+    # the 30-task runs are cut to the first 20 tasks (their precision after task 19: 2500·20)
+    assert rows[0] == "| MESU, N = 1.2e6 everywhere (full80_h200) | 90.00 | 88.00 | 88.00 | 80.50 | 200 / 50,000 |"
+    assert rows[2] == "| MESU, N = 1.2e6, readout N = 1e+05 | 85.00 | 83.00 | 83.00 | 75.50 | 200 / 50,000 |"
+    assert "after its first 20 tasks" in text
