@@ -184,3 +184,21 @@ def test_config_tables_validate_round_trip_and_build():
     with pytest.raises(ValueError, match=r"config table \[rule\]: per_layer\['layers\.9'\] matches no"):
         build_rule(parse_config({"rule": {"name": "mesu", "per_layer": {"layers.9": {"memory": 10}}}}),
                    ms.SpikingMLP([784, 20, 10], bias=False))
+
+
+def test_the_online_rule_takes_it_and_its_fixed_point_grid_follows_each_layers_prior():
+    def rule(per_layer=None):
+        torch.manual_seed(0)
+        net = ms.SpikingMLP([20, 10, 4], bias=False)
+        return ms.make_rule("mesu_online", net, memory=1e3, sigma_prior=0.1, fixed_point_bits=8,
+                            per_layer=per_layer)
+    plain, wide = rule(), rule({"layers.1": {"sigma_prior": 0.4, "memory": 50.0}})
+    assert [(g["memory"], g["sigma_prior"]) for g in wide.optimizer.param_groups] == [(1e3, 0.1), (50.0, 0.4)]
+    assert wide.hyperparameters["per_layer"] == {"layers.1": {"sigma_prior": 0.4, "memory": 50.0}}
+    (_, _, _, s0), (_, _, _, s1) = plain._grids
+    (_, _, _, w0), (_, _, _, w1) = wide._grids
+    from mesu_snn.functional.fixed_point import fixed_point_step
+    torch.manual_seed(0)
+    top = float(ms.SpikingMLP([20, 10, 4], bias=False).layers[1].weight_sigma.max())   # σ₀, before the grid
+    assert top < 0.4 and w0 == s0                           # the σ grid spans the layer's own prior
+    assert s1 == fixed_point_step(max(top, 0.1), 8) and w1 == fixed_point_step(0.4, 8)

@@ -402,8 +402,9 @@ class OnlineMESURule(MESURule):
     def __init__(self, model: nn.Module, memory: float = 300_000, sigma_prior: float | str = 0.1, mu_prior: float = 0.0,
                  lr_mu: float = 1.0, lr_sigma: float = 1.0, clamp_grad: float | None = 0.5,
                  feedback: str = "symmetric", feedback_seed: int = 0, chunk: int = 16, fixed_point_bits: int = 0,
-                 trace_bits: int = 0):
+                 trace_bits: int = 0, per_layer: dict | None = None):
         args = dict(locals())
+        args.pop("per_layer")       # a mapping: checked by MESU, group by group
         if sigma_prior == "init":   # each layer's prior σ is its initial σ (MESU checks the rest)
             args.pop("sigma_prior")
         self.check_hyperparameters(args)
@@ -412,7 +413,10 @@ class OnlineMESURule(MESURule):
             raise ValueError(f"fixed_point_bits must be 0 (float) or an int in [2, 32], got {fixed_point_bits!r}")
         self.engine = OnlineEligibility(model, feedback, feedback_seed, chunk, trace_bits)
         super().__init__(model, memory=memory, sigma_prior=sigma_prior, mu_prior=mu_prior, lr_mu=lr_mu,
-                         lr_sigma=lr_sigma, clamp_grad=clamp_grad)
+                         lr_sigma=lr_sigma, clamp_grad=clamp_grad, per_layer=per_layer)
+        # each σ's own prior (per_layer may give a layer another one; "init": σ₀ itself)
+        prior_of = {id(s): g["sigma_prior"] for g in self.optimizer.param_groups if g["kind"] == "bayes"
+                    for s in g["params"][1::2]}
         self.hyperparameters.update(feedback=feedback, feedback_seed=int(feedback_seed), chunk=chunk,
                                     fixed_point_bits=fixed_point_bits, trace_bits=trace_bits)
         self.fixed_point_bits = fixed_point_bits
@@ -425,8 +429,9 @@ class OnlineMESURule(MESURule):
                         continue
                     smu = fixed_point_step(4.0 * float(mu.detach().abs().max()), fixed_point_bits)
                     top = float(sig.detach().max())   # sigma_prior="init": the prior is σ₀ itself
-                    ssig = fixed_point_step(top if sigma_prior == "init" else max(top, float(sigma_prior)),
-                                            fixed_point_bits)
+                    sp = prior_of.get(id(sig), sigma_prior)
+                    ssig = fixed_point_step(top if sigma_prior == "init" or isinstance(sp, torch.Tensor)
+                                            else max(top, float(sp)), fixed_point_bits)
                     self._grids.append((mu, sig, smu, ssig))
             self._to_grid()
 
