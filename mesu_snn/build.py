@@ -233,12 +233,13 @@ def build_model(cfg: RunConfig, tasks: TaskStream) -> nn.Module:
 
 
 def build_rule(cfg: RunConfig, model: nn.Module) -> Rule:
+    def no_clamp(hp: dict) -> dict:          # a config's clamp_grad = 0 means no clamp (TOML has no None)
+        return {k: (None if k == "clamp_grad" and v == 0 else v) for k, v in hp.items()}
     params = dict(cfg.rule.params)
-    if cfg.rule.name in ("mesu", "mesu_online") and params.get("clamp_grad") == 0:
-        params["clamp_grad"] = None          # a config's 0 means no clamp (TOML has no None)
-    if isinstance(params.get("per_layer"), dict):
-        params["per_layer"] = {pat: {k: (None if k == "clamp_grad" and v == 0 else v) for k, v in hp.items()}
-                               for pat, hp in params["per_layer"].items()}
+    if cfg.rule.name in ("mesu", "mesu_online"):
+        params = no_clamp(params)
+        if isinstance(params.get("per_layer"), dict):
+            params["per_layer"] = {pat: no_clamp(hp) for pat, hp in params["per_layer"].items()}
     try:
         return make_rule(cfg.rule.name, model, **params)
     except ValueError as e:

@@ -315,16 +315,9 @@ class RuleConfig:
             if k == "per_layer":
                 self._validate_per_layer(f"{p}.{k}", v, known)
                 continue
-            bound = known[k][1]             # one home of the bounds: mesu_snn.bounds, via Rule.bounds
             if k == "sigma_prior" and v == "init" and self.name in ("mesu", "mesu_online"):
                 continue                    # each layer's prior σ is its initial σ (rules/mesu.py)
-            try:
-                check_number(k, v, bound)
-            except ValueError:
-                raise _err(f"{p}.{k}", f"must be {describe(bound)}, got {v!r}") from None
-            if not isinstance(bound, tuple) and not BOUNDS[bound][4]:
-                self.params[k] = float(v)
-
+            self.params[k] = _rule_number(f"{p}.{k}", k, v, known[k][1])
 
     def _validate_per_layer(self, p, v, known):
         """``per_layer = {"layers.1" = {memory = 150000}}``: a table of tables of the rule's own
@@ -337,15 +330,19 @@ class RuleConfig:
             for k, x in list(hp.items()):
                 if k not in known or k == "per_layer":
                     raise _err(f"{p}.{pat}.{k}", f"unknown hyperparameter for rule {self.name!r}")
-                bound = known[k][1]
                 if k == "clamp_grad" and x == 0:
                     continue                # no clamp for this layer (build_rule)
-                try:
-                    check_number(k, x, bound)
-                except ValueError:
-                    raise _err(f"{p}.{pat}.{k}", f"must be {describe(bound)}, got {x!r}") from None
-                if not isinstance(bound, tuple) and not BOUNDS[bound][4]:
-                    hp[k] = float(x)
+                hp[k] = _rule_number(f"{p}.{pat}.{k}", k, x, known[k][1])
+
+
+def _rule_number(path: str, k: str, v, bound):
+    """A rule hyperparameter checked against its bound (one home of the bounds: mesu_snn.bounds, via
+    Rule.bounds); a float where the bound is not an integer or a choice."""
+    try:
+        check_number(k, v, bound)
+    except ValueError:
+        raise _err(path, f"must be {describe(bound)}, got {v!r}") from None
+    return float(v) if not isinstance(bound, tuple) and not BOUNDS[bound][4] else v
 
 
 @dataclass
